@@ -1,0 +1,77 @@
+//! `bench`: benchmarks against the local stack (`scripts/stack.sh up`).
+//!
+//! Subcommands:
+//! - `kafka-rtt [N]`: N sequential round trips produce → group consumer on a fresh topic, with
+//!   the invoker's own client settings; prints p50/p99/max. This is the floor under every
+//!   invoker↔controller hop measured by the later benchmarks.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bench::stats::Summary;
+use invoker::kafka::{self, TopicKind};
+use invoker::stack::Stack;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("kafka-rtt") => {
+            let n = match args.next() {
+                Some(v) => v
+                    .parse()
+                    .with_context(|| format!("N must be a number, not {v:?}"))?,
+                None => 500,
+            };
+            kafka_rtt(n).await
+        }
+        _ => bail!("usage: bench kafka-rtt [N]"),
+    }
+}
+
+async fn kafka_rtt(n: usize) -> Result<()> {
+    let stack = Stack::from_env();
+    let topic = format!("bench-rtt-{}", std::process::id());
+    let admin = kafka::admin_client(&stack.kafka_hosts)?;
+    kafka::ensure_topic(&admin, &topic, &TopicKind::Invoker.default_config()).await?;
+
+    let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create()?;
+    let consumer: StreamConsumer = kafka::consumer_config(&stack.kafka_hosts, &topic).create()?;
+    consumer.subscribe(&[&topic])?;
+
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let payload = format!("{{\"i\":{i}}}");
+        let start = Instant::now();
+        producer
+            .send(
+                FutureRecord::<(), _>::to(&topic).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .context("no message within 30 s")??;
+        samples.push(start.elapsed());
+        anyhow::ensure!(
+            msg.payload() == Some(payload.as_bytes()),
+            "round trip {i} got another message"
+        );
+    }
+    let s = Summary::of(&samples).context("no samples")?;
+    println!(
+        "kafka-rtt n={} p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        s.count,
+        s.p50_s * 1e3,
+        s.p99_s * 1e3,
+        s.max_s * 1e3
+    );
+    admin
+        .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The OpenWhisk invoker, in Rust.
+//!
+//! An unmodified OpenWhisk controller writes `ActivationMessage`s to the Kafka topic
+//! `invoker<N>`; this crate consumes them, runs each action in a container, writes the
+//! activation record to CouchDB and answers on `completed<C>` and `health` exactly as the
+//! Scala invoker does (`shared/openwhisk-contract.md` is the contract).
+//!
+//! The crate is built bottom-up from clients of the real components it talks to:
+//!
+//! - [`kafka`]: OpenWhisk's topics, their configuration and the client settings the invoker uses
+//!   with the broker.
+//! - [`couchdb`]: a small CouchDB HTTP API client (documents, revisions, attachments) written
+//!   for what OpenWhisk stores there.
+//! - [`docker`]: the connection to the Docker engine.
+//! - [`stack`]: where the components of the local development stack live (`scripts/stack.sh`).
+//!
+//! The data flow and the ownership of every process are described in `docs/architecture.md`.
+
+pub mod couchdb;
+pub mod docker;
+pub mod kafka;
+pub mod stack;
