@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every test: brings the local stack up (installing what is missing), checks formatting
+# and lints, then runs the whole workspace's tests against the real components.
+# Components this script started are stopped again at the end; set WHISK_KEEP_STACK=1 to keep
+# them. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+: "${WHISK_STACK_DIR:=$PWD/.stack}"
+export WHISK_STACK_DIR
+
+ours_before=$(ls "$WHISK_STACK_DIR"/pids/*.pid 2>/dev/null | wc -l || true)
+stop_stack() {
+    local rc=$?
+    if [ "$ours_before" = 0 ] && [ "${WHISK_KEEP_STACK:-0}" != 1 ]; then
+        scripts/stack.sh down || rc=1
+    fi
+    exit $rc
+}
+trap stop_stack EXIT
+
+scripts/stack.sh up
+# shellcheck source=/dev/null
+source "$WHISK_STACK_DIR/env"
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked --no-fail-fast
