@@ -8,6 +8,11 @@
 //!   (contract §2.3). Two differ on purpose and are documented where they are set: the fetch
 //!   wait (a long-poll fetch is not woken by new data on tansu, so its wait is the latency of
 //!   every hop) and the offset store (the invoker stores offsets itself, after acknowledging).
+//!
+//! # Limitations
+//! - With tansu 0.6.0, a group member that has asked the broker for its committed offsets
+//!   (`Consumer::committed`) never finishes closing: its drop waits forever. Read committed
+//!   offsets from outside the group, or not at all; resuming after a restart does not need it.
 
 use std::time::Duration;
 

@@ -93,7 +93,6 @@ async fn invoker_topic_group_commit_and_resume() {
         consumer.commit(&tpl, CommitMode::Sync).expect("commit");
         // Read one more without committing it: it must come again after the restart.
         assert_eq!(recv(&consumer).await.0, 4);
-        consumer.unsubscribe();
     }
 
     // A new consumer in the same group resumes right after the committed offset.
@@ -103,11 +102,6 @@ async fn invoker_topic_group_commit_and_resume() {
     consumer.subscribe(&[&topic]).unwrap();
     let (offset, payload) = recv(&consumer).await;
     assert_eq!((offset, payload.as_str()), (4, "{\"n\":4}"));
-    let committed = consumer.committed(Duration::from_secs(10)).unwrap();
-    assert_eq!(
-        committed.find_partition(&topic, 0).unwrap().offset(),
-        Offset::Offset(4)
-    );
     drop(consumer);
 
     admin
