@@ -28,3 +28,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
+echo "== netpool: 1100 slots over two bridges (ignored by default: heavy)"
+cargo test --locked -p netpool --test kernel -- --ignored --exact eleven_hundred_slots_over_two_bridges

@@ -239,7 +239,8 @@ pub(crate) async fn wire_tap(h: &Handle, eth0: u32, tap: &str) -> Result<(), Sys
         h.traffic_filter(src as i32)
             .add()
             .parent(0xffff_0000)
-            .protocol(libc::ETH_P_ALL as u16)
+            // The kernel reads the protocol in network byte order.
+            .protocol((libc::ETH_P_ALL as u16).to_be())
             .redirect(dst)
             .map_err(SysError::netlink("build redirect filter for", name))?
             .execute()

@@ -231,21 +231,33 @@ pub(crate) fn open_tap(ns: &File, name: &str) -> Result<OwnedFd, SysError> {
 /// Sockets found in a namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct SocketInventory {
-    /// Sockets that an owner may still use: anything but TCP `TIME_WAIT`.
+    /// Sockets held by an fd (a non-zero inode): a process, or an fd passed out of one, can
+    /// still use them.
     pub(crate) live: Vec<String>,
-    /// Ownerless TCP `TIME_WAIT` entries; they expire by themselves and carry nothing to the
-    /// next tenant but the four-tuple.
-    pub(crate) time_wait: usize,
+    /// TCP sockets no fd holds any more (`TIME_WAIT`, `FIN_WAIT`, `LAST_ACK` after their owner
+    /// exited): the kernel finishes and frees them by itself; they carry nothing to the next
+    /// tenant but a four-tuple.
+    pub(crate) orphans: usize,
 }
+
+/// The `/proc/net` tables scanned, with the column of each one's inode.
+const SOCKET_TABLES: [(&str, usize); 8] = [
+    ("tcp", 9),
+    ("tcp6", 9),
+    ("udp", 9),
+    ("udp6", 9),
+    ("raw", 9),
+    ("raw6", 9),
+    ("unix", 6),
+    ("packet", 8),
+];
 
 /// Lists the sockets of namespace `ns` (TCP, UDP, raw, UNIX and packet; not netlink, which
 /// includes the pool's own socket) from `/proc/thread-self/net`.
 pub(crate) fn sockets(ns: &File) -> Result<SocketInventory, SysError> {
     on_ns_thread(Some(ns), || {
         let mut inv = SocketInventory::default();
-        for table in [
-            "tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix", "packet",
-        ] {
+        for (table, inode_col) in SOCKET_TABLES {
             let path = format!("/proc/thread-self/net/{table}");
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
@@ -254,8 +266,8 @@ pub(crate) fn sockets(ns: &File) -> Result<SocketInventory, SysError> {
             };
             for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                if table.starts_with("tcp") && fields.get(3) == Some(&"06") {
-                    inv.time_wait += 1;
+                if fields.get(inode_col) == Some(&"0") {
+                    inv.orphans += 1;
                 } else {
                     inv.live.push(format!(
                         "{table}: {}",
