@@ -67,7 +67,8 @@ spawn() { # name workdir command...
     local name=$1 dir=$2
     shift 2
     mkdir -p "$PIDS" "$LOGS" "$dir"
-    (cd "$dir" && exec setsid "$@" </dev/null >"$LOGS/$name.log" 2>&1) &
+    # 9>&-: the daemon must not inherit the lock's fd, or it would hold the lock for its life.
+    (cd "$dir" && exec setsid "$@" </dev/null >"$LOGS/$name.log" 2>&1 9>&-) &
     echo $! >"$PIDS/$name.pid"
 }
 
@@ -79,6 +80,11 @@ need_apt() { # package command: install the Debian package when the command is m
         APT_UPDATED=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
+
+take_lock() {
+    exec 9>"$WHISK_STACK_DIR/lock"
+    flock -w 1200 9 || die "another scripts/stack.sh still holds $WHISK_STACK_DIR/lock after 20 min"
 }
 
 # --- health checks (each is a real round trip with the component) ----------------------------
@@ -242,8 +248,7 @@ stop_one() { # name timeout_s
 cmd_up() {
     [ "$(id -u)" = 0 ] || die "run as root: the stack starts dockerd and tests create network namespaces"
     mkdir -p "$WHISK_STACK_DIR" "$WHISK_TOOLS_DIR"
-    exec 9>"$WHISK_STACK_DIR/lock"
-    flock 9
+    take_lock
     install_base
     install_tansu
     install_pouchdb
@@ -256,8 +261,7 @@ cmd_up() {
 
 cmd_down() {
     [ -d "$WHISK_STACK_DIR" ] || return 0
-    exec 9>"$WHISK_STACK_DIR/lock"
-    flock 9
+    take_lock
     # tansu needs 5-7 s to exit with clients attached (stack-notes §1.2).
     stop_one couchdb 15
     stop_one kafka 30
