@@ -2,5 +2,11 @@
 //!
 //! - [`stats`]: summaries of measured durations (p50, p99, max), the figures every benchmark
 //!   prints and writes.
+//! - [`machine`]: the description of the machine written next to every result.
+//! - [`netns`]: `bench netns`, the PCPM paper's Table 1 on this machine: network endpoints
+//!   created and cleaned up with `ip` commands, in-process with rtnetlink, and leased from a
+//!   warm netpool.
 
+pub mod machine;
+pub mod netns;
 pub mod stats;

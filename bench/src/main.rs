@@ -4,6 +4,8 @@
 //! - `kafka-rtt [N]`: N sequential round trips produce → group consumer on a fresh topic, with
 //!   the invoker's own client settings; prints p50/p99/max. This is the floor under every
 //!   invoker↔controller hop measured by the later benchmarks.
+//! - `netns [--runs R] [--out FILE]`: the PCPM paper's Table 1 on this machine (see
+//!   [`bench::netns`]); writes JSON (default `bench/results/netns.json`).
 
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,28 @@ async fn main() -> Result<()> {
             };
             kafka_rtt(n).await
         }
-        _ => bail!("usage: bench kafka-rtt [N]"),
+        Some("netns") => {
+            let mut params = bench::netns::NetnsParams::default();
+            let mut out = std::path::PathBuf::from("bench/results/netns.json");
+            while let Some(flag) = args.next() {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--runs" => params.runs = value.parse().context("--runs")?,
+                    "--out" => out = value.into(),
+                    other => bail!("unknown flag {other}"),
+                }
+            }
+            let report = bench::netns::run(&params).await?;
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        _ => bail!("usage: bench kafka-rtt [N] | bench netns [--runs R] [--out FILE]"),
     }
 }
 

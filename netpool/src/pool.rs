@@ -7,8 +7,9 @@
 //! - A background task refills between the watermarks: when fewer than `low_watermark` slots
 //!   are idle it creates up to `high_watermark`, at most `max_concurrent_creates` at once.
 //! - [`Lease::release`] scrubs and verifies the slot ([`crate::slot`]) and returns it to the
-//!   idle queue, or destroys it and lets the refill replace it. A lease dropped without release
-//!   is tainted and destroyed.
+//!   idle queue, or destroys it and lets the refill replace it; [`Lease::release_nowait`] does
+//!   the same in the background, so a teardown path does not wait for it. A lease dropped
+//!   without release is tainted and destroyed.
 //! - A destroyed slot's id (and so its address and names) is reused only once the kernel has
 //!   removed its host veth.
 //! - [`NetPool::new`] first removes whatever an earlier run of the same pool (same name) left:
@@ -34,7 +35,7 @@ use crate::config::{OnEmpty, PoolConfig, PoolConfigError};
 use crate::metrics as m;
 use crate::slot::{ScrubFailure, Slot};
 use crate::sys::net::{self, Netlink};
-use crate::sys::{SysError, conntrack, ns};
+use crate::sys::{SysError, conntrack, firewall, ns};
 
 /// How long a destroyed slot's host veth may take to disappear before it is deleted by hand.
 const VETH_GONE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -104,6 +105,15 @@ struct State {
     live: HashMap<SlotId, SlotAddress>,
 }
 
+/// A slot coming back to the background task.
+#[derive(Debug)]
+enum Returned {
+    /// Released without waiting: scrub, then recycle or destroy.
+    Released(Slot),
+    /// Dropped without release: destroy.
+    Tainted(Slot),
+}
+
 #[derive(Debug)]
 struct Inner {
     config: PoolConfig,
@@ -117,7 +127,7 @@ struct Inner {
     create_permits: Semaphore,
     /// Bridge index by bridge number; the async lock serializes their creation.
     bridges: tokio::sync::Mutex<HashMap<u16, u32>>,
-    tainted: mpsc::UnboundedSender<Slot>,
+    returns: mpsc::UnboundedSender<Returned>,
     /// Slot ids waiting for the kernel to remove their host veth.
     pending_frees: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
@@ -139,7 +149,7 @@ impl NetPool {
         let host = Netlink::host()?;
         reconcile(&config, &addressing, &host).await?;
         ns::prepare_ns_dir(&config.ns_dir)?;
-        let (tainted, tainted_rx) = mpsc::unbounded_channel();
+        let (returns, returns_rx) = mpsc::unbounded_channel();
         let bridges = u16::try_from(config.bridge_count()).unwrap_or(u16::MAX);
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
@@ -157,11 +167,11 @@ impl NetPool {
             available: Notify::new(),
             wake: Notify::new(),
             bridges: tokio::sync::Mutex::new(HashMap::new()),
-            tainted,
+            returns,
             pending_frees: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
             config,
         });
-        let task = tokio::spawn(background(Arc::downgrade(&inner), tainted_rx));
+        let task = tokio::spawn(background(Arc::downgrade(&inner), returns_rx));
         inner.wake.notify_one();
         tracing::info!(pool = %inner.config.name, "netpool started");
         Ok(Self {
@@ -176,6 +186,7 @@ impl NetPool {
     }
 
     /// Leases a slot, waiting at most `timeout`.
+    #[tracing::instrument(name = "netpool.lease", skip_all, fields(pool = %self.inner.config.name))]
     pub async fn lease_within(&self, timeout: Duration) -> Result<Lease, PoolError> {
         let inner = &self.inner;
         let started = Instant::now();
@@ -262,6 +273,7 @@ impl NetPool {
     /// Stops the refill and removes every slot (leased ones too), bridge and mount of the pool,
     /// waiting until the kernel has removed the veths. Keeps going past failures and reports
     /// all of them.
+    #[tracing::instrument(name = "netpool.shutdown", skip_all, fields(pool = %self.inner.config.name))]
     pub async fn shutdown(self) -> Result<(), PoolError> {
         let inner = &self.inner;
         let (idle, leased): (Vec<Slot>, Vec<SlotAddress>) = {
@@ -318,6 +330,9 @@ impl NetPool {
         for (b, index) in bridges {
             let (name, _) = inner.addressing.bridge(b);
             if let Err(e) = net::delete_link(&inner.host.handle, index, &name).await {
+                errors.push(e);
+            }
+            if let Err(e) = firewall::remove_intra_bridge(&name).await {
                 errors.push(e);
             }
         }
@@ -417,9 +432,37 @@ impl Inner {
             self.addressing.bridge_prefix_len(),
         )
         .await?;
+        if !self.config.isolate_slots
+            && let Err(e) = firewall::allow_intra_bridge(&name).await
+        {
+            let _ = net::delete_link(&self.host.handle, index, &name).await;
+            return Err(e);
+        }
         tracing::info!(pool = %self.config.name, bridge = %name, %gateway, "bridge created");
         bridges.insert(b, index);
         Ok(index)
+    }
+
+    /// Scrubs a returned slot, then puts it back in the idle queue or destroys it.
+    #[tracing::instrument(name = "netpool.recycle", skip_all, fields(pool = %self.config.name, slot = %slot.addr.id))]
+    async fn recycle(self: &Arc<Self>, slot: Slot) -> Released {
+        let name = self.config.name.clone();
+        match slot.scrub().await {
+            Ok(()) => {
+                if self.push_idle(slot) {
+                    counter!(m::SLOTS_RECYCLED_TOTAL, "pool" => name).increment(1);
+                    Released::Recycled
+                } else {
+                    Released::Destroyed(ScrubFailure::State("the pool is shut down".into()))
+                }
+            }
+            Err(failure) => {
+                counter!(m::SCRUB_FAILURES_TOTAL, "pool" => name.clone(), "check" => failure.check()).increment(1);
+                tracing::info!(pool = %name, slot = %slot.addr.id, reason = %failure, "released slot destroyed");
+                self.destroy(slot, "scrub_failed").await;
+                Released::Destroyed(failure)
+            }
+        }
     }
 
     fn push_idle(&self, slot: Slot) -> bool {
@@ -488,18 +531,22 @@ async fn wait_veth_gone(host: &Netlink, name: &str) -> Result<(), SysError> {
 }
 
 /// The background task: destroys tainted slots and refills between the watermarks.
-async fn background(weak: std::sync::Weak<Inner>, mut tainted: mpsc::UnboundedReceiver<Slot>) {
+async fn background(weak: std::sync::Weak<Inner>, mut returns: mpsc::UnboundedReceiver<Returned>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
         let wake = async {
             tokio::select! {
-                slot = tainted.recv() => slot,
+                r = returns.recv() => r,
                 () = inner.wake.notified() => None,
             }
         };
-        let slot = wake.await;
-        if let Some(slot) = slot {
-            inner.destroy(slot, "tainted").await;
+        match wake.await {
+            Some(Returned::Released(slot)) => {
+                let inner = inner.clone();
+                tokio::spawn(async move { inner.recycle(slot).await });
+            }
+            Some(Returned::Tainted(slot)) => inner.destroy(slot, "tainted").await,
+            None => {}
         }
         let to_start = {
             let mut st = inner.lock();
@@ -548,6 +595,7 @@ async fn background(weak: std::sync::Weak<Inner>, mut tainted: mpsc::UnboundedRe
 }
 
 /// Removes what an earlier run of the pool named `config.name` left on the host.
+#[tracing::instrument(name = "netpool.reconcile", skip_all, fields(pool = %config.name))]
 async fn reconcile(
     config: &PoolConfig,
     addressing: &Addressing,
@@ -584,6 +632,9 @@ async fn reconcile(
         if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
             found += 1;
             if let Err(e) = net::delete_link(&host.handle, *index, name).await {
+                errors.push(e);
+            }
+            if let Err(e) = firewall::remove_intra_bridge(name).await {
                 errors.push(e);
             }
         }
@@ -718,34 +769,34 @@ impl Lease {
         }
     }
 
-    /// Hands the slot back: it is scrubbed and verified, then recycled or destroyed.
-    pub async fn release(mut self) -> Released {
-        // `self` is consumed and Drop sees `None`.
+    fn take(&mut self) -> Slot {
+        // Only `release*` and `drop` take the slot, and they consume the lease.
         #[allow(clippy::expect_used)]
         let slot = self.slot.take().expect("a live lease holds its slot");
-        let pool = self.pool.clone();
+        let mut st = self.pool.lock();
+        st.leased -= 1;
+        self.pool.publish(&st);
+        drop(st);
+        tracing::debug!(pool = %self.pool.config.name, slot = %slot.addr.id, held_ms = self.leased_at.elapsed().as_millis() as u64, "lease returned");
+        slot
+    }
+
+    /// Hands the slot back and waits for the verdict: scrubbed and verified, then recycled, or
+    /// destroyed (and replaced by the refill).
+    pub async fn release(mut self) -> Released {
+        let slot = self.take();
+        self.pool.recycle(slot).await
+    }
+
+    /// Hands the slot back without waiting: the scrub runs in the background and its outcome
+    /// goes to the metrics and the log. This is what a cold-start path calls on teardown.
+    pub fn release_nowait(mut self) {
+        let slot = self.take();
+        if let Err(mpsc::error::SendError(Returned::Released(slot) | Returned::Tainted(slot))) =
+            self.pool.returns.send(Returned::Released(slot))
         {
-            let mut st = pool.lock();
-            st.leased -= 1;
-            pool.publish(&st);
-        }
-        let name = pool.config.name.clone();
-        tracing::debug!(pool = %name, slot = %slot.addr.id, held_ms = self.leased_at.elapsed().as_millis() as u64, "lease released");
-        match slot.scrub().await {
-            Ok(()) => {
-                if pool.push_idle(slot) {
-                    counter!(m::SLOTS_RECYCLED_TOTAL, "pool" => name).increment(1);
-                    Released::Recycled
-                } else {
-                    Released::Destroyed(ScrubFailure::State("the pool is shut down".into()))
-                }
-            }
-            Err(failure) => {
-                counter!(m::SCRUB_FAILURES_TOTAL, "pool" => name.clone(), "check" => failure.check()).increment(1);
-                tracing::info!(pool = %name, slot = %slot.addr.id, reason = %failure, "released slot destroyed");
-                pool.destroy(slot, "scrub_failed").await;
-                Released::Destroyed(failure)
-            }
+            // The background task is gone (shutdown): destroy right here.
+            let _ = slot.destroy();
         }
     }
 }
@@ -758,7 +809,9 @@ impl Drop for Lease {
             self.pool.publish(&st);
             drop(st);
             tracing::warn!(pool = %self.pool.config.name, slot = %slot.addr.id, "lease dropped without release: slot tainted");
-            if let Err(mpsc::error::SendError(slot)) = self.pool.tainted.send(slot) {
+            if let Err(mpsc::error::SendError(Returned::Released(slot) | Returned::Tainted(slot))) =
+                self.pool.returns.send(Returned::Tainted(slot))
+            {
                 // The background task is gone (shutdown): destroy right here.
                 let _ = slot.destroy();
             }

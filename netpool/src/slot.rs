@@ -67,6 +67,7 @@ impl ScrubFailure {
 
 impl Slot {
     /// Creates a slot at `addr` whose host end joins bridge `bridge_index`.
+    #[tracing::instrument(name = "netpool.create", skip_all, fields(slot = %addr.id, ip = %addr.ip))]
     pub(crate) async fn create(
         host: &Netlink,
         addr: SlotAddress,
@@ -152,6 +153,7 @@ impl Slot {
     }
 
     /// Checks and cleans the slot after a tenant; `Ok` means it can serve the next one.
+    #[tracing::instrument(name = "netpool.scrub", skip_all, fields(slot = %self.addr.id))]
     pub(crate) async fn scrub(&self) -> Result<(), ScrubFailure> {
         let inode = self.ns_inode;
         let procs = tokio::task::spawn_blocking(move || ns::processes_in(inode))

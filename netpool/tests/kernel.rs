@@ -210,6 +210,35 @@ async fn tcp_from_host_and_slots_isolated_from_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_reach_each_other_when_isolation_is_off() {
+    require_root();
+    let mut c = config("tg", 207);
+    c.isolate_slots = false;
+    c.on_empty = OnEmpty::CreateInline;
+    let pool = NetPool::new(c).await.unwrap();
+    let a = pool.lease().await.unwrap();
+    let b = pool.lease().await.unwrap();
+    let server = spawn_in(&a, "serve:8080");
+    assert!(
+        run_in(&b, &format!("connect:{}:8080", a.ip())),
+        "slot B must reach slot A"
+    );
+    kill(server);
+    a.release().await;
+    b.release().await;
+    pool.shutdown().await.unwrap();
+    assert_nothing_left("tg");
+    let forward = Command::new("iptables")
+        .args(["-S", "FORWARD"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&forward.stdout).contains("tgbr"),
+        "iptables rule left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_slots_return_dirty_ones_are_destroyed() {
     require_root();
     // No refill: every slot is made inline, so the recycled one is the only idle one.

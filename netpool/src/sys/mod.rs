@@ -1,6 +1,7 @@
 //! The only place that talks to the kernel: namespaces, mounts and TAP devices through `nix`
 //! and `libc` on dedicated threads ([`ns`]), links, addresses, routes, neighbours and tc through
-//! rtnetlink ([`net`]), and the host's conntrack table ([`conntrack`]).
+//! rtnetlink ([`net`]), the host's conntrack table ([`conntrack`]) and, for non-isolated pools, the host's
+//! `FORWARD` chain ([`firewall`]).
 //!
 //! Namespace switches (`unshare`, `setns`) happen only on short-lived threads named
 //! `netpool-ns` that this module spawns and joins; a tokio worker never changes namespace.
@@ -8,6 +9,7 @@
 //! then driven from async code.
 
 pub(crate) mod conntrack;
+pub(crate) mod firewall;
 pub(crate) mod net;
 pub(crate) mod ns;
 
