@@ -29,4 +29,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
 echo "== netpool: 1100 slots over two bridges (ignored by default: heavy)"
-cargo test --locked -p netpool --test kernel -- --ignored --exact eleven_hundred_slots_over_two_bridges
+cargo test --workspace --locked --test kernel -- --ignored --exact eleven_hundred_slots_over_two_bridges

@@ -119,6 +119,8 @@ struct Inner {
     config: PoolConfig,
     addressing: Addressing,
     host: Netlink,
+    /// The namespace slots are created from (see `sys::ns::create_parent_netns`).
+    parent_ns: Option<Arc<std::fs::File>>,
     state: Mutex<State>,
     /// Woken whenever a slot becomes idle or the pool closes.
     available: Notify,
@@ -149,6 +151,10 @@ impl NetPool {
         let host = Netlink::host()?;
         reconcile(&config, &addressing, &host).await?;
         ns::prepare_ns_dir(&config.ns_dir)?;
+        let parent_ns = tokio::task::spawn_blocking(ns::create_parent_netns)
+            .await
+            .map_err(|_| SysError::ThreadPanicked)??
+            .map(Arc::new);
         let (returns, returns_rx) = mpsc::unbounded_channel();
         let bridges = u16::try_from(config.bridge_count()).unwrap_or(u16::MAX);
         let inner = Arc::new(Inner {
@@ -164,6 +170,7 @@ impl NetPool {
             create_permits: Semaphore::new(config.max_concurrent_creates),
             addressing,
             host,
+            parent_ns,
             available: Notify::new(),
             wake: Notify::new(),
             bridges: tokio::sync::Mutex::new(HashMap::new()),
@@ -386,6 +393,7 @@ impl Inner {
             let bridge = self.bridge(id.bridge).await?;
             Slot::create(
                 &self.host,
+                self.parent_ns.clone(),
                 self.addressing.slot(id),
                 bridge,
                 self.config.kind,

@@ -16,6 +16,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::addressing::SlotAddress;
@@ -70,6 +71,7 @@ impl Slot {
     #[tracing::instrument(name = "netpool.create", skip_all, fields(slot = %addr.id, ip = %addr.ip))]
     pub(crate) async fn create(
         host: &Netlink,
+        parent: Option<Arc<File>>,
         addr: SlotAddress,
         bridge_index: u32,
         kind: SlotKind,
@@ -77,9 +79,10 @@ impl Slot {
     ) -> Result<Self, SysError> {
         let started = Instant::now();
         let path = addr.ns_path.clone();
-        let created = tokio::task::spawn_blocking(move || ns::create_netns(&path))
-            .await
-            .map_err(|_| SysError::ThreadPanicked)??;
+        let created =
+            tokio::task::spawn_blocking(move || ns::create_netns(&path, parent.as_deref()))
+                .await
+                .map_err(|_| SysError::ThreadPanicked)??;
         let result = Self::configure(host, &addr, bridge_index, kind, isolate, created).await;
         match result {
             Ok(slot) => {

@@ -189,6 +189,19 @@ async fn tcp_from_host_and_slots_isolated_from_each_other() {
     s.read_to_string(&mut got).unwrap();
     assert_eq!(got, "hello");
 
+    // Both host ends are isolated bridge ports (checked with iproute2's own tool).
+    for id in [a.id(), b.id()] {
+        let out = Command::new("bridge")
+            .args(["-d", "link", "show", "dev", &format!("tav{id}")])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.contains("isolated on"),
+            "port tav{id} not isolated: {out}"
+        );
+    }
+
     // B reaches the gateway (the host) but not A.
     let host = TcpListener::bind((b.gateway(), 0)).unwrap();
     let port = host.local_addr().unwrap().port();
