@@ -268,19 +268,22 @@ cmd_down() {
     stop_one docker 60
 }
 
+ALL_UP=1
 status_line() { # name where health-command
-    local name=$1 where=$2 who state
+    local name=$1 where=$2 who state pid
     shift 2
     if pid=$(pid_of "$name"); then who="started by stack (pid $pid)"; else who="not started by stack"; fi
-    if "$@" >/dev/null 2>&1; then state=up; else state=down; fi
+    if "$@" >/dev/null 2>&1; then state=up; else state=down; ALL_UP=0; fi
     printf '%-8s %-5s %-34s %s\n' "$name" "$state" "$where" "$who"
 }
 
+# Exits 1 when a component does not answer.
 cmd_status() {
     status_line docker "unix:///var/run/docker.sock" docker_ok
     status_line kafka "127.0.0.1:$WHISK_KAFKA_PORT (tansu $TANSU_VERSION)" kafka_ok
     status_line couchdb "http://127.0.0.1:$WHISK_COUCHDB_PORT (pouchdb)" couch_ok
     echo "state: $WHISK_STACK_DIR   tools: $WHISK_TOOLS_DIR"
+    [ "$ALL_UP" = 1 ]
 }
 
 case "${1:-}" in

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Stack, down, unique};
+use common::{Stack, chain, down, unique};
 use invoker::couchdb::{CouchDb, CouchDbConfig, CouchDbError};
 use serde_json::json;
 
@@ -19,7 +19,7 @@ async fn documents_revisions_conflicts_attachments() {
     let info = couch
         .server_info()
         .await
-        .unwrap_or_else(|e| panic!("{}", down("couchdb", format!("{e:#}"))));
+        .unwrap_or_else(|e| panic!("{}", down("couchdb", chain(&e))));
     assert!(info.is_object(), "GET / answered {info}");
 
     let db = unique("it-whisks");

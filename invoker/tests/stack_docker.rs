@@ -12,7 +12,7 @@ use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder, WaitContainerOptions,
 };
-use common::{down, unique};
+use common::{chain, down, unique};
 use futures::StreamExt;
 
 const GREETING: &str = "hello from a scratch image";
@@ -61,7 +61,7 @@ fn context_tar(hello: &[u8]) -> Vec<u8> {
 async fn build_from_scratch_run_logs_remove() {
     let docker = invoker::docker::connect()
         .await
-        .unwrap_or_else(|e| panic!("{}", down("docker", format!("{e:#}"))));
+        .unwrap_or_else(|e| panic!("{}", down("docker", chain(&e))));
     let dir = tempfile::tempdir().unwrap();
     let tag = format!("{}:latest", unique("whisk-it-hello"));
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stack, down, unique};
+use common::{Stack, chain, down, unique};
 use invoker::kafka::{self, Ensured, MAX_MESSAGE_BYTES, TopicKind};
 use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -39,7 +39,7 @@ async fn invoker_topic_group_commit_and_resume() {
     )
     .await
     .unwrap_or_else(|_| panic!("{}", down("kafka", &stack.kafka_hosts)))
-    .unwrap_or_else(|e| panic!("{}", down("kafka", e)));
+    .unwrap_or_else(|e| panic!("{}", down("kafka", chain(&e))));
     assert_eq!(first, Ensured::Created);
     assert_eq!(
         kafka::ensure_topic(&admin, &topic, &config).await.unwrap(),

@@ -27,3 +27,15 @@ pub fn unique(prefix: &str) -> String {
 pub fn down(component: &str, detail: impl std::fmt::Display) -> String {
     format!("{component} is not reachable ({detail}); start the stack with `scripts/stack.sh up`")
 }
+
+/// An error with its whole chain of causes, for panic messages.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
