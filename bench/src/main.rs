@@ -93,6 +93,11 @@ async fn kafka_rtt(n: usize) -> Result<()> {
         s.p99_s * 1e3,
         s.max_s * 1e3
     );
+    // Close the clients before deleting the topic: librdkafka 2.12 crashes in its metadata cache
+    // when a subscribed topic disappears under a live consumer.
+    consumer.unsubscribe();
+    drop(consumer);
+    drop(producer);
     admin
         .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())
         .await?;
