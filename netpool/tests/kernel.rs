@@ -216,10 +216,21 @@ async fn tcp_from_host_and_slots_isolated_from_each_other() {
 
     kill(server);
     drop(s);
+    let ips = [a.ip(), b.ip()];
     a.release().await;
     b.release().await;
     pool.shutdown().await.unwrap();
     assert_nothing_left("ta");
+    // The host's conntrack table kept nothing of the slots' traffic.
+    if let Ok(table) = std::fs::read_to_string("/proc/net/nf_conntrack") {
+        for ip in ips {
+            let (src, dst) = (format!(" src={ip} "), format!(" dst={ip} "));
+            assert!(
+                !table.lines().any(|l| l.contains(&src) || l.contains(&dst)),
+                "conntrack entries of {ip} left"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
