@@ -152,16 +152,24 @@ start_docker() {
     wait_for 60 "docker" docker_ok || die "dockerd did not answer within 60 s; see $LOGS/docker.log"
 }
 
+# True when component `name` already runs: started by us and healthy, or someone else's that
+# answers its health check on its port (used, and left alone by `down`).
+already_running() { # name port health-function
+    local name=$1 port=$2 ok=$3
+    if pid_of "$name" >/dev/null; then
+        wait_for 20 "$name" "$ok" || die "$name (pid $(pid_of "$name")) does not answer; see $LOGS/$name.log"
+        return 0
+    fi
+    if port_open "$port"; then
+        "$ok" >/dev/null 2>&1 || die "127.0.0.1:$port is taken by something that does not answer as $name"
+        log "$name: something already answers on $port; using it (not ours to stop)"
+        return 0
+    fi
+    return 1
+}
+
 start_kafka() {
-    if pid_of kafka >/dev/null; then
-        wait_for 20 "kafka" kafka_ok || die "tansu (pid $(pid_of kafka)) does not answer; see $LOGS/kafka.log"
-        return 0
-    fi
-    if port_open "$WHISK_KAFKA_PORT"; then
-        kafka_ok >/dev/null 2>&1 || die "127.0.0.1:$WHISK_KAFKA_PORT is taken by something that is not a Kafka broker"
-        log "kafka: a broker already answers on $WHISK_KAFKA_PORT; using it (not ours to stop)"
-        return 0
-    fi
+    already_running kafka "$WHISK_KAFKA_PORT" kafka_ok && return 0
     local storage
     case $WHISK_KAFKA_STORAGE in
         memory) storage=memory://tansu/ ;;
@@ -177,15 +185,7 @@ start_kafka() {
 }
 
 start_couchdb() {
-    if pid_of couchdb >/dev/null; then
-        wait_for 20 "couchdb" couch_ok || die "pouchdb-server (pid $(pid_of couchdb)) does not answer; see $LOGS/couchdb.log"
-        return 0
-    fi
-    if port_open "$WHISK_COUCHDB_PORT"; then
-        couch_ok || die "127.0.0.1:$WHISK_COUCHDB_PORT is taken by something that does not accept our CouchDB credentials"
-        log "couchdb: a server already answers on $WHISK_COUCHDB_PORT; using it (not ours to stop)"
-        return 0
-    fi
+    already_running couchdb "$WHISK_COUCHDB_PORT" couch_ok && return 0
     local dir=$WHISK_STACK_DIR/couchdb
     mkdir -p "$dir"
     # pouchdb-server hashes the plaintext admin password at start-up, as CouchDB does.

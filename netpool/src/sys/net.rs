@@ -7,7 +7,7 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::neighbour::NeighbourState;
+use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::tc::TcAttribute;
 use rtnetlink::{
@@ -250,25 +250,33 @@ pub(crate) async fn wire_tap(h: &Handle, eth0: u32, tap: &str) -> Result<(), Sys
     Ok(())
 }
 
-/// Deletes every neighbour entry the kernel learned (not the permanent or no-ARP ones).
-pub(crate) async fn flush_neighbours(h: &Handle) -> Result<(), SysError> {
-    let entries: Vec<_> = h
+/// The neighbour entries the kernel learned (not the permanent or no-ARP ones).
+async fn learned_neighbours(h: &Handle) -> Result<Vec<NeighbourMessage>, SysError> {
+    let entries: Vec<NeighbourMessage> = h
         .neighbours()
         .get()
         .execute()
         .try_collect()
         .await
         .map_err(SysError::netlink("list neighbours", "of slot"))?;
-    for n in entries {
-        if !matches!(
-            n.header.state,
-            NeighbourState::Permanent | NeighbourState::Noarp
-        ) {
-            match h.neighbours().del(n).execute().await {
-                Ok(()) => {}
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => {}
-                Err(e) => return Err(SysError::netlink("delete neighbour", "of slot")(e)),
-            }
+    Ok(entries
+        .into_iter()
+        .filter(|n| {
+            !matches!(
+                n.header.state,
+                NeighbourState::Permanent | NeighbourState::Noarp
+            )
+        })
+        .collect())
+}
+
+/// Deletes every neighbour entry the kernel learned.
+pub(crate) async fn flush_neighbours(h: &Handle) -> Result<(), SysError> {
+    for n in learned_neighbours(h).await? {
+        match h.neighbours().del(n).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => {}
+            Err(e) => return Err(SysError::netlink("delete neighbour", "of slot")(e)),
         }
     }
     Ok(())
@@ -352,21 +360,9 @@ pub(crate) async fn net_state(h: &Handle) -> Result<NetState, SysError> {
             .map_err(SysError::netlink("list routes", "of slot"))?;
         s.routes.extend(routes.iter().map(route_line));
     }
-    let neigh: Vec<_> = h
-        .neighbours()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .map_err(SysError::netlink("list neighbours", "of slot"))?;
-    for n in neigh {
-        if !matches!(
-            n.header.state,
-            NeighbourState::Permanent | NeighbourState::Noarp
-        ) {
-            s.neighbours
-                .push(format!("{} {:?}", n.header.ifindex, n.attributes));
-        }
+    for n in learned_neighbours(h).await? {
+        s.neighbours
+            .push(format!("{} {:?}", n.header.ifindex, n.attributes));
     }
     let qdiscs: Vec<_> = h
         .qdisc()
