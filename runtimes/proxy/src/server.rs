@@ -1,0 +1,66 @@
+//! The HTTP server: `POST /init` and `POST /run` on `0.0.0.0:<port>`, HTTP/1.1 with keep-alive.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::protocol::{Proxy, Reply};
+
+/// Largest request body accepted: well above OpenWhisk's 1 MiB payload limit plus the context.
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// Serves the proxy on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(proxy.clone(), req));
+            // A client that hangs up mid-request is not the proxy's problem.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    proxy: Arc<Proxy>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let route = (req.method().clone(), req.uri().path().to_owned());
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return Ok(reply(&Reply {
+                status: 413,
+                body: serde_json::json!({ "error": "The request is too large." }),
+            }));
+        }
+    };
+    let r = match (route.0, route.1.as_str()) {
+        (Method::POST, "/init") => proxy.init(&body).await,
+        (Method::POST, "/run") => proxy.run(&body).await,
+        _ => Reply {
+            status: 404,
+            body: serde_json::json!({ "error": "Not found." }),
+        },
+    };
+    Ok(reply(&r))
+}
+
+fn reply(r: &Reply) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(r.body.to_string())));
+    *resp.status_mut() =
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
