@@ -5,6 +5,8 @@
 #   kafka    the Kafka-API broker tansu 0.6.0 on 127.0.0.1:$WHISK_KAFKA_PORT
 #   couchdb  pouchdb-server 4.2.0 (CouchDB HTTP API) on 127.0.0.1:$WHISK_COUCHDB_PORT, with an admin
 #
+# `up` also builds the action runtime images (runtimes/build.sh), cached by their inputs.
+#
 # Usage: scripts/stack.sh up|down|status|env
 #
 #   up      install what is missing (idempotent), start what is not running, health-check all three
@@ -255,6 +257,8 @@ cmd_up() {
     start_docker
     start_kafka
     start_couchdb
+    # The action runtime images (no registry is reachable): rebuilt only when their inputs change.
+    "$REPO/runtimes/build.sh"
     write_env
     cmd_status
 }

@@ -43,14 +43,22 @@ async fn handle(
             }));
         }
     };
-    let r = match (route.0, route.1.as_str()) {
-        (Method::POST, "/init") => proxy.init(&body).await,
-        (Method::POST, "/run") => proxy.run(&body).await,
-        _ => Reply {
-            status: 404,
-            body: serde_json::json!({ "error": "Not found." }),
-        },
-    };
+    // The work runs in a task of its own: hyper drops this future when the caller hangs up
+    // (an invoker that timed out), but the action still finishes and its sentinels are written.
+    let work = tokio::spawn(async move {
+        match (route.0, route.1.as_str()) {
+            (Method::POST, "/init") => proxy.init(&body).await,
+            (Method::POST, "/run") => proxy.run(&body).await,
+            _ => Reply {
+                status: 404,
+                body: serde_json::json!({ "error": "Not found." }),
+            },
+        }
+    });
+    let r = work.await.unwrap_or_else(|_| Reply {
+        status: 500,
+        body: serde_json::json!({ "error": "The proxy failed." }),
+    });
     Ok(reply(&r))
 }
 
