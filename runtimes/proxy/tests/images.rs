@@ -291,6 +291,22 @@ impl Container {
         (out, err)
     }
 
+    /// The logs once both streams hold `n` sentinel lines (Docker copies a container's output to
+    /// its log asynchronously, so the invoker, too, reads until the sentinels arrive), or after
+    /// five seconds whatever they hold.
+    async fn logs_with_sentinels(&self, n: usize) -> (String, String) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (out, err) = self.logs().await;
+            if (count(&out, SENTINEL) >= n && count(&err, SENTINEL) >= n)
+                || Instant::now() > deadline
+            {
+                return (out, err);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn running(&self) -> bool {
         let state = self
             .docker
@@ -423,7 +439,7 @@ async fn conformance(kind: Kind) {
     runs += 1;
 
     // Sentinels on both streams after every run and the refused init, after the action's lines.
-    let (out, err) = c.logs().await;
+    let (out, err) = c.logs_with_sentinels(runs + 1).await;
     assert_eq!(count(&out, SENTINEL), runs + 1, "stdout:\n{out}");
     assert_eq!(count(&err, SENTINEL), runs + 1, "stderr:\n{err}");
     assert!(out.lines().last() == Some(SENTINEL) && err.lines().last() == Some(SENTINEL));
@@ -482,7 +498,7 @@ async fn conformance(kind: Kind) {
     let (s, body) = c.init(broken).await;
     assert_eq!(s, 502, "{body}");
     assert!(body["error"].is_string());
-    let (out, err) = c.logs().await;
+    let (out, err) = c.logs_with_sentinels(1).await;
     assert_eq!((count(&out, SENTINEL), count(&err, SENTINEL)), (1, 1));
     c.remove().await;
 }
