@@ -12,6 +12,8 @@
 //! - [`couchdb`]: a small CouchDB HTTP API client (documents, revisions, attachments) written
 //!   for what OpenWhisk stores there.
 //! - [`docker`]: the connection to the Docker engine.
+//! - [`messages`]: OpenWhisk's wire messages (activation, the three acks, ping, the activation
+//!   record), with golden tests against the contract's examples.
 //! - [`stack`]: where the components of the local development stack live (`scripts/stack.sh`).
 //!
 //! The data flow and the ownership of every process are described in `docs/architecture.md`.
@@ -19,4 +21,5 @@
 pub mod couchdb;
 pub mod docker;
 pub mod kafka;
+pub mod messages;
 pub mod stack;
