@@ -7,6 +7,7 @@
 //!
 //! The crate is built bottom-up from clients of the real components it talks to:
 //!
+//! - [`config`]: OpenWhisk's `CONFIG_*` environment mapping, sizes and durations.
 //! - [`kafka`]: OpenWhisk's topics, their configuration and the client settings the invoker uses
 //!   with the broker.
 //! - [`couchdb`]: a small CouchDB HTTP API client (documents, revisions, attachments) written
@@ -18,6 +19,7 @@
 //!
 //! The data flow and the ownership of every process are described in `docs/architecture.md`.
 
+pub mod config;
 pub mod couchdb;
 pub mod docker;
 pub mod kafka;
