@@ -108,11 +108,7 @@ pub fn parse_bytes(key: &str, value: &str) -> Result<u64, ConfigValueError> {
         key: key.to_owned(),
         value: value.to_owned(),
     };
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let unit = unit.trim().to_ascii_lowercase();
+    let (n, unit) = number_and_unit(value).ok_or_else(err)?;
     let mult: u64 = match unit.as_str() {
         "" | "b" | "byte" | "bytes" => 1,
         "k" | "kb" | "kib" | "kilobytes" => 1 << 10,
@@ -131,11 +127,8 @@ pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigValueErr
         key: key.to_owned(),
         value: value.to_owned(),
     };
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (num, unit) = v.split_at(split);
-    let n: u64 = num.parse().map_err(|_| err())?;
-    let d = match unit.trim().to_ascii_lowercase().as_str() {
+    let (n, unit) = number_and_unit(value).ok_or_else(err)?;
+    let d = match unit.as_str() {
         "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => Duration::from_millis(n),
         "s" | "second" | "seconds" => Duration::from_secs(n),
         "m" | "minute" | "minutes" => Duration::from_secs(n * 60),
@@ -144,6 +137,14 @@ pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigValueErr
         _ => return Err(err()),
     };
     Ok(d)
+}
+
+/// `"2048 m"` → `(2048, "m")`: leading digits, then the rest trimmed and lower-cased.
+fn number_and_unit(value: &str) -> Option<(u64, String)> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    Some((num.parse().ok()?, unit.trim().to_ascii_lowercase()))
 }
 
 #[cfg(test)]

@@ -178,6 +178,10 @@ struct Container {
 
 impl Container {
     async fn start(docker: &Docker, image: &str) -> (Self, Duration) {
+        Self::start_with_env(docker, image, Vec::new()).await
+    }
+
+    async fn start_with_env(docker: &Docker, image: &str, env: Vec<String>) -> (Self, Duration) {
         let started = Instant::now();
         if docker.inspect_image(image).await.is_err() {
             panic!(
@@ -186,6 +190,7 @@ impl Container {
         }
         let body = ContainerCreateBody {
             image: Some(image.into()),
+            env: Some(env),
             host_config: Some(HostConfig {
                 network_mode: Some("bridge".into()),
                 ..Default::default()
@@ -564,35 +569,12 @@ async fn manifest_names_the_built_images() {
 async fn concurrent_runs_only_when_allowed() {
     let docker = docker().await;
     for allow in [false, true] {
-        let image = Kind::Node.image();
-        let body = ContainerCreateBody {
-            image: Some(image.into()),
-            env: Some(vec![format!("__OW_ALLOW_CONCURRENT={allow}")]),
-            ..Default::default()
-        };
-        let id = docker
-            .create_container(
-                None::<bollard::query_parameters::CreateContainerOptions>,
-                body,
-            )
-            .await
-            .unwrap()
-            .id;
-        docker.start_container(&id, None).await.unwrap();
-        let ip = docker
-            .inspect_container(&id, None)
-            .await
-            .unwrap()
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|nets| nets.get("bridge").and_then(|e| e.ip_address.clone()))
-            .unwrap();
-        let c = Container {
-            docker: docker.clone(),
-            id,
-            url: format!("http://{ip}:8080"),
-            http: reqwest::Client::new(),
-        };
+        let (c, _) = Container::start_with_env(
+            &docker,
+            Kind::Node.image(),
+            vec![format!("__OW_ALLOW_CONCURRENT={allow}")],
+        )
+        .await;
         assert_eq!(c.init(Kind::Node.init_value()).await.0, 200);
         let started = Instant::now();
         let (a, b) = tokio::join!(
