@@ -6,6 +6,7 @@
 #   openwhisk/dockerskeleton:nightly       native/blackbox actions: FROM scratch + static proxy
 #   openwhisk/action-nodejs-v18:nightly    Debian 12 nodejs (18) + proxy + launcher.js
 #   openwhisk/action-python-v3.11:nightly  Debian 12 python3 (3.11) + proxy + launcher.py
+#   whisk-pcpm/pause:latest                pcpm's pause container: FROM scratch + pcpm-pause
 #
 # The Debian root filesystems come from debootstrap (bookworm, minbase) and are cached as
 # tarballs under $WHISK_TOOLS_DIR/rootfs, keyed by suite and package list; the package versions
@@ -24,15 +25,20 @@ command -v debootstrap >/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 }
 
-# 1. The proxy, statically linked so that it runs in any image, FROM scratch included.
-log "building the static action proxy"
+# 1. The proxy and pcpm's pause process, statically linked so that they run in any image,
+#    FROM scratch included.
+log "building the static action proxy and pause binary"
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
-    cargo build --quiet --release --locked -p action-proxy --target x86_64-unknown-linux-gnu --target-dir target/static
+    cargo build --quiet --release --locked -p action-proxy -p pcpm --bin action-proxy --bin pcpm-pause \
+    --target x86_64-unknown-linux-gnu --target-dir target/static
 PROXY=target/static/x86_64-unknown-linux-gnu/release/action-proxy
-if ldd "$PROXY" 2>&1 | grep -q '=>'; then
-    log "error: $PROXY is not statically linked"
-    exit 1
-fi
+PAUSE=target/static/x86_64-unknown-linux-gnu/release/pcpm-pause
+for bin in "$PROXY" "$PAUSE"; do
+    if ldd "$bin" 2>&1 | grep -q '=>'; then
+        log "error: $bin is not statically linked"
+        exit 1
+    fi
+done
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
@@ -96,6 +102,16 @@ EXPOSE 8080
 ENTRYPOINT ["/bin/action-proxy"]
 EOF
 build_image openwhisk/dockerskeleton:nightly "$ctx/native" "$(hash_of "$PROXY" "$ctx/native/Dockerfile")"
+
+# 2b. pcpm's pause container: the pause process alone, FROM scratch.
+mkdir -p "$ctx/pause"
+cp "$PAUSE" "$ctx/pause/pause"
+cat >"$ctx/pause/Dockerfile" <<'EOF'
+FROM scratch
+COPY pause /pause
+ENTRYPOINT ["/pause"]
+EOF
+build_image whisk-pcpm/pause:latest "$ctx/pause" "$(hash_of "$PAUSE" "$ctx/pause/Dockerfile")"
 
 # 3. Node.js 18 and Python 3.11 from Debian 12.
 lang_image() { # image base-name packages launcher source-file launcher-command
