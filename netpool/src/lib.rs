@@ -16,6 +16,8 @@
 //!   [`Lease`]s and shuts down leaving nothing behind.
 //! - [`Lease`]: the namespace's fd and path (for an OCI runtime's spec), a way to start a
 //!   process inside it, its address, gateway and MAC, and for VM slots its TAP.
+//! - [`NamespaceProbe`]: the same checks for any namespace by path (a Docker pause container's,
+//!   say): state to compare, live sockets, processes, learned neighbours to flush.
 //! - [`metrics`]: the metric names this crate records.
 //!
 //! Threading: no tokio worker ever changes namespace. Namespace work runs on short-lived
@@ -26,11 +28,13 @@ mod addressing;
 mod config;
 pub mod metrics;
 mod pool;
+mod probe;
 mod slot;
 mod sys;
 
 pub use addressing::{SlotAddress, SlotId};
 pub use config::{OnEmpty, PoolConfig, PoolConfigError, SlotKind};
 pub use pool::{Lease, NetPool, PoolError, PoolStats, Released};
+pub use probe::{NamespaceProbe, NamespaceState};
 pub use slot::{ScrubFailure, TAP_NAME};
 pub use sys::SysError;

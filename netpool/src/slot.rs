@@ -187,7 +187,7 @@ impl Slot {
             .await
             .map_err(ScrubFailure::Error)?;
         if now != self.baseline {
-            return Err(ScrubFailure::State(diff(&self.baseline, &now)));
+            return Err(ScrubFailure::State(self.baseline.diff(&now)));
         }
         Ok(())
     }
@@ -199,27 +199,4 @@ impl Slot {
         drop(self);
         ns::remove_netns(&path)
     }
-}
-
-fn diff(before: &NetState, after: &NetState) -> String {
-    let mut out = Vec::new();
-    for (what, b, a) in [
-        ("link", &before.links, &after.links),
-        ("address", &before.addresses, &after.addresses),
-        ("route", &before.routes, &after.routes),
-        ("neighbour", &before.neighbours, &after.neighbours),
-        ("qdisc", &before.qdiscs, &after.qdiscs),
-    ] {
-        out.extend(
-            a.iter()
-                .filter(|x| !b.contains(x))
-                .map(|x| format!("+{what} {x}")),
-        );
-        out.extend(
-            b.iter()
-                .filter(|x| !a.contains(x))
-                .map(|x| format!("-{what} {x}")),
-        );
-    }
-    out.join("; ")
 }

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netpool::{Lease, NetPool, OnEmpty, PoolConfig, Released, ScrubFailure, SlotKind};
+use netpool::{Lease, NamespaceProbe, NetPool, OnEmpty, PoolConfig, Released, ScrubFailure, SlotKind};
 
 const CHILD_ENV: &str = "NETPOOL_TEST_CHILD";
 
@@ -352,6 +352,33 @@ async fn clean_slots_return_dirty_ones_are_destroyed() {
 
     pool.shutdown().await.unwrap();
     assert_nothing_left("tb");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_sees_what_a_tenant_changed() {
+    require_root();
+    let mut c = config("th", 208);
+    c.on_empty = OnEmpty::CreateInline;
+    let pool = NetPool::new(c).await.unwrap();
+    let lease = pool.lease().await.unwrap();
+    let probe = NamespaceProbe::open(lease.netns_path()).await.unwrap();
+    let before = probe.state().await.unwrap();
+    assert_eq!(probe.state().await.unwrap(), before, "state is stable");
+    assert!(probe.live_sockets().await.unwrap().is_empty());
+    assert!(probe.processes().await.unwrap().is_empty());
+
+    let sleeper = spawn_in(&lease, "sleep");
+    assert_eq!(probe.processes().await.unwrap(), vec![sleeper.id()]);
+    kill(sleeper);
+    assert!(run_in(&lease, "ip:addr,add,192.0.2.7/32,dev,lo"));
+    let after = probe.state().await.unwrap();
+    assert!(after.diff(&before).contains("+address"), "{}", after.diff(&before));
+
+    drop(probe);
+    let outcome = lease.release().await;
+    assert!(matches!(outcome, Released::Destroyed(ScrubFailure::State(_))), "{outcome:?}");
+    pool.shutdown().await.unwrap();
+    assert_nothing_left("th");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

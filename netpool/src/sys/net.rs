@@ -293,6 +293,32 @@ pub(crate) struct NetState {
     pub(crate) qdiscs: Vec<String>,
 }
 
+impl NetState {
+    /// What `after` has that `self` lacks (`+`) and the reverse (`-`), `; `-separated.
+    pub(crate) fn diff(&self, after: &NetState) -> String {
+        let mut out = Vec::new();
+        for (what, b, a) in [
+            ("link", &self.links, &after.links),
+            ("address", &self.addresses, &after.addresses),
+            ("route", &self.routes, &after.routes),
+            ("neighbour", &self.neighbours, &after.neighbours),
+            ("qdisc", &self.qdiscs, &after.qdiscs),
+        ] {
+            out.extend(
+                a.iter()
+                    .filter(|x| !b.contains(x))
+                    .map(|x| format!("+{what} {x}")),
+            );
+            out.extend(
+                b.iter()
+                    .filter(|x| !a.contains(x))
+                    .map(|x| format!("-{what} {x}")),
+            );
+        }
+        out.join("; ")
+    }
+}
+
 /// Reads a slot's links (name, MAC, MTU, up, controller), addresses, routes of every table and
 /// family, learned neighbours and qdiscs through its netlink socket.
 pub(crate) async fn net_state(h: &Handle) -> Result<NetState, SysError> {

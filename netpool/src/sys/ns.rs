@@ -190,6 +190,16 @@ pub(crate) fn remove_netns(path: &Path) -> Result<(), SysError> {
     first_error.map_or(Ok(()), Err)
 }
 
+/// Opens a netlink socket inside namespace `ns` (on a `netpool-ns` thread).
+pub(crate) fn netlink_socket_in(ns: &File) -> Result<OwnedFd, SysError> {
+    on_ns_thread(Some(ns), || {
+        let socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
+            .map_err(SysError::io("open netlink socket in", "namespace"))?;
+        // SAFETY: `into_raw_fd` hands over sole ownership of the socket's open fd.
+        Ok(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) })
+    })
+}
+
 /// The inode that identifies a namespace, as `/proc/<pid>/ns/net` links show it.
 pub(crate) fn ns_inode(ns: &File) -> Result<u64, SysError> {
     ns.metadata()
