@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netpool::{Lease, NamespaceProbe, NetPool, OnEmpty, PoolConfig, Released, ScrubFailure, SlotKind};
+use netpool::{
+    Lease, NamespaceProbe, NetPool, OnEmpty, PoolConfig, Released, ScrubFailure, SlotKind,
+};
 
 const CHILD_ENV: &str = "NETPOOL_TEST_CHILD";
 
@@ -372,11 +374,18 @@ async fn probe_sees_what_a_tenant_changed() {
     kill(sleeper);
     assert!(run_in(&lease, "ip:addr,add,192.0.2.7/32,dev,lo"));
     let after = probe.state().await.unwrap();
-    assert!(after.diff(&before).contains("+address"), "{}", after.diff(&before));
+    assert!(
+        after.diff(&before).contains("+address"),
+        "{}",
+        after.diff(&before)
+    );
 
     drop(probe);
     let outcome = lease.release().await;
-    assert!(matches!(outcome, Released::Destroyed(ScrubFailure::State(_))), "{outcome:?}");
+    assert!(
+        matches!(outcome, Released::Destroyed(ScrubFailure::State(_))),
+        "{outcome:?}"
+    );
     pool.shutdown().await.unwrap();
     assert_nothing_left("th");
 }
