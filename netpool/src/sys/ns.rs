@@ -159,10 +159,7 @@ pub(crate) fn create_netns(path: &Path, parent: Option<&File>) -> Result<NewName
         }
         let ns = File::open("/proc/thread-self/ns/net")
             .map_err(SysError::io("open", "/proc/thread-self/ns/net"))?;
-        let socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
-            .map_err(SysError::io("open netlink socket in", path.display()))?;
-        // SAFETY: `into_raw_fd` hands over sole ownership of the socket's open fd.
-        let netlink = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
+        let netlink = route_socket()?;
         Ok(NewNamespace { ns, netlink })
     });
     if result.is_err() {
@@ -192,12 +189,15 @@ pub(crate) fn remove_netns(path: &Path) -> Result<(), SysError> {
 
 /// Opens a netlink socket inside namespace `ns` (on a `netpool-ns` thread).
 pub(crate) fn netlink_socket_in(ns: &File) -> Result<OwnedFd, SysError> {
-    on_ns_thread(Some(ns), || {
-        let socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
-            .map_err(SysError::io("open netlink socket in", "namespace"))?;
-        // SAFETY: `into_raw_fd` hands over sole ownership of the socket's open fd.
-        Ok(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) })
-    })
+    on_ns_thread(Some(ns), route_socket)
+}
+
+/// A NETLINK_ROUTE socket in the calling thread's namespace, for good.
+fn route_socket() -> Result<OwnedFd, SysError> {
+    let socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)
+        .map_err(SysError::io("open netlink socket in", "namespace"))?;
+    // SAFETY: `into_raw_fd` hands over sole ownership of the socket's open fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) })
 }
 
 /// The inode that identifies a namespace, as `/proc/<pid>/ns/net` links show it.

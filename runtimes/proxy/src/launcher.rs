@@ -146,26 +146,17 @@ impl Launcher {
         {
             let mut stdin = self.stdin.lock().await;
             if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
-                return Reply {
-                    status: 502,
-                    body: json!({ "error": "The action process exited unexpectedly." }),
-                };
+                return Reply::error(502, "The action process exited unexpectedly.");
             }
         }
         let Ok(reply) = rx.await else {
-            return Reply {
-                status: 502,
-                body: json!({ "error": "The action process exited unexpectedly." }),
-            };
+            return Reply::error(502, "The action process exited unexpectedly.");
         };
         if let Some(exception) = reply.get("exception") {
             let text = exception
                 .as_str()
                 .map_or_else(|| exception.to_string(), str::to_owned);
-            return Reply {
-                status: 502,
-                body: json!({ "error": format!("An error has occurred: {text}") }),
-            };
+            return Reply::error(502, format!("An error has occurred: {text}"));
         }
         result_reply(reply.get("result").cloned().unwrap_or(Value::Null))
     }

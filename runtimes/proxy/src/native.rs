@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::protocol::{Config, NOT_A_DICTIONARY, Reply, result_reply};
@@ -89,10 +89,7 @@ pub(crate) async fn run(config: &Config, value: &Value, env: &[(String, String)]
         Ok(c) => c,
         Err(e) => {
             println!("cannot start {}: {e}", exec.display());
-            return Reply {
-                status: 502,
-                body: json!({ "error": NOT_A_DICTIONARY }),
-            };
+            return Reply::error(502, NOT_A_DICTIONARY);
         }
     };
     if let Some(mut stdin) = child.stdin.take() {
@@ -103,10 +100,7 @@ pub(crate) async fn run(config: &Config, value: &Value, env: &[(String, String)]
         Ok(o) => o,
         Err(e) => {
             println!("cannot wait for {}: {e}", exec.display());
-            return Reply {
-                status: 502,
-                body: json!({ "error": NOT_A_DICTIONARY }),
-            };
+            return Reply::error(502, NOT_A_DICTIONARY);
         }
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -124,10 +118,7 @@ pub(crate) async fn run(config: &Config, value: &Value, env: &[(String, String)]
         _ => {
             // Like OpenWhisk's proxy: the unparsable last line is logged.
             println!("{}", last.trim());
-            Reply {
-                status: 502,
-                body: json!({ "error": NOT_A_DICTIONARY }),
-            }
+            Reply::error(502, NOT_A_DICTIONARY)
         }
     }
 }

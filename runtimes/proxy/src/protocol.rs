@@ -60,11 +60,11 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn ok(body: Value) -> Self {
+    pub(crate) fn ok(body: Value) -> Self {
         Self { status: 200, body }
     }
 
-    fn error(status: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn error(status: u16, message: impl Into<String>) -> Self {
         Self {
             status,
             body: json!({ "error": message.into() }),
