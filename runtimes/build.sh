@@ -44,15 +44,20 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 # Builds image $1 from context dir $2 unless an image with input hash $3 exists.
 build_image() {
-    local image=$1 ctx=$2 hash=$3 have started
+    local image=$1 ctx=$2 hash=$3 have started old
     have=$(docker image inspect --format '{{ index .Config.Labels "whisk.inputs" }}' "$image" 2>/dev/null || true)
     if [ "$have" = "$hash" ] && [ "$FORCE" != --force ]; then
         log "$image is up to date ($hash)"
         return 0
     fi
     started=$SECONDS
+    old=$(docker image inspect --format '{{ .Id }}' "$image" 2>/dev/null || true)
     docker build -q --label "whisk.inputs=$hash" -t "$image" "$ctx" >/dev/null 2>"$ctx/build.log" ||
         { cat "$ctx/build.log" >&2; log "error: docker build of $image failed"; exit 1; }
+    # The image it replaces would linger untagged; remove it unless a container still uses it.
+    if [ -n "$old" ] && [ "$old" != "$(docker image inspect --format '{{ .Id }}' "$image")" ]; then
+        docker rmi "$old" >/dev/null 2>&1 || true
+    fi
     log "$image built in $((SECONDS - started)) s ($(docker image inspect --format '{{ .Size }}' "$image" | awk '{printf "%.1f MB", $1/1e6}'))"
 }
 
