@@ -1,0 +1,1025 @@
+//! The pools: pause containers created ahead of need, handed out, checked on return.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use futures::StreamExt;
+use netpool::{NamespaceProbe, NamespaceState, SysError};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::{ConfigError, NetworkKey, OnEmpty, PcpmConfig};
+use crate::engine::{self, EngineError};
+use crate::metrics as m;
+
+/// Errors of the pool manager.
+#[derive(Debug, thiserror::Error)]
+pub enum PcpmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("pause container {id}: {action}")]
+    Namespace {
+        id: String,
+        action: &'static str,
+        #[source]
+        source: Box<SysError>,
+    },
+    #[error("cannot read {path}, a file joining containers share")]
+    SharedFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pause container {id} is not running")]
+    NotRunning { id: String },
+    #[error(
+        "pcpm pool {pool} had no pause container within {waited:?}{}",
+        last_error.as_ref().map(|e| format!(" (last creation failed: {e})")).unwrap_or_default()
+    )]
+    Exhausted {
+        pool: String,
+        waited: Duration,
+        last_error: Option<String>,
+    },
+    #[error("the pool manager is shut down")]
+    Closed,
+    #[error("{} pause container(s) could not be removed: {}", .0.len(), .0.join("; "))]
+    Teardown(Vec<String>),
+}
+
+/// What became of a released pause container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// It passed every check and is idle in its pool again.
+    Recycled,
+    /// It failed a check (the reason); it was removed and the refill replaces it.
+    Replaced(String),
+}
+
+/// A pool's counters and occupancy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub idle: usize,
+    pub leased: usize,
+    pub creating: usize,
+    pub waiting: usize,
+    pub created: u64,
+    pub adopted: u64,
+    pub recycled: u64,
+    pub replaced: u64,
+    pub create_failures: u64,
+    pub fallbacks: u64,
+    pub exhausted: u64,
+}
+
+/// What start-up found of an earlier run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Running, clean pause containers of a configured key, taken into their pool.
+    pub adopted: usize,
+    /// Everything else labelled with this manager's name, removed.
+    pub removed: usize,
+}
+
+/// Where a function container's network comes from.
+#[derive(Debug)]
+pub enum Endpoint {
+    /// A pooled pause container: join its network, release it once the function container is
+    /// removed.
+    Pause(PauseHandle),
+    /// The pool was empty and configured to fall back: ordinary Docker networking with the
+    /// key's settings.
+    Fallback(NetworkKey),
+}
+
+impl Endpoint {
+    /// The function container's `HostConfig.NetworkMode`.
+    pub fn network_mode(&self) -> String {
+        match self {
+            Self::Pause(h) => h.network_mode(),
+            Self::Fallback(key) => key.network.clone(),
+        }
+    }
+
+    /// Sets the network fields of a function container's body: the network mode, and for the
+    /// fallback the key's DNS settings and exposed ports. A container joining a pause
+    /// container must not set those (Docker refuses), so they are cleared.
+    pub fn apply(&self, body: &mut ContainerCreateBody) {
+        let host = body.host_config.get_or_insert_with(HostConfig::default);
+        host.network_mode = Some(self.network_mode());
+        match self {
+            Self::Pause(_) => {
+                host.dns = None;
+                host.dns_search = None;
+                host.dns_options = None;
+                host.port_bindings = None;
+                host.publish_all_ports = None;
+                body.exposed_ports = None;
+                body.hostname = None;
+            }
+            Self::Fallback(key) => {
+                let nonempty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+                host.dns = nonempty(&key.dns);
+                host.dns_search = nonempty(&key.dns_search);
+                host.dns_options = nonempty(&key.dns_options);
+                if !key.exposed_ports.is_empty() {
+                    body.exposed_ports = Some(
+                        key.exposed_ports
+                            .iter()
+                            .map(|p| format!("{p}/tcp"))
+                            .collect(),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The address of the function container's network, where Docker gives it up front
+    /// (pause containers); a fallback container's address is known only once it runs.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Self::Pause(h) => h.ip(),
+            Self::Fallback(_) => None,
+        }
+    }
+
+    /// Returns the pause container, if any, once the function container is removed.
+    pub async fn release(self) -> Option<Released> {
+        match self {
+            Self::Pause(h) => Some(h.release().await),
+            Self::Fallback(_) => None,
+        }
+    }
+}
+
+/// The pool manager: a pool per network key, one Docker connection, one creation budget.
+#[derive(Debug, Clone)]
+pub struct Pcpm {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    docker: Docker,
+    config: PcpmConfig,
+    run: String,
+    seq: AtomicU64,
+    creates: Semaphore,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    pools: Mutex<HashMap<NetworkKey, Arc<Pool>>>,
+    reconciled: Reconciled,
+}
+
+impl Pcpm {
+    /// Validates the configuration, reconciles an earlier run's containers (adopting the
+    /// running, clean ones of configured keys, removing the rest) and starts the configured
+    /// pools, which fill to their high watermark in the background.
+    pub async fn new(docker: Docker, config: PcpmConfig) -> Result<Self, PcpmError> {
+        config.validate()?;
+        m::describe();
+        let run = run_id();
+        let mut shared = Shared {
+            creates: Semaphore::new(config.max_concurrent_creates),
+            docker,
+            config,
+            run,
+            seq: AtomicU64::new(0),
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            pools: Mutex::new(HashMap::new()),
+            reconciled: Reconciled::default(),
+        };
+        let (adopted, reconciled) = reconcile(&shared).await?;
+        shared.reconciled = reconciled;
+        let this = Self {
+            shared: Arc::new(shared),
+        };
+        let mut adopted = adopted;
+        for key in this.shared.config.keys.clone() {
+            let initial = adopted.remove(&key).unwrap_or_default();
+            this.start_pool(&key, initial);
+        }
+        info!(
+            manager = %this.shared.config.name,
+            run = %this.shared.run,
+            adopted = reconciled.adopted,
+            removed = reconciled.removed,
+            "pcpm started"
+        );
+        Ok(this)
+    }
+
+    /// What start-up found of an earlier run.
+    pub fn reconciled(&self) -> Reconciled {
+        self.shared.reconciled
+    }
+
+    /// A network endpoint for a function container with network needs `key`: an idle pause
+    /// container (the pool for `key` starts on first use), or on an empty pool what
+    /// [`PcpmConfig::on_empty`] says.
+    pub async fn acquire(&self, key: &NetworkKey) -> Result<Endpoint, PcpmError> {
+        if self.shared.cancel.is_cancelled() {
+            return Err(PcpmError::Closed);
+        }
+        self.pool(key).acquire().await
+    }
+
+    /// The counters of the pool for `key`, if it has started.
+    pub fn stats(&self, key: &NetworkKey) -> Option<PoolStats> {
+        let pools = lock(&self.shared.pools);
+        pools.get(key).map(|p| p.stats())
+    }
+
+    /// Waits until the pool for `key` (started if need be) has `n` idle pause containers.
+    pub async fn wait_idle(
+        &self,
+        key: &NetworkKey,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<(), PcpmError> {
+        let pool = self.pool(key);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = pool.idle_ready.notified();
+            let (idle, last_error) = {
+                let s = pool.lock();
+                (s.idle.len(), s.last_error.clone())
+            };
+            if idle >= n {
+                return Ok(());
+            }
+            pool.wake.notify_one();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(PcpmError::Exhausted {
+                    pool: pool.id.clone(),
+                    waited: timeout,
+                    last_error,
+                });
+            }
+        }
+    }
+
+    /// Stops every refill, waits for creations under way, and removes every container labelled
+    /// with this manager's name, handed out or not. Keeps going past errors and reports them
+    /// all. Handles released later find their container gone.
+    pub async fn shutdown(&self) -> Result<(), PcpmError> {
+        let shared = &self.shared;
+        shared.cancel.cancel();
+        shared.tasks.close();
+        shared.tasks.wait().await;
+        let pools: Vec<_> = lock(&shared.pools).values().cloned().collect();
+        for pool in &pools {
+            let mut s = pool.lock();
+            s.closed = true;
+            s.idle.clear();
+            pool.gauges(&s);
+            pool.idle_ready.notify_waiters();
+        }
+        let listed = engine::list(&shared.docker, &shared.config.name).await?;
+        let errors: Vec<String> = futures::stream::iter(listed)
+            .map(|c| async move {
+                let pool = c.labels.get(engine::LABEL_KEY).cloned().unwrap_or_default();
+                let result = engine::remove(&shared.docker, &c.id).await;
+                if result.is_ok() {
+                    metrics::counter!(m::REMOVED_TOTAL, "pool" => pool, "reason" => "shutdown")
+                        .increment(1);
+                }
+                result.map_err(|e| error_chain(&e))
+            })
+            .buffer_unordered(shared.config.max_concurrent_creates)
+            .filter_map(|r| async move { r.err() })
+            .collect()
+            .await;
+        info!(manager = %shared.config.name, errors = errors.len(), "pcpm shut down");
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(PcpmError::Teardown(errors))
+        }
+    }
+
+    /// The pool for `key`, started (with its refill task) on first use.
+    fn pool(&self, key: &NetworkKey) -> Arc<Pool> {
+        self.start_pool(key, Vec::new())
+    }
+
+    /// The pool for `key`; a new one starts with `adopted` idle, then its refill task.
+    fn start_pool(&self, key: &NetworkKey, adopted: Vec<PauseContainer>) -> Arc<Pool> {
+        let mut pools = lock(&self.shared.pools);
+        if let Some(pool) = pools.get(key) {
+            return pool.clone();
+        }
+        let state = State {
+            adopted: adopted.len() as u64,
+            idle: adopted,
+            ..State::default()
+        };
+        let pool = Arc::new(Pool {
+            shared: Arc::downgrade(&self.shared),
+            key: key.clone(),
+            id: key.id(),
+            state: Mutex::new(state),
+            idle_ready: Notify::new(),
+            wake: Notify::new(),
+        });
+        pool.gauges(&pool.lock());
+        pools.insert(key.clone(), pool.clone());
+        let span = info_span!("pcpm_refill", pool = %pool.id, network = %key.network);
+        self.shared.tasks.spawn(
+            refill(
+                pool.clone(),
+                self.shared.cancel.clone(),
+                self.shared.config.clone(),
+            )
+            .instrument(span),
+        );
+        pool
+    }
+}
+
+/// A pause container in the pool's hands: what was seen of it when it was new.
+#[derive(Debug)]
+struct PauseContainer {
+    id: String,
+    name: String,
+    pid: u32,
+    ip: Option<IpAddr>,
+    probe: NamespaceProbe,
+    fingerprint: Fingerprint,
+    uses: u64,
+}
+
+/// What a joining container could change and the next one would see: the namespace's links,
+/// addresses, routes and qdiscs, and the files shared with the network's owner (`/etc/hosts`,
+/// `/etc/resolv.conf`, `/etc/hostname`, writable by a root process in the joining container).
+#[derive(Debug, PartialEq, Eq)]
+struct Fingerprint {
+    net: NamespaceState,
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl Fingerprint {
+    async fn take(probe: &NamespaceProbe, id: &str, files: &[PathBuf]) -> Result<Self, PcpmError> {
+        let ns_err = |action| {
+            let id = id.to_owned();
+            move |source| PcpmError::Namespace {
+                id,
+                action,
+                source: Box::new(source),
+            }
+        };
+        probe
+            .flush_learned_neighbours()
+            .await
+            .map_err(ns_err("flush neighbours"))?;
+        let net = probe.state().await.map_err(ns_err("read state"))?;
+        let mut contents = Vec::with_capacity(files.len());
+        for path in files {
+            let data = tokio::fs::read(path)
+                .await
+                .map_err(|source| PcpmError::SharedFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            contents.push((path.clone(), data));
+        }
+        Ok(Self {
+            net,
+            files: contents,
+        })
+    }
+
+    /// Why `now` differs from this fingerprint, or `None`.
+    fn differs(&self, now: &Self) -> Option<String> {
+        if now.net != self.net {
+            return Some(format!(
+                "network state changed: {}",
+                now.net.diff(&self.net)
+            ));
+        }
+        for ((path, before), (_, after)) in self.files.iter().zip(&now.files) {
+            if before != after {
+                return Some(format!("{} changed", path.display()));
+            }
+        }
+        None
+    }
+}
+
+/// A pause container handed out. Join its network with [`PauseHandle::network_mode`]; call
+/// [`PauseHandle::release`] once the function container is removed. Dropped without release,
+/// the pause container is removed and replaced (its state is unknown).
+#[derive(Debug)]
+pub struct PauseHandle {
+    container: Option<PauseContainer>,
+    pool: Arc<Pool>,
+}
+
+impl PauseHandle {
+    fn container(&self) -> &PauseContainer {
+        self.container
+            .as_ref()
+            .expect("a handle holds its container until release or drop")
+    }
+
+    /// The pause container's id.
+    pub fn id(&self) -> &str {
+        &self.container().id
+    }
+
+    /// The pause container's name.
+    pub fn name(&self) -> &str {
+        &self.container().name
+    }
+
+    /// `container:<id>`: the function container's network mode.
+    pub fn network_mode(&self) -> String {
+        format!("container:{}", self.container().id)
+    }
+
+    /// The address on the key's network (none on `none`).
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.container().ip
+    }
+
+    /// The pause process's pid on the host; `/proc/<pid>/ns/net` is the namespace.
+    pub fn pid(&self) -> u32 {
+        self.container().pid
+    }
+
+    /// How many function containers this pause container served before this one.
+    pub fn previous_uses(&self) -> u64 {
+        self.container().uses
+    }
+
+    /// The pool this came from ([`NetworkKey::id`]).
+    pub fn pool_id(&self) -> &str {
+        &self.pool.id
+    }
+
+    /// Hands the pause container back, once the function container that joined it is removed.
+    /// It goes back to the pool only if it still runs (same process) and its namespace is as it
+    /// was new: no other process, no socket, the same links, addresses, routes and qdiscs, the
+    /// same shared files. Otherwise it is removed and the refill replaces it.
+    pub async fn release(mut self) -> Released {
+        let Some(mut container) = self.container.take() else {
+            return Released::Replaced("handle already released".into());
+        };
+        let pool = self.pool.clone();
+        let span = info_span!("pcpm_release", pool = %pool.id, container = %container.name);
+        async move {
+            let started = Instant::now();
+            let verdict = pool.check(&container).await;
+            metrics::histogram!(m::RELEASE_CHECK_SECONDS, "pool" => pool.id.clone())
+                .record(started.elapsed().as_secs_f64());
+            match verdict {
+                Ok(()) => {
+                    container.uses += 1;
+                    pool.put_back(container);
+                    Released::Recycled
+                }
+                Err(reason) => {
+                    info!(%reason, "pause container replaced");
+                    pool.discard(container, "dirty");
+                    Released::Replaced(reason)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Drop for PauseHandle {
+    fn drop(&mut self) {
+        if let Some(container) = self.container.take() {
+            warn!(pool = %self.pool.id, container = %container.name, "pause handle dropped without release; replacing it");
+            self.pool.discard(container, "dropped");
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    idle: Vec<PauseContainer>,
+    leased: usize,
+    creating: usize,
+    waiting: usize,
+    closed: bool,
+    failures: u32,
+    not_before: Option<Instant>,
+    last_error: Option<String>,
+    created: u64,
+    adopted: u64,
+    recycled: u64,
+    replaced: u64,
+    create_failures: u64,
+    fallbacks: u64,
+    exhausted: u64,
+}
+
+#[derive(Debug)]
+struct Pool {
+    // Weak: the manager owns its pools; a handle outliving the manager only removes its
+    // container.
+    shared: std::sync::Weak<Shared>,
+    key: NetworkKey,
+    id: String,
+    state: Mutex<State>,
+    /// Signalled when a pause container becomes idle (or the pool closes).
+    idle_ready: Notify,
+    /// Wakes the refill task.
+    wake: Notify,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    fn gauges(&self, s: &State) {
+        metrics::gauge!(m::IDLE, "pool" => self.id.clone()).set(s.idle.len() as f64);
+        metrics::gauge!(m::LEASED, "pool" => self.id.clone()).set(s.leased as f64);
+    }
+
+    fn stats(&self) -> PoolStats {
+        let s = self.lock();
+        PoolStats {
+            idle: s.idle.len(),
+            leased: s.leased,
+            creating: s.creating,
+            waiting: s.waiting,
+            created: s.created,
+            adopted: s.adopted,
+            recycled: s.recycled,
+            replaced: s.replaced,
+            create_failures: s.create_failures,
+            fallbacks: s.fallbacks,
+            exhausted: s.exhausted,
+        }
+    }
+
+    fn low_watermark(&self) -> usize {
+        self.shared.upgrade().map_or(0, |s| s.config.low_watermark)
+    }
+
+    /// Takes an idle pause container, if any; wakes the refill when below the low watermark.
+    fn try_take(self: &Arc<Self>) -> Result<Option<PauseHandle>, PcpmError> {
+        let mut s = self.lock();
+        if s.closed {
+            return Err(PcpmError::Closed);
+        }
+        let container = s.idle.pop();
+        if container.is_some() {
+            s.leased += 1;
+        }
+        if s.idle.len() < self.low_watermark() {
+            self.wake.notify_one();
+        }
+        self.gauges(&s);
+        Ok(container.map(|c| PauseHandle {
+            container: Some(c),
+            pool: self.clone(),
+        }))
+    }
+
+    async fn acquire(self: &Arc<Self>) -> Result<Endpoint, PcpmError> {
+        let started = Instant::now();
+        let on_empty = self
+            .shared
+            .upgrade()
+            .ok_or(PcpmError::Closed)?
+            .config
+            .on_empty;
+        let record = |outcome: &'static str| {
+            metrics::histogram!(m::ACQUIRE_SECONDS, "pool" => self.id.clone(), "outcome" => outcome)
+                .record(started.elapsed().as_secs_f64());
+        };
+        if let Some(handle) = self.try_take()? {
+            record("hit");
+            return Ok(Endpoint::Pause(handle));
+        }
+        let timeout = match on_empty {
+            OnEmpty::Fallback => {
+                self.lock().fallbacks += 1;
+                self.wake.notify_one();
+                metrics::counter!(m::FALLBACKS_TOTAL, "pool" => self.id.clone()).increment(1);
+                record("fallback");
+                debug!(pool = %self.id, "pool empty; falling back to ordinary networking");
+                return Ok(Endpoint::Fallback(self.key.clone()));
+            }
+            OnEmpty::Wait(timeout) => timeout,
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.lock().waiting += 1;
+        let _waiting = scopeguard(|| self.lock().waiting -= 1);
+        loop {
+            let notified = self.idle_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(handle) = self.try_take()? {
+                record("waited");
+                return Ok(Endpoint::Pause(handle));
+            }
+            self.wake.notify_one();
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let last_error = {
+                    let mut s = self.lock();
+                    s.exhausted += 1;
+                    s.last_error.clone()
+                };
+                metrics::counter!(m::EXHAUSTED_TOTAL, "pool" => self.id.clone()).increment(1);
+                record("exhausted");
+                return Err(PcpmError::Exhausted {
+                    pool: self.id.clone(),
+                    waited: timeout,
+                    last_error,
+                });
+            }
+        }
+    }
+
+    /// The release checks; `Err` is the reason the container cannot be reused.
+    async fn check(&self, c: &PauseContainer) -> Result<(), String> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Err("the pool manager is gone".into());
+        };
+        if self.lock().closed {
+            return Err("the pool is shut down".into());
+        }
+        let now = engine::inspect(&shared.docker, &c.id, &self.key.network)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if !now.running {
+            return Err("the pause container is not running".into());
+        }
+        if now.pid != c.pid {
+            return Err(format!(
+                "the pause process changed (pid {} -> {})",
+                c.pid, now.pid
+            ));
+        }
+        let processes = c.probe.processes().await.map_err(|e| error_chain(&e))?;
+        if processes != [c.pid] {
+            return Err(format!(
+                "processes other than the pause process in the namespace: {:?}",
+                processes
+                    .iter()
+                    .filter(|&&p| p != c.pid)
+                    .collect::<Vec<_>>()
+            ));
+        }
+        let sockets = c.probe.live_sockets().await.map_err(|e| error_chain(&e))?;
+        if !sockets.is_empty() {
+            return Err(format!("sockets left open: {}", sockets.join(", ")));
+        }
+        let paths: Vec<PathBuf> = c.fingerprint.files.iter().map(|(p, _)| p.clone()).collect();
+        let fingerprint = Fingerprint::take(&c.probe, &c.id, &paths)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        match c.fingerprint.differs(&fingerprint) {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
+
+    fn put_back(&self, c: PauseContainer) {
+        let mut s = self.lock();
+        s.leased -= 1;
+        if s.closed {
+            drop(s);
+            self.discard_unleased(c, "shutdown");
+            return;
+        }
+        s.recycled += 1;
+        s.idle.push(c);
+        self.gauges(&s);
+        drop(s);
+        metrics::counter!(m::RECYCLED_TOTAL, "pool" => self.id.clone()).increment(1);
+        self.idle_ready.notify_waiters();
+    }
+
+    /// Removes a handed-out container in the background and lets the refill replace it.
+    fn discard(&self, c: PauseContainer, reason: &'static str) {
+        {
+            let mut s = self.lock();
+            s.leased -= 1;
+            s.replaced += 1;
+            self.gauges(&s);
+        }
+        self.discard_unleased(c, reason);
+        self.wake.notify_one();
+    }
+
+    fn discard_unleased(&self, c: PauseContainer, reason: &'static str) {
+        let Some(shared) = self.shared.upgrade() else {
+            warn!(container = %c.name, "pool manager gone; pause container left for the next reconcile");
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!(container = %c.name, "no runtime to remove the pause container on; left for the next reconcile");
+            return;
+        };
+        let pool = self.id.clone();
+        let docker = shared.docker.clone();
+        // Not on the task tracker once it is closed: shutdown removes by label anyway.
+        let removal = async move {
+            match engine::remove(&docker, &c.id).await {
+                Ok(()) => {
+                    metrics::counter!(m::REMOVED_TOTAL, "pool" => pool, "reason" => reason)
+                        .increment(1);
+                }
+                Err(e) => {
+                    warn!(container = %c.name, error = %error_chain(&e), "removing a pause container failed; the next reconcile removes it");
+                }
+            }
+        };
+        if shared.tasks.is_closed() {
+            runtime.spawn(removal);
+        } else {
+            shared.tasks.spawn_on(removal, &runtime);
+        }
+    }
+
+    /// Creates one pause container and puts it in the pool.
+    async fn create_one(self: Arc<Self>, shared: Arc<Shared>) {
+        let permit = tokio::select! {
+            p = shared.creates.acquire() => p,
+            () = shared.cancel.cancelled() => {
+                self.lock().creating -= 1;
+                return;
+            }
+        };
+        let started = Instant::now();
+        let result = create(&shared, &self.key, &self.id).await;
+        drop(permit);
+        let mut s = self.lock();
+        s.creating -= 1;
+        match result {
+            Ok(c) if s.closed => {
+                drop(s);
+                self.discard_unleased(c, "shutdown");
+            }
+            Ok(c) => {
+                s.failures = 0;
+                s.not_before = None;
+                s.created += 1;
+                debug!(container = %c.name, ip = ?c.ip, "pause container ready");
+                s.idle.push(c);
+                self.gauges(&s);
+                drop(s);
+                metrics::counter!(m::CREATED_TOTAL, "pool" => self.id.clone()).increment(1);
+                metrics::histogram!(m::CREATE_SECONDS, "pool" => self.id.clone())
+                    .record(started.elapsed().as_secs_f64());
+                self.idle_ready.notify_waiters();
+            }
+            Err(e) => {
+                let chain = error_chain(&e);
+                s.failures += 1;
+                s.create_failures += 1;
+                let backoff = Duration::from_millis(200 << s.failures.min(5));
+                s.not_before = Some(Instant::now() + backoff);
+                s.last_error = Some(chain.clone());
+                drop(s);
+                metrics::counter!(m::CREATE_FAILURES_TOTAL, "pool" => self.id.clone()).increment(1);
+                warn!(error = %chain, ?backoff, "creating a pause container failed");
+                self.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Keeps a pool between its watermarks: when fewer than the low watermark are idle (or callers
+/// wait), creates up to the high watermark (plus one per waiting caller), within the pool's
+/// maximum and the manager's creation budget. Backs off after failures.
+async fn refill(pool: Arc<Pool>, cancel: CancellationToken, config: PcpmConfig) {
+    loop {
+        let woken = pool.wake.notified();
+        let (n, pause) = {
+            let mut s = pool.lock();
+            if s.closed {
+                return;
+            }
+            let backoff = s
+                .not_before
+                .and_then(|t| t.checked_duration_since(Instant::now()));
+            let ready = s.idle.len() + s.creating;
+            let total = ready + s.leased;
+            let want = if backoff.is_some() {
+                0
+            } else if ready < config.low_watermark || s.waiting > 0 || total == 0 {
+                (config.high_watermark + s.waiting).saturating_sub(ready)
+            } else {
+                0
+            };
+            let n = want.min(config.max_per_pool.saturating_sub(total));
+            s.creating += n;
+            (n, backoff.unwrap_or(Duration::from_secs(1)))
+        };
+        if n > 0 {
+            let Some(shared) = pool.shared.upgrade() else {
+                return;
+            };
+            debug!(n, "refilling");
+            for _ in 0..n {
+                shared
+                    .tasks
+                    .spawn(pool.clone().create_one(shared.clone()).in_current_span());
+            }
+        }
+        tokio::select! {
+            () = woken => {}
+            () = tokio::time::sleep(pause) => {}
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+/// Creates, starts and fingerprints a pause container; undone on any failure.
+async fn create(
+    shared: &Shared,
+    key: &NetworkKey,
+    pool_id: &str,
+) -> Result<PauseContainer, PcpmError> {
+    let seq = shared.seq.fetch_add(1, Ordering::Relaxed);
+    let name = format!(
+        "{}_pause_{pool_id}_{}_{seq}",
+        shared.config.name, shared.run
+    );
+    let labels = HashMap::from([
+        (engine::LABEL_MANAGER.to_owned(), shared.config.name.clone()),
+        (engine::LABEL_KEY.to_owned(), pool_id.to_owned()),
+        (
+            engine::LABEL_KEY_SPEC.to_owned(),
+            serde_json::to_string(key).unwrap_or_default(),
+        ),
+        (engine::LABEL_RUN.to_owned(), shared.run.clone()),
+    ]);
+    let id = engine::create_pause(&shared.docker, &name, &shared.config.image, key, labels).await?;
+    match take_in(shared, key, &id, &name, false).await {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            if let Err(undo) = engine::remove(&shared.docker, &id).await {
+                warn!(container = %name, error = %error_chain(&undo), "undoing a failed creation failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Inspects a running pause container and takes its fingerprint. For an earlier run's
+/// container (`adopting`), first checks that nothing but the pause process and no socket is in
+/// its namespace.
+async fn take_in(
+    shared: &Shared,
+    key: &NetworkKey,
+    id: &str,
+    name: &str,
+    adopting: bool,
+) -> Result<PauseContainer, PcpmError> {
+    let info = engine::inspect(&shared.docker, id, &key.network).await?;
+    if !info.running || info.pid == 0 {
+        return Err(PcpmError::NotRunning { id: id.to_owned() });
+    }
+    let ns_err = |action| {
+        let id = id.to_owned();
+        move |source| PcpmError::Namespace {
+            id,
+            action,
+            source: Box::new(source),
+        }
+    };
+    let path = PathBuf::from(format!("/proc/{}/ns/net", info.pid));
+    let probe = NamespaceProbe::open(Path::new(&path))
+        .await
+        .map_err(ns_err("open namespace"))?;
+    if adopting {
+        let processes = probe.processes().await.map_err(ns_err("list processes"))?;
+        let sockets = probe.live_sockets().await.map_err(ns_err("list sockets"))?;
+        if processes != [info.pid] || !sockets.is_empty() {
+            return Err(PcpmError::NotRunning { id: id.to_owned() });
+        }
+    }
+    let fingerprint = Fingerprint::take(&probe, id, &info.shared_files).await?;
+    Ok(PauseContainer {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        pid: info.pid,
+        ip: info.ip,
+        probe,
+        fingerprint,
+        uses: 0,
+    })
+}
+
+type Adopted = HashMap<NetworkKey, Vec<PauseContainer>>;
+
+/// Finds every container labelled with the manager's name: adopts the running ones of a
+/// configured key that are clean (up to the pool maximum), removes the rest. Adopted
+/// containers' state and shared files become their new fingerprint: a function container of
+/// the earlier run that changed them without leaving a process or socket behind is not
+/// detectable after the fact, which is why a dirty-looking one is removed rather than adopted.
+async fn reconcile(shared: &Shared) -> Result<(Adopted, Reconciled), PcpmError> {
+    let listed = engine::list(&shared.docker, &shared.config.name).await?;
+    let mut adopted: Adopted = HashMap::new();
+    let mut report = Reconciled::default();
+    let mut errors = Vec::new();
+    for c in listed {
+        let key = c
+            .labels
+            .get(engine::LABEL_KEY_SPEC)
+            .and_then(|spec| serde_json::from_str::<NetworkKey>(spec).ok())
+            .filter(|k| shared.config.keys.contains(k));
+        let name = c
+            .labels
+            .get(engine::LABEL_RUN)
+            .map(|run| {
+                format!(
+                    "{}_pause_adopted_{run}_{}",
+                    shared.config.name,
+                    &c.id[..12.min(c.id.len())]
+                )
+            })
+            .unwrap_or_else(|| c.id.clone());
+        if let Some(key) = key.filter(|_| c.running && c.image == shared.config.image) {
+            let room = adopted.get(&key).map_or(0, Vec::len) < shared.config.max_per_pool;
+            if room {
+                match take_in(shared, &key, &c.id, &name, true).await {
+                    Ok(container) => {
+                        metrics::counter!(m::ADOPTED_TOTAL, "pool" => key.id()).increment(1);
+                        adopted.entry(key).or_default().push(container);
+                        report.adopted += 1;
+                        continue;
+                    }
+                    Err(e) => debug!(container = %c.id, reason = %error_chain(&e), "not adopting"),
+                }
+            }
+        }
+        match engine::remove(&shared.docker, &c.id).await {
+            Ok(()) => {
+                report.removed += 1;
+                let pool = c.labels.get(engine::LABEL_KEY).cloned().unwrap_or_default();
+                metrics::counter!(m::REMOVED_TOTAL, "pool" => pool, "reason" => "reconcile")
+                    .increment(1);
+            }
+            Err(e) => errors.push(error_chain(&e)),
+        }
+    }
+    if errors.is_empty() {
+        Ok((adopted, report))
+    } else {
+        Err(PcpmError::Teardown(errors))
+    }
+}
+
+/// A short id for this run, distinct across restarts: container names stay unique next to
+/// adopted containers of earlier runs.
+fn run_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{:08x}",
+        (nanos as u64 ^ u64::from(std::process::id()) << 40) & 0xffff_ffff
+    )
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a pool's lock leaves counters that are still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The error and its sources, `: `-joined.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    Guard(f)
+}
