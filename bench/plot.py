@@ -55,12 +55,80 @@ def plot_netns(report, out):
     fig.savefig(out, dpi=120)
 
 
+def plot_docker_start(report, out):
+    modes = ["bridge", "pcpm"]
+    sizes = sorted({c["n"] for c in report["cells"]})
+    cell = {(c["mode"], c["n"]): c for c in report["cells"]}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+
+    ax = axes[0]
+    for mode in modes:
+        med = [cell[(mode, n)]["total"]["p50_s"] for n in sizes]
+        lo = [cell[(mode, n)]["total"]["p50_s"] - min(cell[(mode, n)]["total"]["p50_s"], cell[(mode, n)]["total"]["max_s"]) for n in sizes]
+        hi = [cell[(mode, n)]["total"]["max_s"] - m for n, m in zip(sizes, med)]
+        ax.errorbar(sizes, med, yerr=[lo, hi], marker="o", capsize=3, label=mode)
+    ax.set_xlabel("concurrent cold starts N")
+    ax.set_ylabel("total time (s, median of rounds; whisker = max)")
+    ax.set_title(f"all N done (pcpm/bridge at N={sizes[-1]}: {report['ratio_at_max_n']:.2f})")
+    ax.grid(alpha=0.3)
+    ax.legend()
+
+    ax = axes[1]
+    width = 0.2
+    for k, mode in enumerate(modes):
+        for j, (metric, hatch) in enumerate([("ready", None), ("each", "//")]):
+            p50 = [cell[(mode, n)][metric]["p50_s"] for n in sizes]
+            p99 = [cell[(mode, n)][metric]["p99_s"] - v for n, v in zip(sizes, p50)]
+            xs = [i + (2 * k + j - 1.5) * width for i in range(len(sizes))]
+            ax.bar(xs, p50, width, yerr=[[0] * len(p50), p99], capsize=2, hatch=hatch,
+                   color=f"C{k}", alpha=0.85 if j == 0 else 0.45,
+                   label=f"{mode}: {'create→HTTP' if metric == 'ready' else 'create→removed'}")
+    ax.set_xticks(range(len(sizes)), [f"N={n}" for n in sizes])
+    ax.set_ylabel("per cold start (s, p50; whisker = p99)")
+    ax.set_title("each cold start")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+
+    ax = axes[2]
+    mem = report["memory"]
+    parts = [
+        ("pause processes (PSS)", mem["pause_processes"]["pss_kib"]),
+        ("containerd shims (PSS)", mem["shims"]["pss_kib"]),
+        ("kernel, unreclaimable growth", max(mem["kernel"]["unreclaimable_kib"], 0)),
+    ]
+    bottom = 0
+    for k, (label, kib) in enumerate(parts):
+        ax.bar([0], [kib / 1024], 0.5, bottom=bottom / 1024, label=f"{label}: {kib / 1024:.1f} MiB",
+               color=f"C{k + 2}")
+        bottom += kib
+    ax.bar([1], [mem["paper_kib_for_50"] / 1024], 0.5, color="grey",
+           label=f"paper: {mem['paper_kib_for_50'] / 1024:.0f} MiB")
+    ax.bar([2], [mem["cgroup_charge_kib"] / 1024], 0.5, color="C6",
+           label=f"cgroup charge: {mem['cgroup_charge_kib'] / 1024:.1f} MiB")
+    ax.set_xticks([0, 1, 2], ["measured", "paper", "cgroups"])
+    ax.set_ylabel("MiB")
+    ax.set_title(f"{mem['containers']} idle pause containers")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+
+    m = report["machine"]
+    fig.suptitle(
+        f"bench docker-start: {m['cores']} cores, {m['cpu_model']}, kernel {m['kernel']}, "
+        f"Docker {report['docker_version']}, {report['rounds']} rounds, image {report['image']}",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(out, dpi=120)
+
+
 def main():
     path = Path(sys.argv[1])
     report = json.loads(path.read_text())
     out = path.with_suffix(".png")
     if "single_lease" in report:
         plot_netns(report, out)
+    elif "ratio_at_max_n" in report:
+        plot_docker_start(report, out)
     else:
         sys.exit(f"{path}: unknown result shape")
     print(f"wrote {out}")

@@ -3,10 +3,16 @@
 //! - [`stats`]: summaries of measured durations (p50, p99, max), the figures every benchmark
 //!   prints and writes.
 //! - [`machine`]: the description of the machine written next to every result.
+//! - [`memory`]: process PSS/RSS, cgroup charges and kernel memory growth, for the memory
+//!   figures.
+//! - [`docker_start`]: `bench docker-start`, N concurrent Docker cold starts with bridge
+//!   networking against pcpm pause containers, and the memory of idle pause containers.
 //! - [`netns`]: `bench netns`, the PCPM paper's Table 1 on this machine: network endpoints
 //!   created and cleaned up with `ip` commands, in-process with rtnetlink, and leased from a
 //!   warm netpool.
 
+pub mod docker_start;
 pub mod machine;
+pub mod memory;
 pub mod netns;
 pub mod stats;

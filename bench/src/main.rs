@@ -6,6 +6,10 @@
 //!   invoker↔controller hop measured by the later benchmarks.
 //! - `netns [--runs R] [--out FILE]`: the PCPM paper's Table 1 on this machine (see
 //!   [`bench::netns`]); writes JSON (default `bench/results/netns.json`).
+//! - `docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]`: N concurrent Docker cold
+//!   starts, bridge networking against pcpm pause containers, and the memory of 50 idle pause
+//!   containers (see [`bench::docker_start`]); writes JSON (default
+//!   `bench/results/docker-start.json`).
 
 use std::time::{Duration, Instant};
 
@@ -44,15 +48,45 @@ async fn main() -> Result<()> {
                 }
             }
             let report = bench::netns::run(&params).await?;
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
-            println!("wrote {}", out.display());
-            Ok(())
+            write_report(&out, &report)
         }
-        _ => bail!("usage: bench kafka-rtt [N] | bench netns [--runs R] [--out FILE]"),
+        Some("docker-start") => {
+            let mut params = bench::docker_start::DockerStartParams::default();
+            let mut out = std::path::PathBuf::from("bench/results/docker-start.json");
+            while let Some(flag) = args.next() {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--rounds" => params.rounds = value.parse().context("--rounds")?,
+                    "--sizes" => {
+                        params.sizes = value
+                            .split(',')
+                            .map(str::parse)
+                            .collect::<Result<_, _>>()
+                            .context("--sizes takes numbers separated by commas")?;
+                    }
+                    "--out" => out = value.into(),
+                    other => bail!("unknown flag {other}"),
+                }
+            }
+            let report = bench::docker_start::run(&params).await?;
+            write_report(&out, &report)
+        }
+        _ => bail!(
+            "usage: bench kafka-rtt [N] | bench netns [--runs R] [--out FILE] | \
+             bench docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]"
+        ),
     }
+}
+
+fn write_report(out: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, serde_json::to_string_pretty(report)?)?;
+    println!("wrote {}", out.display());
+    Ok(())
 }
 
 async fn kafka_rtt(n: usize) -> Result<()> {

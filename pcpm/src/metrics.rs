@@ -100,6 +100,24 @@ pub fn describe() {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn every_metric_is_recorded() {
+        let sources = include_str!("pool.rs");
+        let consts: Vec<&str> = include_str!("metrics.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split(':').next())
+            .filter(|name| *name != "ALL")
+            .collect();
+        assert_eq!(consts.len(), super::ALL.len(), "ALL misses a metric");
+        for name in consts {
+            assert!(
+                sources.contains(&format!("m::{name}")),
+                "metric {name} is never recorded"
+            );
+        }
+    }
+
+    #[test]
     fn names_follow_the_convention() {
         for name in super::ALL {
             assert!(name.starts_with("pcpm_"), "{name}");
