@@ -1,21 +1,33 @@
-//! The `invoker` binary.
-//!
-//! Today it performs the start-up steps of contract §1.6 that exist (read the command line and
-//! the environment, ensure the `invoker<N>` topic, reach CouchDB and the Docker engine) and, with
-//! `--check-only`, exits once they pass. Activation processing comes with the invoker issue.
+//! The `invoker` binary: contract §1.6 start-up, then activations until SIGTERM or SIGINT,
+//! then a graceful shutdown (drain in-flight activations, remove our containers).
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use invoker::action::ActionStore;
+use invoker::container::ContainerFactory;
+use invoker::container::docker::{DockerFactory, Networking};
+use invoker::container::proxy::ProxyClient;
 use invoker::couchdb::CouchDb;
+use invoker::invoke::Invoker;
 use invoker::kafka::{self, TopicKind};
-use invoker::stack::Stack;
+use invoker::manifest::Manifest;
+use invoker::messages::InvokerInstanceId;
+use invoker::pool::{ContainerPool, PoolConfig};
+use invoker::settings::Settings;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Default)]
 struct Args {
     id: Option<u32>,
     unique_name: Option<String>,
     displayed_name: Option<String>,
+    config: Option<String>,
     check_only: bool,
 }
 
@@ -33,9 +45,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
             }
             "--uniqueName" => args.unique_name = Some(value("--uniqueName")?),
             "--displayedName" => args.displayed_name = Some(value("--displayedName")?),
+            "--config" => args.config = Some(value("--config")?),
             "--check-only" => args.check_only = true,
             other => bail!(
-                "unknown argument {other:?} (expected --id, --uniqueName, --displayedName, --check-only)"
+                "unknown argument {other:?} (expected --id, --uniqueName, --displayedName, --config, --check-only)"
             ),
         }
     }
@@ -63,44 +76,178 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<()> {
     let args = parse_args(std::env::args().skip(1))?;
+    let settings = Settings::from_env(args.config.as_deref())?;
+    let manifest_text = if settings.runtimes_manifest.trim_start().starts_with('{') {
+        settings.runtimes_manifest.clone()
+    } else {
+        std::fs::read_to_string(&settings.runtimes_manifest)
+            .with_context(|| format!("RUNTIMES_MANIFEST file {}", settings.runtimes_manifest))?
+    };
+    let manifest = Arc::new(Manifest::parse(&manifest_text)?);
     let Some(id) = args.id else {
         bail!(
-            "--uniqueName without --id needs ZooKeeper id assignment, which is not supported yet"
+            "--uniqueName without --id needs ZooKeeper id assignment, which is not supported; pass --id"
         );
     };
-    let stack = Stack::from_env();
-    let name = args
-        .displayed_name
-        .as_deref()
-        .or(args.unique_name.as_deref())
-        .unwrap_or("");
-    tracing::info!(id, name, kafka = %stack.kafka_hosts, "invoker starting");
+    let unique = args.unique_name.clone().unwrap_or_else(|| id.to_string());
+    let instance = InvokerInstanceId::new(
+        id,
+        settings.user_memory_bytes,
+        Some(unique.clone()),
+        args.displayed_name.clone(),
+    );
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    tracing::info!(id, unique, kafka = %settings.kafka_hosts, user_memory_mb = settings.user_memory_mb(), "invoker starting");
 
-    let admin = kafka::admin_client(&stack.kafka_hosts)?;
-    let topic = format!("invoker{id}");
-    let ensured = kafka::ensure_topic(&admin, &topic, &TopicKind::Invoker.default_config())
+    let admin = kafka::admin_client(&settings.kafka_hosts)?;
+    let topic = settings.topic(&format!("invoker{id}"));
+    kafka::ensure_topic(&admin, &topic, &TopicKind::Invoker.default_config())
         .await
-        .with_context(|| format!("kafka at {}", stack.kafka_hosts))?;
-    tracing::info!(topic, ?ensured, "kafka topic ready");
+        .with_context(|| format!("kafka at {}", settings.kafka_hosts))?;
 
-    let couch = CouchDb::new(&stack.couchdb)?;
-    let info = couch
-        .server_info()
+    let db = CouchDb::new(&settings.couchdb)?;
+    db.server_info()
         .await
-        .with_context(|| format!("couchdb at {}", stack.couchdb.url))?;
-    tracing::info!(url = %stack.couchdb.url, %info, "couchdb answers");
+        .with_context(|| format!("couchdb at {}", settings.couchdb.url))?;
 
     let docker = invoker::docker::connect().await?;
     let version = docker.version().await.context("docker version")?;
+    let name_prefix: String = format!("wsk{unique}{id}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .collect();
+    let key = pcpm::NetworkKey {
+        network: settings.network.clone(),
+        dns: settings.dns_servers.clone(),
+        dns_search: settings.dns_search.clone(),
+        dns_options: settings.dns_options.clone(),
+        exposed_ports: Vec::new(),
+    };
+    let factory = Arc::new(DockerFactory::new(
+        docker.clone(),
+        Networking::Bridge(key),
+        settings.parallel_runs,
+    ));
+    let leftovers = factory
+        .remove_all(&format!("{name_prefix}_"))
+        .await
+        .context("removing leftover action containers")?;
     tracing::info!(
-        version = version.version.as_deref().unwrap_or("?"),
-        api = version.api_version.as_deref().unwrap_or("?"),
-        "docker engine answers"
+        docker = version.version.as_deref().unwrap_or("?"),
+        leftovers,
+        "docker engine ready"
     );
-
     if args.check_only {
-        println!("invoker{id}: start-up checks passed (kafka topic {topic}, couchdb, docker)");
+        println!("{topic}: start-up checks passed (kafka topic, couchdb, docker)");
         return Ok(());
     }
-    bail!("activation processing is not part of this build yet; run with --check-only")
+
+    let mut env = vec![format!("__OW_API_HOST={}", settings.api_host)];
+    env.extend(settings.extra_env.iter().cloned());
+    let stem_cells = manifest
+        .stem_cells
+        .iter()
+        .filter_map(|c| {
+            manifest
+                .resolve(&c.kind)
+                .map(|k| (c.clone(), k.image.reference(&settings.runtimes_registry)))
+        })
+        .collect();
+    let pool = ContainerPool::new(
+        factory.clone(),
+        PoolConfig {
+            user_memory_mb: settings.user_memory_mb(),
+            pause_grace: settings.pause_grace,
+            idle_timeout: settings.idle_container,
+            name_prefix: name_prefix.clone(),
+            env,
+            user_cpus: settings.user_cpus,
+            stem_cells,
+        },
+    );
+    let mut producer_config = kafka::producer_config(&settings.kafka_hosts);
+    producer_config.set(
+        "message.max.bytes",
+        (settings.payload_max + 6068)
+            .max(kafka::MAX_MESSAGE_BYTES)
+            .to_string(),
+    );
+    let producer: FutureProducer = producer_config.create()?;
+    let consumer: StreamConsumer =
+        kafka::consumer_config(&settings.kafka_hosts, &topic).create()?;
+    consumer.subscribe(&[&topic])?;
+    let consumer = Arc::new(consumer);
+    let max_peek = settings.max_peek();
+    let port = settings.port;
+    let actions = ActionStore::new(
+        db.clone(),
+        &settings.db_whisks,
+        manifest.clone(),
+        &settings.runtimes_registry,
+    );
+    let invoker = Arc::new(Invoker {
+        settings,
+        instance,
+        actions,
+        pool: pool.clone(),
+        proxy: ProxyClient::new(),
+        producer,
+        db,
+        enabled: AtomicBool::new(true),
+    });
+    let cancel = CancellationToken::new();
+
+    let prewarm = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.prewarm().await }
+    });
+    let pinger = tokio::spawn({
+        let (invoker, cancel) = (invoker.clone(), cancel.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = cancel.cancelled() => return,
+                }
+                if invoker.is_enabled() {
+                    invoker.ping(true).await;
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("cannot listen on port {port} (PORT)"))?;
+    let server = tokio::spawn(invoker::server::serve(
+        listener,
+        invoker.clone(),
+        metrics,
+        cancel.clone(),
+    ));
+    let feed = tokio::spawn(invoker::feed::run(
+        invoker.clone(),
+        consumer,
+        topic.clone(),
+        max_peek,
+        cancel.clone(),
+    ));
+    tracing::info!(topic, port, max_peek, "invoker ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: draining activations in flight");
+    cancel.cancel();
+    let _ = feed.await;
+    let _ = pinger.await;
+    let _ = server.await;
+    prewarm.abort();
+    let removed = pool.shutdown().await;
+    tracing::info!(?removed, "containers removed; bye");
+    Ok(())
 }

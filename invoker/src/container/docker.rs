@@ -1,0 +1,313 @@
+//! The Docker backend through the Engine API (bollard; no docker CLI): the flags of contract
+//! §5.1, the address on the configured network (or a pcpm pause container's), the `json-file`
+//! log, pause and unpause, removal of our leftovers by name prefix.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use pcpm::{Endpoint, NetworkKey, Pcpm};
+use tokio::sync::Semaphore;
+
+use super::{BackendError, Container, ContainerFactory, ContainerSpec, CreateError};
+
+/// Where function containers get their network.
+#[derive(Debug, Clone)]
+pub enum Networking {
+    /// Stock OpenWhisk: Docker creates the network (`--network <key.network>`, DNS of the key).
+    Bridge(NetworkKey),
+    /// A pause container from a pcpm pool (`--network container:<id>`), released on removal.
+    Pcpm(Pcpm, NetworkKey),
+}
+
+/// Creates action containers through dockerd.
+#[derive(Debug)]
+pub struct DockerFactory {
+    docker: Docker,
+    networking: Networking,
+    /// `whisk.docker.client.parallel-runs`.
+    runs: Semaphore,
+}
+
+impl DockerFactory {
+    pub fn new(docker: Docker, networking: Networking, parallel_runs: usize) -> Self {
+        Self {
+            docker,
+            networking,
+            runs: Semaphore::new(parallel_runs.max(1)),
+        }
+    }
+
+    fn key(&self) -> &NetworkKey {
+        match &self.networking {
+            Networking::Bridge(k) | Networking::Pcpm(_, k) => k,
+        }
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), CreateError> {
+        let options = CreateImageOptionsBuilder::new().from_image(image).build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = stream.next().await {
+            if let Err(e) = step {
+                let tag_given = image.rsplit('/').next().is_some_and(|n| n.contains(':'))
+                    && !image.ends_with(":latest");
+                // A pinned tag may already be here; `latest` must be fresh.
+                if tag_given {
+                    tracing::warn!(image, error = %e, "pull failed; using the local image");
+                    return Ok(());
+                }
+                return Err(CreateError::ImagePull(image.to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ContainerFactory for DockerFactory {
+    async fn create(&self, spec: &ContainerSpec) -> Result<Box<dyn Container>, CreateError> {
+        if spec.pull {
+            self.pull(&spec.image).await?;
+        }
+        let endpoint = match &self.networking {
+            Networking::Bridge(key) => Endpoint::Fallback(key.clone()),
+            Networking::Pcpm(pcpm, key) => pcpm
+                .acquire(key)
+                .await
+                .map_err(|e| CreateError::Provision(e.to_string()))?,
+        };
+        let memory = i64::try_from(spec.memory_mb << 20).unwrap_or(i64::MAX);
+        let mut body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            env: Some(spec.env.clone()),
+            host_config: Some(HostConfig {
+                cpu_shares: i64::try_from(spec.cpu_shares).ok(),
+                nano_cpus: spec.cpus.map(|c| (c * 1e9) as i64),
+                memory: Some(memory),
+                memory_swap: Some(memory),
+                cap_drop: Some(vec!["NET_RAW".into(), "NET_ADMIN".into()]),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(1024),
+                    hard: Some(1024),
+                }]),
+                pids_limit: Some(1024),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: None,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        endpoint.apply(&mut body);
+        let network = self.key().network.clone();
+        let _permit = self.runs.acquire().await;
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&spec.name)
+            .build();
+        let created = self.docker.create_container(Some(options), body).await;
+        let id = match created {
+            Ok(c) => c.id,
+            Err(e) => {
+                release(endpoint).await;
+                let text = e.to_string();
+                if text.contains("No such image") {
+                    return Err(CreateError::NoExecutable(spec.image.clone()));
+                }
+                return Err(CreateError::Provision(text));
+            }
+        };
+        let started = async {
+            self.docker
+                .start_container(&id, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            let info = self
+                .docker
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+                .map_err(|e| e.to_string())?;
+            let ip = match endpoint.ip() {
+                Some(ip) => ip,
+                None => info
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(&network))
+                    .and_then(|n| n.ip_address)
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .ok_or_else(|| format!("no address on network {network}"))?,
+            };
+            Ok::<_, String>((
+                ip,
+                info.log_path.filter(|p| !p.is_empty()).map(PathBuf::from),
+            ))
+        }
+        .await;
+        match started {
+            Ok((ip, log)) => Ok(Box::new(DockerContainer {
+                docker: self.docker.clone(),
+                id,
+                addr: SocketAddr::new(ip, 8080),
+                log,
+                endpoint: Mutex::new(Some(endpoint)),
+            })),
+            Err(detail) => {
+                let options = RemoveContainerOptionsBuilder::new().force(true).build();
+                let _ = self.docker.remove_container(&id, Some(options)).await;
+                release(endpoint).await;
+                if detail.contains("executable file not found") {
+                    Err(CreateError::NoExecutable(spec.image.clone()))
+                } else {
+                    Err(CreateError::Provision(detail))
+                }
+            }
+        }
+    }
+
+    async fn remove_all(&self, prefix: &str) -> Result<usize, BackendError> {
+        let err = |detail: String| BackendError {
+            action: "list",
+            id: prefix.to_owned(),
+            detail,
+        };
+        let filters = HashMap::from([("name", vec![prefix.to_owned()])]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let mut removed = 0;
+        let mut errors = Vec::new();
+        for c in list {
+            // The name filter matches anywhere in the name; keep only true prefixes.
+            let ours = c
+                .names
+                .unwrap_or_default()
+                .iter()
+                .any(|n| n.trim_start_matches('/').starts_with(prefix));
+            let Some(id) = c.id.filter(|_| ours) else {
+                continue;
+            };
+            let _ = self.docker.unpause_container(&id).await;
+            let options = RemoveContainerOptionsBuilder::new().force(true).build();
+            match self.docker.remove_container(&id, Some(options)).await {
+                Ok(()) => removed += 1,
+                Err(e) => errors.push(format!("{id}: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(removed)
+        } else {
+            Err(BackendError {
+                action: "remove",
+                id: prefix.to_owned(),
+                detail: errors.join("; "),
+            })
+        }
+    }
+}
+
+async fn release(endpoint: Endpoint) {
+    if let Some(pcpm::Released::Replaced(reason)) = endpoint.release().await {
+        tracing::debug!(%reason, "pause container replaced");
+    }
+}
+
+#[derive(Debug)]
+struct DockerContainer {
+    docker: Docker,
+    id: String,
+    addr: SocketAddr,
+    log: Option<PathBuf>,
+    endpoint: Mutex<Option<Endpoint>>,
+}
+
+impl DockerContainer {
+    fn err(
+        &self,
+        action: &'static str,
+    ) -> impl FnOnce(bollard::errors::Error) -> BackendError + '_ {
+        move |e| BackendError {
+            action,
+            id: self.id.clone(),
+            detail: e.to_string(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Container for DockerContainer {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn log_file(&self) -> Option<&Path> {
+        self.log.as_deref()
+    }
+
+    async fn pause(&self) -> Result<(), BackendError> {
+        self.docker
+            .pause_container(&self.id)
+            .await
+            .map_err(self.err("pause"))
+    }
+
+    async fn resume(&self) -> Result<(), BackendError> {
+        self.docker
+            .unpause_container(&self.id)
+            .await
+            .map_err(self.err("resume"))
+    }
+
+    async fn oom_killed(&self) -> bool {
+        self.docker
+            .inspect_container(&self.id, None::<InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false)
+    }
+
+    async fn destroy(&self) -> Result<(), BackendError> {
+        let _ = self.docker.unpause_container(&self.id).await;
+        let options = RemoveContainerOptionsBuilder::new().force(true).build();
+        let removed = match self.docker.remove_container(&self.id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(e) => Err(self.err("remove")(e)),
+        };
+        let endpoint = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(endpoint) = endpoint {
+            if removed.is_ok() {
+                release(endpoint).await;
+            } else {
+                drop(endpoint); // state unknown: the pool replaces the pause container
+            }
+        }
+        removed
+    }
+}

@@ -1,0 +1,618 @@
+//! The container pool (contract §6): warm reuse for the same namespace and a structurally
+//! equal action, prewarmed stem cells taken by kind and memory, cold starts, LRU eviction of
+//! idle warm containers, capacity bounded by the user memory (limits, not usage), and a FIFO
+//! run buffer: a run that does not fit waits, and runs behind it wait too (head of line).
+//!
+//! Idle containers are paused after the grace period and removed after the idle timeout. The
+//! pool talks to containers only through [`ContainerFactory`] and [`Container`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::action::{Action, Exec};
+use crate::container::{Container, ContainerFactory, ContainerSpec, CreateError};
+use crate::manifest::StemCell;
+
+/// What the pool is configured with.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub user_memory_mb: u64,
+    pub pause_grace: Duration,
+    pub idle_timeout: Duration,
+    /// `wsk<uniqueName><N>`: every container name starts with it and `_`.
+    pub name_prefix: String,
+    /// `K=V` for every container (`__OW_API_HOST`, extra variables).
+    pub env: Vec<String>,
+    pub user_cpus: Option<f64>,
+    pub stem_cells: Vec<(StemCell, String)>,
+}
+
+/// How an activation got its container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    Warm,
+    Prewarm,
+    Cold,
+}
+
+#[derive(Debug)]
+enum Role {
+    /// A stem cell of a kind, not yet initialized.
+    Prewarm { kind: String },
+    /// Serves one namespace's action.
+    Warm { namespace: String, identity: String },
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: u64,
+    memory_mb: u64,
+    role: Role,
+    /// None while the container is being created.
+    container: Option<Arc<dyn Container>>,
+    active: u64,
+    max_active: u64,
+    paused: bool,
+    last_used: Instant,
+    /// Bumped on every use; a pause timer only acts if it is unchanged.
+    epoch: u64,
+    destroying: bool,
+    initialized: Arc<tokio::sync::Mutex<bool>>,
+    log_offset: Arc<tokio::sync::Mutex<u64>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: Vec<Entry>,
+    /// Memory of every container that exists or is being created, in MB.
+    used_mb: u64,
+    closed: bool,
+}
+
+/// The pool; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ContainerPool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    factory: Arc<dyn ContainerFactory>,
+    config: PoolConfig,
+    state: Mutex<State>,
+    /// FIFO turn to place a run (tokio's mutex is fair).
+    turn: tokio::sync::Mutex<()>,
+    changed: Notify,
+    keys: AtomicU64,
+    names: AtomicU64,
+}
+
+/// A container handed to one activation.
+#[derive(Debug)]
+pub struct Lease {
+    inner: Arc<Inner>,
+    key: u64,
+    pub container: Arc<dyn Container>,
+    pub start: Start,
+    /// Held by whoever initializes; `true` once done.
+    pub initialized: Arc<tokio::sync::Mutex<bool>>,
+    pub log_offset: Arc<tokio::sync::Mutex<u64>>,
+    /// More than one activation may run in this container at once (logs are not collected).
+    pub shared: bool,
+    done: bool,
+}
+
+/// Occupancy, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub containers: usize,
+    pub prewarms: usize,
+    pub busy: usize,
+    pub paused: usize,
+    pub used_mb: u64,
+}
+
+enum Placement {
+    Warm(Lease, bool),
+    Prewarm(Lease, StemCell),
+    Cold(u64),
+    Wait,
+}
+
+impl ContainerPool {
+    pub fn new(factory: Arc<dyn ContainerFactory>, config: PoolConfig) -> Self {
+        let inner = Arc::new(Inner {
+            factory,
+            config,
+            state: Mutex::new(State::default()),
+            turn: tokio::sync::Mutex::new(()),
+            changed: Notify::new(),
+            keys: AtomicU64::new(1),
+            names: AtomicU64::new(1),
+        });
+        let janitor = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            let period = Duration::from_secs(1);
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(inner) = janitor.upgrade() else {
+                    return;
+                };
+                if inner.lock().closed {
+                    return;
+                }
+                inner.remove_expired();
+            }
+        });
+        Self { inner }
+    }
+
+    /// Starts the stem cells of the manifest, as memory allows.
+    pub async fn prewarm(&self) {
+        let cells = self.inner.config.stem_cells.clone();
+        let mut starts = Vec::new();
+        for (cell, image) in cells {
+            for _ in 0..cell.count {
+                starts.push(
+                    self.inner
+                        .clone()
+                        .start_prewarm(cell.clone(), image.clone()),
+                );
+            }
+        }
+        futures::future::join_all(starts).await;
+    }
+
+    /// A container for `action` run by `namespace`: warm, prewarm or cold, waiting in FIFO
+    /// order while memory is short.
+    pub async fn acquire(&self, action: &Action, namespace: &str) -> Result<Lease, CreateError> {
+        let inner = &self.inner;
+        let turn = inner.turn.lock().await;
+        loop {
+            let notified = inner.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match inner.place(action, namespace)? {
+                Placement::Warm(lease, was_paused) => {
+                    drop(turn);
+                    if was_paused && let Err(e) = lease.container.resume().await {
+                        tracing::warn!(error = %e, "resume failed; replacing the container");
+                        lease.destroy();
+                        return Box::pin(self.acquire(action, namespace)).await;
+                    }
+                    return Ok(lease);
+                }
+                Placement::Prewarm(lease, cell) => {
+                    drop(turn);
+                    let image = inner
+                        .config
+                        .stem_cells
+                        .iter()
+                        .find(|(c, _)| c.kind == cell.kind && c.memory_mb == cell.memory_mb)
+                        .map(|(_, i)| i.clone());
+                    if let Some(image) = image {
+                        tokio::spawn(inner.clone().start_prewarm(cell, image));
+                    }
+                    return Ok(lease);
+                }
+                Placement::Cold(key) => {
+                    drop(turn);
+                    return inner.clone().cold_start(key, action, namespace).await;
+                }
+                Placement::Wait => notified.await,
+            }
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let s = self.inner.lock();
+        PoolStats {
+            containers: s.entries.len(),
+            prewarms: s
+                .entries
+                .iter()
+                .filter(|e| matches!(e.role, Role::Prewarm { .. }))
+                .count(),
+            busy: s.entries.iter().filter(|e| e.active > 0).count(),
+            paused: s.entries.iter().filter(|e| e.paused).count(),
+            used_mb: s.used_mb,
+        }
+    }
+
+    /// Stops placing runs and removes every container (through the backend, by name prefix).
+    pub async fn shutdown(&self) -> Result<usize, crate::container::BackendError> {
+        let containers: Vec<_> = {
+            let mut s = self.inner.lock();
+            s.closed = true;
+            s.entries
+                .iter()
+                .filter_map(|e| e.container.clone())
+                .collect()
+        };
+        self.inner.changed.notify_waiters();
+        for c in containers {
+            if let Err(e) = c.destroy().await {
+                tracing::warn!(error = %e, "removing a container at shutdown");
+            }
+        }
+        self.inner
+            .factory
+            .remove_all(&format!("{}_", self.inner.config.name_prefix))
+            .await
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn place(self: &Arc<Self>, action: &Action, namespace: &str) -> Result<Placement, CreateError> {
+        let Exec::Runnable { kind, .. } = &action.exec else {
+            return Err(CreateError::Provision("not runnable".into()));
+        };
+        let memory = action.limits.memory_mb;
+        let max_active = action.limits.concurrency.max(1);
+        let mut s = self.lock();
+        if s.closed {
+            return Err(CreateError::Provision(
+                "the invoker is shutting down".into(),
+            ));
+        }
+        // 1. Warm.
+        let warm = s.entries.iter_mut().find(|e| {
+            !e.destroying
+                && e.container.is_some()
+                && e.active < e.max_active
+                && matches!(&e.role, Role::Warm { namespace: ns, identity } if ns == namespace && *identity == action.identity)
+        });
+        if let Some(e) = warm {
+            let was_paused = std::mem::take(&mut e.paused);
+            let lease = self.lease(e, Start::Warm);
+            return Ok(Placement::Warm(lease, was_paused));
+        }
+        // 2. Prewarm of the same kind and memory.
+        let pre = s.entries.iter_mut().find(|e| {
+            !e.destroying
+                && e.container.is_some()
+                && e.memory_mb == memory
+                && matches!(&e.role, Role::Prewarm { kind: k } if k == kind)
+        });
+        if let Some(e) = pre {
+            e.role = Role::Warm {
+                namespace: namespace.to_owned(),
+                identity: action.identity.clone(),
+            };
+            e.max_active = max_active;
+            let lease = self.lease(e, Start::Prewarm);
+            let cell = StemCell {
+                kind: kind.clone(),
+                memory_mb: memory,
+                count: 1,
+            };
+            return Ok(Placement::Prewarm(lease, cell));
+        }
+        // 3. Cold, if it fits.
+        if s.used_mb + memory <= self.config.user_memory_mb {
+            let key = self.keys.fetch_add(1, Ordering::Relaxed);
+            s.used_mb += memory;
+            s.entries.push(Entry {
+                key,
+                memory_mb: memory,
+                role: Role::Warm {
+                    namespace: namespace.to_owned(),
+                    identity: action.identity.clone(),
+                },
+                container: None,
+                active: 1,
+                max_active,
+                paused: false,
+                last_used: Instant::now(),
+                epoch: 0,
+                destroying: false,
+                initialized: Arc::default(),
+                log_offset: Arc::default(),
+            });
+            return Ok(Placement::Cold(key));
+        }
+        // 4. Evict least recently used idle warm containers until it would fit.
+        let mut freeable: u64 = s
+            .entries
+            .iter()
+            .filter(|e| e.destroying)
+            .map(|e| e.memory_mb)
+            .sum();
+        let need = (s.used_mb + memory).saturating_sub(self.config.user_memory_mb);
+        let mut idle: Vec<(Instant, u64, u64)> = s
+            .entries
+            .iter()
+            .filter(|e| {
+                !e.destroying
+                    && e.active == 0
+                    && e.container.is_some()
+                    && matches!(e.role, Role::Warm { .. })
+            })
+            .map(|e| (e.last_used, e.key, e.memory_mb))
+            .collect();
+        idle.sort();
+        let mut victims = Vec::new();
+        for (_, key, mb) in idle {
+            if freeable >= need {
+                break;
+            }
+            freeable += mb;
+            victims.push(key);
+        }
+        if memory > self.config.user_memory_mb {
+            return Err(CreateError::Provision(format!(
+                "the action needs {memory} MB, more than the invoker's {} MB",
+                self.config.user_memory_mb
+            )));
+        }
+        for key in victims {
+            if let Some(e) = s.entries.iter_mut().find(|e| e.key == key) {
+                tracing::debug!(key, "evicting an idle container");
+                e.destroying = true;
+                if let Some(c) = e.container.clone() {
+                    tokio::spawn(self.clone().destroy_entry(key, c));
+                }
+            }
+        }
+        Ok(Placement::Wait)
+    }
+
+    fn lease(self: &Arc<Self>, e: &mut Entry, start: Start) -> Lease {
+        e.active += 1;
+        e.epoch += 1;
+        e.last_used = Instant::now();
+        Lease {
+            inner: self.clone(),
+            key: e.key,
+            container: e
+                .container
+                .clone()
+                .expect("placed entries have a container"),
+            start,
+            initialized: e.initialized.clone(),
+            log_offset: e.log_offset.clone(),
+            shared: e.max_active > 1,
+            done: false,
+        }
+    }
+
+    fn container_name(&self, prefix: &str, suffix: &str) -> String {
+        let clean = |s: &str| -> String {
+            s.chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        };
+        let n = self.names.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{}_{n}_{}_{}",
+            self.config.name_prefix,
+            clean(prefix),
+            clean(suffix)
+        )
+    }
+
+    fn spec(&self, name: String, image: String, memory_mb: u64, pull: bool) -> ContainerSpec {
+        let share = (self.config.user_memory_mb / memory_mb.max(1)).max(1);
+        ContainerSpec {
+            name,
+            image,
+            memory_mb,
+            cpu_shares: (1024 / share).max(2),
+            cpus: self
+                .config
+                .user_cpus
+                .map(|c| ((c / share as f64) * 1e5).round() / 1e5)
+                .map(|c| c.max(0.01)),
+            env: self.config.env.clone(),
+            pull,
+        }
+    }
+
+    async fn cold_start(
+        self: Arc<Self>,
+        key: u64,
+        action: &Action,
+        namespace: &str,
+    ) -> Result<Lease, CreateError> {
+        let Exec::Runnable { image, local, .. } = &action.exec else {
+            return Err(CreateError::Provision("not runnable".into()));
+        };
+        let name = self.container_name(namespace, &action.name);
+        let spec = self.spec(name, image.clone(), action.limits.memory_mb, !local);
+        match self.factory.create(&spec).await {
+            Ok(c) => {
+                let c: Arc<dyn Container> = Arc::from(c);
+                let mut s = self.lock();
+                let Some(e) = s.entries.iter_mut().find(|e| e.key == key) else {
+                    return Err(CreateError::Provision("the pool was shut down".into()));
+                };
+                e.container = Some(c.clone());
+                Ok(Lease {
+                    inner: self.clone(),
+                    key,
+                    container: c,
+                    start: Start::Cold,
+                    initialized: e.initialized.clone(),
+                    log_offset: e.log_offset.clone(),
+                    shared: e.max_active > 1,
+                    done: false,
+                })
+            }
+            Err(e) => {
+                self.forget(key);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_prewarm(self: Arc<Self>, cell: StemCell, image: String) {
+        let key = {
+            let mut s = self.lock();
+            if s.closed || s.used_mb + cell.memory_mb > self.config.user_memory_mb {
+                tracing::warn!(kind = %cell.kind, "no memory left for a prewarm container; skipped");
+                return;
+            }
+            s.used_mb += cell.memory_mb;
+            let key = self.keys.fetch_add(1, Ordering::Relaxed);
+            s.entries.push(Entry {
+                key,
+                memory_mb: cell.memory_mb,
+                role: Role::Prewarm {
+                    kind: cell.kind.clone(),
+                },
+                container: None,
+                active: 0,
+                max_active: 1,
+                paused: false,
+                last_used: Instant::now(),
+                epoch: 0,
+                destroying: false,
+                initialized: Arc::default(),
+                log_offset: Arc::default(),
+            });
+            key
+        };
+        let name = self.container_name("prewarm", &cell.kind);
+        let spec = self.spec(name, image, cell.memory_mb, false);
+        match self.factory.create(&spec).await {
+            Ok(c) => {
+                let c: Arc<dyn Container> = Arc::from(c);
+                let orphan = {
+                    let mut s = self.lock();
+                    match s.entries.iter_mut().find(|e| e.key == key) {
+                        Some(e) => {
+                            e.container = Some(c);
+                            None
+                        }
+                        None => Some(c),
+                    }
+                };
+                if let Some(c) = orphan {
+                    let _ = c.destroy().await;
+                }
+                self.changed.notify_waiters();
+            }
+            Err(e) => {
+                tracing::warn!(kind = %cell.kind, error = %e, "prewarm container failed");
+                self.forget(key);
+            }
+        }
+    }
+
+    /// Drops an entry whose container never came to be, and frees its memory.
+    fn forget(&self, key: u64) {
+        let mut s = self.lock();
+        if let Some(i) = s.entries.iter().position(|e| e.key == key) {
+            let e = s.entries.remove(i);
+            s.used_mb -= e.memory_mb;
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    /// Removes a container, then frees its memory.
+    async fn destroy_entry(self: Arc<Self>, key: u64, c: Arc<dyn Container>) {
+        if let Err(e) = c.destroy().await {
+            tracing::warn!(error = %e, "removing a container failed");
+        }
+        self.forget(key);
+    }
+
+    fn release(self: &Arc<Self>, key: u64, healthy: bool) {
+        let mut s = self.lock();
+        let Some(e) = s.entries.iter_mut().find(|e| e.key == key) else {
+            return;
+        };
+        e.active = e.active.saturating_sub(1);
+        e.last_used = Instant::now();
+        e.epoch += 1;
+        if !healthy && !e.destroying {
+            e.destroying = true;
+            if let Some(c) = e.container.clone() {
+                tokio::spawn(self.clone().destroy_entry(key, c));
+            }
+        } else if e.active == 0 && !e.destroying {
+            let epoch = e.epoch;
+            let grace = self.config.pause_grace;
+            let inner = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                inner.pause_if_idle(key, epoch).await;
+            });
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    async fn pause_if_idle(self: Arc<Self>, key: u64, epoch: u64) {
+        let c = {
+            let mut s = self.lock();
+            let Some(e) = s.entries.iter_mut().find(|e| e.key == key) else {
+                return;
+            };
+            if e.epoch != epoch || e.active > 0 || e.destroying || e.paused {
+                return;
+            }
+            e.paused = true;
+            e.container.clone()
+        };
+        if let Some(c) = c
+            && let Err(e) = c.pause().await
+        {
+            tracing::warn!(error = %e, "pause failed; removing the container");
+            {
+                let mut s = self.lock();
+                if let Some(e) = s.entries.iter_mut().find(|e| e.key == key) {
+                    e.destroying = true;
+                }
+            }
+            self.clone().destroy_entry(key, c).await;
+        }
+    }
+
+    fn remove_expired(self: &Arc<Self>) {
+        let timeout = self.config.idle_timeout;
+        let mut s = self.lock();
+        for e in s.entries.iter_mut() {
+            let idle = e.active == 0 && !e.destroying && matches!(e.role, Role::Warm { .. });
+            if idle
+                && e.last_used.elapsed() >= timeout
+                && let Some(c) = e.container.clone()
+            {
+                e.destroying = true;
+                tokio::spawn(self.clone().destroy_entry(e.key, c));
+            }
+        }
+    }
+}
+
+impl Lease {
+    /// Hands the container back: `healthy == false` (status 2 or 3, a log error) removes it.
+    pub fn finish(mut self, healthy: bool) {
+        self.done = true;
+        self.inner.release(self.key, healthy);
+    }
+
+    fn destroy(mut self) {
+        self.done = true;
+        self.inner.release(self.key, false);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.done {
+            // Dropped mid-activation (a panic, a cancelled task): the state is unknown.
+            self.inner.release(self.key, false);
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The invoker's typed settings: the environment variables of contract §1.3 and the
+//! `whisk.*` properties of §1.5 (from `CONFIG_*`, `-D` options or a config file), with
+//! OpenWhisk's defaults. An invalid setting stops start-up with an error naming it.
+//!
+//! A config file (`--config FILE` or `INVOKER_CONFIG_FILE`) holds `key = value` lines with the
+//! same property names (`whisk.container-pool.user-memory = 2048 m`); `#` starts a comment.
+//! The environment wins over the file.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::config::{ConfigValueError, parse_bytes, parse_duration, properties};
+use crate::couchdb::CouchDbConfig;
+
+const MB: u64 = 1 << 20;
+
+/// A setting that is missing or does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SettingsError {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Value(#[from] ConfigValueError),
+    #[error("{key}: {value:?} is not valid: {why}")]
+    Invalid {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
+    #[error("config file {path}: line {line}: expected `key = value`")]
+    FileSyntax { path: String, line: usize },
+    #[error("config file {path}: {error}")]
+    FileRead { path: String, error: String },
+}
+
+/// When an activation record is stored (`whisk.activation.store-*-result-level`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreLevel {
+    Always,
+    Failures,
+    FailuresNotApplicationErrors,
+}
+
+impl StoreLevel {
+    /// Whether a record with `status_code` is stored at this level.
+    pub fn stores(self, status_code: u8) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Failures => status_code != 0,
+            Self::FailuresNotApplicationErrors => status_code >= 2,
+        }
+    }
+}
+
+/// Lower and upper bounds and the default of one action limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u64,
+    pub max: u64,
+    pub std: u64,
+}
+
+/// Everything the invoker reads at start-up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub port: u16,
+    pub kafka_hosts: String,
+    pub runtimes_manifest: String,
+    /// `__OW_API_HOST` for action containers.
+    pub api_host: String,
+    pub topics_prefix: String,
+    pub user_events_prefix: String,
+    pub user_events: bool,
+    pub user_memory_bytes: u64,
+    pub concurrent_peek_factor: f64,
+    pub user_cpus: Option<f64>,
+    pub pause_grace: Duration,
+    pub idle_container: Duration,
+    pub network: String,
+    pub dns_servers: Vec<String>,
+    pub dns_search: Vec<String>,
+    pub dns_options: Vec<String>,
+    pub extra_env: Vec<String>,
+    pub runtimes_registry: String,
+    pub payload_max: u64,
+    pub payload_truncation: u64,
+    pub store_blocking: StoreLevel,
+    pub store_non_blocking: StoreLevel,
+    /// Memory limits in MB.
+    pub memory_mb: Bounds,
+    /// Time limits in ms.
+    pub time_ms: Bounds,
+    /// Log limits in MB.
+    pub logs_mb: Bounds,
+    pub concurrency: Bounds,
+    pub couchdb: CouchDbConfig,
+    pub db_whisks: String,
+    pub db_activations: String,
+    pub db_subjects: String,
+    pub invoker_username: String,
+    pub invoker_password: String,
+    /// False with `LogDriverLogStoreProvider`: logs are not collected in-band.
+    pub collect_logs: bool,
+    /// Most `docker run`s at once (`whisk.docker.client.parallel-runs`).
+    pub parallel_runs: usize,
+    /// Every property seen, for the settings not typed here.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// Reads the process environment (and `file`, if given).
+    pub fn from_env(file: Option<&str>) -> Result<Self, SettingsError> {
+        Self::from_vars(std::env::vars(), file)
+    }
+
+    /// Reads settings from `vars` (environment variables) and an optional config file.
+    pub fn from_vars<I>(vars: I, file: Option<&str>) -> Result<Self, SettingsError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let env: BTreeMap<String, String> = vars.into_iter().collect();
+        let mut props = match file.or(env.get("INVOKER_CONFIG_FILE").map(String::as_str)) {
+            Some(path) => read_file(path)?,
+            None => BTreeMap::new(),
+        };
+        props.extend(properties(env.clone()));
+        let p = Props(&props);
+        let var = |k: &str| env.get(k).filter(|v| !v.is_empty()).cloned();
+
+        let port = match var("PORT") {
+            Some(v) => v
+                .parse()
+                .map_err(|_| invalid("PORT", &v, "not a port number"))?,
+            None => 8080,
+        };
+        let kafka_hosts = var("KAFKA_HOSTS").ok_or(SettingsError::Missing("KAFKA_HOSTS"))?;
+        let runtimes_manifest =
+            var("RUNTIMES_MANIFEST").ok_or(SettingsError::Missing("RUNTIMES_MANIFEST"))?;
+        let api_host = api_host(
+            &var("WHISK_API_HOST_PROTO").unwrap_or_else(|| "https".into()),
+            &var("WHISK_API_HOST_PORT").unwrap_or_else(|| "443".into()),
+            &var("WHISK_API_HOST_NAME").unwrap_or_else(|| "localhost".into()),
+        );
+
+        let couch_protocol = p.str("whisk.couchdb.protocol", "http");
+        let couch_host = p.str("whisk.couchdb.host", "127.0.0.1");
+        let couch_port = p.str("whisk.couchdb.port", "5984");
+        let couchdb = CouchDbConfig {
+            url: format!("{couch_protocol}://{couch_host}:{couch_port}"),
+            username: p.str("whisk.couchdb.username", "whisk_admin"),
+            password: p.str("whisk.couchdb.password", "some_passw0rd"),
+            request_timeout: crate::couchdb::DEFAULT_REQUEST_TIMEOUT,
+        };
+        let log_store = p.str(
+            "whisk.spi.LogStoreProvider",
+            "org.apache.openwhisk.core.containerpool.logging.DockerToActivationLogStoreProvider",
+        );
+        let settings = Self {
+            port,
+            kafka_hosts,
+            runtimes_manifest,
+            api_host,
+            topics_prefix: p.str("whisk.kafka.topics.prefix", ""),
+            user_events_prefix: p.str("whisk.kafka.topics.user-event.prefix", ""),
+            user_events: p.bool("whisk.user-events.enabled", false)?,
+            user_memory_bytes: p.bytes("whisk.container-pool.user-memory", "1024 m")?,
+            concurrent_peek_factor: p.float("whisk.container-pool.concurrent-peek-factor", 0.5)?,
+            user_cpus: p.opt_float("whisk.container-pool.user-cpus")?,
+            pause_grace: p.duration("whisk.container-proxy.timeouts.pause-grace", "10 seconds")?,
+            idle_container: p.duration(
+                "whisk.container-proxy.timeouts.idle-container",
+                "10 minutes",
+            )?,
+            network: p.str("whisk.container-factory.container-args.network", "bridge"),
+            dns_servers: p.list("whisk.container-factory.container-args.dns-servers"),
+            dns_search: p.list("whisk.container-factory.container-args.dns-search"),
+            dns_options: p.list("whisk.container-factory.container-args.dns-options"),
+            extra_env: p.list("whisk.container-factory.container-args.extra-env-vars"),
+            runtimes_registry: p.str("whisk.container-factory.runtimes-registry.url", ""),
+            payload_max: p.bytes("whisk.activation.payload.max", "1 m")?,
+            payload_truncation: p.bytes("whisk.activation.payload.truncation", "1 m")?,
+            store_blocking: p.store_level("whisk.activation.store-blocking-result-level")?,
+            store_non_blocking: p
+                .store_level("whisk.activation.store-non-blocking-result-level")?,
+            memory_mb: Bounds {
+                min: p.bytes("whisk.memory.min", "128 m")? / MB,
+                max: p.bytes("whisk.memory.max", "512 m")? / MB,
+                std: p.bytes("whisk.memory.std", "256 m")? / MB,
+            },
+            time_ms: Bounds {
+                min: millis(p.duration("whisk.time-limit.min", "100 ms")?),
+                max: millis(p.duration("whisk.time-limit.max", "5 minutes")?),
+                std: millis(p.duration("whisk.time-limit.std", "1 minute")?),
+            },
+            logs_mb: Bounds {
+                min: p.bytes("whisk.log-limit.min", "0 m")? / MB,
+                max: p.bytes("whisk.log-limit.max", "10 m")? / MB,
+                std: p.bytes("whisk.log-limit.std", "10 m")? / MB,
+            },
+            concurrency: Bounds {
+                min: p.int("whisk.concurrency-limit.min", 1)?,
+                max: p.int("whisk.concurrency-limit.max", 1)?,
+                std: p.int("whisk.concurrency-limit.std", 1)?,
+            },
+            db_whisks: p.str("whisk.couchdb.databases.WhiskEntity", "whisks"),
+            db_activations: p.str("whisk.couchdb.databases.WhiskActivation", "activations"),
+            db_subjects: p.str("whisk.couchdb.databases.WhiskAuth", "subjects"),
+            invoker_username: p.str("whisk.invoker.username", "invoker.user"),
+            invoker_password: p.str("whisk.invoker.password", "invoker.pass"),
+            collect_logs: !log_store.ends_with("LogDriverLogStoreProvider"),
+            parallel_runs: usize::try_from(p.int("whisk.docker.client.parallel-runs", 10)?)
+                .unwrap_or(10)
+                .max(1),
+            couchdb,
+            properties: props.clone(),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let key = "whisk.container-pool.user-memory";
+        if self.user_memory_bytes < self.memory_mb.min * MB {
+            return Err(invalid(
+                key,
+                &self.user_memory_bytes.to_string(),
+                "smaller than whisk.memory.min",
+            ));
+        }
+        if self.concurrent_peek_factor.is_nan() || self.concurrent_peek_factor <= 0.0 {
+            return Err(invalid(
+                "whisk.container-pool.concurrent-peek-factor",
+                &self.concurrent_peek_factor.to_string(),
+                "must be above 0",
+            ));
+        }
+        for (k, b) in [
+            ("whisk.memory", self.memory_mb),
+            ("whisk.time-limit", self.time_ms),
+            ("whisk.log-limit", self.logs_mb),
+            ("whisk.concurrency-limit", self.concurrency),
+        ] {
+            if !(b.min <= b.std && b.std <= b.max) {
+                return Err(invalid(k, &format!("{b:?}"), "needs min <= std <= max"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The user memory in MB.
+    pub fn user_memory_mb(&self) -> u64 {
+        self.user_memory_bytes / MB
+    }
+
+    /// Contract §2.4: the most activations held at once.
+    pub fn max_peek(&self) -> usize {
+        let containers = (self.user_memory_mb() / self.memory_mb.min.max(1)).max(1);
+        let by_concurrency =
+            (containers as f64 * self.concurrency.max as f64 * self.concurrent_peek_factor).floor();
+        usize::try_from(containers.max(by_concurrency as u64)).unwrap_or(usize::MAX)
+    }
+
+    /// A topic name with the configured prefix.
+    pub fn topic(&self, name: &str) -> String {
+        format!("{}{name}", self.topics_prefix)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn invalid(key: &str, value: &str, why: &'static str) -> SettingsError {
+    SettingsError::Invalid {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        why,
+    }
+}
+
+/// `proto://name:port`, the default port of the protocol dropped (`https://host`).
+fn api_host(proto: &str, port: &str, name: &str) -> String {
+    let default = matches!((proto, port), ("https", "443") | ("http", "80"));
+    if default || port.is_empty() {
+        format!("{proto}://{name}")
+    } else {
+        format!("{proto}://{name}:{port}")
+    }
+}
+
+fn read_file(path: &str) -> Result<BTreeMap<String, String>, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SettingsError::FileRead {
+        path: path.to_owned(),
+        error: e.to_string(),
+    })?;
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (k, v) = line
+            .split_once('=')
+            .or_else(|| line.split_once(':'))
+            .ok_or(SettingsError::FileSyntax {
+                path: path.to_owned(),
+                line: i + 1,
+            })?;
+        out.insert(k.trim().to_owned(), v.trim().trim_matches('"').to_owned());
+    }
+    Ok(out)
+}
+
+struct Props<'a>(&'a BTreeMap<String, String>);
+
+impl Props<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn str(&self, key: &str, default: &str) -> String {
+        self.get(key).unwrap_or(default).to_owned()
+    }
+
+    fn bytes(&self, key: &str, default: &str) -> Result<u64, SettingsError> {
+        Ok(parse_bytes(key, self.get(key).unwrap_or(default))?)
+    }
+
+    fn duration(&self, key: &str, default: &str) -> Result<Duration, SettingsError> {
+        Ok(parse_duration(key, self.get(key).unwrap_or(default))?)
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool, SettingsError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some("true" | "yes" | "on") => Ok(true),
+            Some("false" | "no" | "off") => Ok(false),
+            Some(v) => Err(invalid(key, v, "not a boolean")),
+        }
+    }
+
+    fn int(&self, key: &str, default: u64) -> Result<u64, SettingsError> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| invalid(key, v, "not a whole number")),
+        }
+    }
+
+    fn float(&self, key: &str, default: f64) -> Result<f64, SettingsError> {
+        Ok(self.opt_float(key)?.unwrap_or(default))
+    }
+
+    fn opt_float(&self, key: &str) -> Result<Option<f64>, SettingsError> {
+        self.get(key)
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| invalid(key, v, "not a number"))
+            })
+            .transpose()
+    }
+
+    /// A list: `key.0`, `key.1`, … (from `CONFIG_…_0`), or a HOCON/JSON array or a comma list
+    /// under `key` itself.
+    fn list(&self, key: &str) -> Vec<String> {
+        let mut indexed: Vec<(usize, String)> = self
+            .0
+            .iter()
+            .filter_map(|(k, v)| {
+                let i = k.strip_prefix(key)?.strip_prefix('.')?.parse().ok()?;
+                Some((i, v.clone()))
+            })
+            .collect();
+        if !indexed.is_empty() {
+            indexed.sort();
+            return indexed.into_iter().map(|(_, v)| v).collect();
+        }
+        match self.get(key) {
+            None => Vec::new(),
+            Some(v) => v
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(',')
+                .map(|s| s.trim().trim_matches('"').to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        }
+    }
+
+    fn store_level(&self, key: &str) -> Result<StoreLevel, SettingsError> {
+        match self.get(key).unwrap_or("STORE_ALWAYS") {
+            "STORE_ALWAYS" => Ok(StoreLevel::Always),
+            "STORE_FAILURES" => Ok(StoreLevel::Failures),
+            "STORE_FAILURES_NOT_APPLICATION_ERRORS" => Ok(StoreLevel::FailuresNotApplicationErrors),
+            v => Err(invalid(
+                key,
+                v,
+                "expected STORE_ALWAYS, STORE_FAILURES or STORE_FAILURES_NOT_APPLICATION_ERRORS",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v = vec![
+            ("KAFKA_HOSTS".to_owned(), "127.0.0.1:9092".to_owned()),
+            ("RUNTIMES_MANIFEST".to_owned(), "{}".to_owned()),
+        ];
+        v.extend(
+            extra
+                .iter()
+                .map(|(a, b)| ((*a).to_owned(), (*b).to_owned())),
+        );
+        v
+    }
+
+    #[test]
+    fn defaults_are_openwhisks() {
+        let s = Settings::from_vars(vars(&[]), None).unwrap();
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.user_memory_bytes, 1024 * MB);
+        assert_eq!(s.max_peek(), 8);
+        assert_eq!(s.pause_grace, Duration::from_secs(10));
+        assert_eq!(
+            s.memory_mb,
+            Bounds {
+                min: 128,
+                max: 512,
+                std: 256
+            }
+        );
+        assert_eq!(
+            s.time_ms,
+            Bounds {
+                min: 100,
+                max: 300_000,
+                std: 60_000
+            }
+        );
+        assert_eq!(s.api_host, "https://localhost");
+        assert!(s.collect_logs);
+        assert_eq!(s.store_blocking, StoreLevel::Always);
+    }
+
+    #[test]
+    fn config_env_vars_and_opts_map_as_the_scala_image() {
+        let s = Settings::from_vars(
+            vars(&[
+                ("CONFIG_whisk_containerPool_userMemory", "2048m"),
+                ("CONFIG_whisk_containerFactory_containerArgs_dnsServers_0", "10.0.0.2"),
+                ("CONFIG_whisk_containerFactory_containerArgs_dnsServers_1", "10.0.0.3"),
+                ("CONFIG_whisk_couchdb_databases_WhiskActivation", "local_activations"),
+                ("CONFIG_whisk_kafka_topics_prefix", "$PREFIX"),
+                ("PREFIX", "dev-"),
+                ("WHISK_API_HOST_PROTO", "http"),
+                ("WHISK_API_HOST_PORT", "3233"),
+                ("WHISK_API_HOST_NAME", "172.17.0.1"),
+                (
+                    "INVOKER_OPTS",
+                    "-Xmx1g -Dwhisk.spi.LogStoreProvider=org.apache.openwhisk.core.containerpool.logging.LogDriverLogStoreProvider",
+                ),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.user_memory_mb(), 2048);
+        assert_eq!(s.max_peek(), 16);
+        assert_eq!(s.dns_servers, ["10.0.0.2", "10.0.0.3"]);
+        assert_eq!(s.db_activations, "local_activations");
+        assert_eq!(s.topic("invoker0"), "dev-invoker0");
+        assert_eq!(s.api_host, "http://172.17.0.1:3233");
+        assert!(!s.collect_logs);
+    }
+
+    #[test]
+    fn an_invalid_setting_is_named() {
+        let err = |extra: &[(&str, &str)]| {
+            Settings::from_vars(vars(extra), None)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err(&[("CONFIG_whisk_containerPool_userMemory", "lots")])
+                .contains("whisk.container-pool.user-memory")
+        );
+        assert!(
+            err(&[("CONFIG_whisk_userEvents_enabled", "maybe")])
+                .contains("whisk.user-events.enabled")
+        );
+        assert!(err(&[("PORT", "http")]).contains("PORT"));
+        assert!(
+            err(&[("CONFIG_whisk_activation_storeBlockingResultLevel", "NEVER")])
+                .contains("store-blocking-result-level")
+        );
+        let missing = Settings::from_vars(Vec::<(String, String)>::new(), None).unwrap_err();
+        assert_eq!(missing, SettingsError::Missing("KAFKA_HOSTS"));
+    }
+
+    #[test]
+    fn a_config_file_is_an_alternative_and_the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("invoker.conf");
+        std::fs::write(
+            &path,
+            "# invoker settings\nwhisk.container-pool.user-memory = 512 m\nwhisk.invoker.username = \"ops\"\n",
+        )
+        .unwrap();
+        let s = Settings::from_vars(vars(&[]), path.to_str()).unwrap();
+        assert_eq!(
+            (s.user_memory_mb(), s.invoker_username.as_str()),
+            (512, "ops")
+        );
+        let s = Settings::from_vars(
+            vars(&[("CONFIG_whisk_containerPool_userMemory", "768 m")]),
+            path.to_str(),
+        )
+        .unwrap();
+        assert_eq!(s.user_memory_mb(), 768);
+        std::fs::write(&path, "no equals sign here\n").unwrap();
+        let e = Settings::from_vars(vars(&[]), path.to_str()).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+}
