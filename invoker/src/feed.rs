@@ -127,6 +127,7 @@ pub async fn run(
         let payload = msg.payload().unwrap_or_default().to_vec();
         drop(msg);
         lock(&offsets).start(partition, offset);
+        metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
         let maybe_redelivered = redelivery_below.is_none_or(|high| offset < high);
         let (invoker, offsets) = (invoker.clone(), offsets.clone());
         tasks.spawn(async move {
@@ -145,9 +146,11 @@ pub async fn run(
                     let text = String::from_utf8_lossy(&payload);
                     let head: String = text.chars().take(200).collect();
                     tracing::error!(error = %e, offset, message = %head, "malformed activation message skipped");
+                    metrics::counter!(crate::metrics::MALFORMED_TOTAL).increment(1);
                 }
             }
             lock(&offsets).done(partition, offset);
+            metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
             drop(permit);
         });
     }

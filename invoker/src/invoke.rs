@@ -36,6 +36,7 @@ pub struct Invoker {
     pub proxy: ProxyClient,
     pub producer: FutureProducer,
     pub db: CouchDb,
+    pub records: crate::store::RecordStore,
     pub enabled: AtomicBool,
 }
 
@@ -66,7 +67,10 @@ impl Invoker {
     /// Handles one parsed activation message; never fails: errors become error activations.
     pub async fn handle(self: &Arc<Self>, msg: ActivationMessage) {
         let span = tracing::info_span!("activation", id = %msg.activation_id, action = %msg.action.qualified());
-        let _ = tracing::Instrument::instrument(self.clone().handle_inner(msg), span).await;
+        let started = Instant::now();
+        tracing::Instrument::instrument(self.clone().handle_inner(msg), span).await;
+        metrics::histogram!(crate::metrics::ACTIVATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
     }
 
     async fn handle_inner(self: Arc<Self>, msg: ActivationMessage) {
@@ -354,9 +358,15 @@ impl Invoker {
         self.store(msg, &activation).await;
     }
 
-    /// Stores the record if the store level and the user's limits say so; retries while the
-    /// store is unavailable, for up to 30 s, then gives up with an error in the log.
+    /// Stores the record if the store level and the user's limits say so (batched; retried
+    /// while the database is unavailable, see [`crate::store`]), and counts the activation.
     async fn store(&self, msg: &ActivationMessage, activation: &WhiskActivation) {
+        metrics::counter!(
+            crate::metrics::ACTIVATIONS_TOTAL,
+            "status" => crate::metrics::status_label(activation.response.status_code)
+        )
+        .increment(1);
+        self.publish_event(msg, activation).await;
         let level = if msg.blocking {
             self.settings.store_blocking
         } else {
@@ -372,31 +382,14 @@ impl Invoker {
             return;
         }
         let doc = activation.to_document(now_ms());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self
-                .db
-                .bulk_docs(&self.settings.db_activations, std::slice::from_ref(&doc))
-                .await
-            {
-                Ok(results) => {
-                    if let Some(r) = results.iter().find(|r| r.error.is_some())
-                        && r.error.as_deref() != Some("conflict")
-                    {
-                        tracing::error!(error = ?r.error, reason = ?r.reason, "activation record refused");
-                    }
-                    return;
-                }
-                Err(e) if Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "storing the activation record; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "activation record lost: the store stayed unavailable");
-                    return;
-                }
+        match self.records.store(doc).await {
+            crate::store::Stored::Written => {}
+            crate::store::Stored::AlreadyThere => {
+                tracing::info!("a record of this activation exists already; kept the first");
+            }
+            crate::store::Stored::Lost(why) => {
+                metrics::counter!(crate::metrics::RECORDS_LOST_TOTAL).increment(1);
+                tracing::error!(why, "activation record lost");
             }
         }
     }
@@ -405,6 +398,12 @@ impl Invoker {
     /// topic re-sent shrunk; other errors retried 3 times.
     pub async fn send_ack(&self, msg: &ActivationMessage, ack: Ack) {
         let ack = if msg.blocking { ack } else { ack.shrunk() };
+        let kind = match &ack {
+            Ack::Result { .. } => "result",
+            Ack::Completion { .. } => "completion",
+            Ack::Combined { .. } => "combined",
+        };
+        metrics::counter!(crate::metrics::ACKS_TOTAL, "kind" => kind).increment(1);
         let topic = self
             .settings
             .topic(&format!("completed{}", msg.root_controller_index.as_string));
@@ -449,9 +448,72 @@ impl Invoker {
             return Ok(false);
         };
         tracing::info!(id = %msg.activation_id, "re-delivered activation answered from its record");
+        metrics::counter!(crate::metrics::REDELIVERED_TOTAL).increment(1);
         self.send_ack(msg, combined_ack(msg, &activation, &self.instance))
             .await;
         Ok(true)
+    }
+
+    /// The user event of contract §3.5 on `<UP>events`, when `whisk.user-events.enabled`.
+    async fn publish_event(&self, msg: &ActivationMessage, a: &WhiskActivation) {
+        if !self.settings.user_events {
+            return;
+        }
+        let ann = |k: &str| {
+            a.annotations
+                .iter()
+                .find(|x| x.key == k)
+                .map(|x| x.value.clone())
+        };
+        let result = a.response.result.as_ref();
+        let user_status = result
+            .and_then(|r| {
+                r.get("error")
+                    .and_then(|e| e.get("statusCode"))
+                    .or_else(|| r.get("statusCode"))
+            })
+            .cloned();
+        let mut body = json!({
+            "name": ann("path").unwrap_or(Value::Null),
+            "activationId": a.activation_id,
+            "statusCode": a.response.status_code,
+            "duration": a.duration.unwrap_or(0),
+            "waitTime": ann("waitTime").unwrap_or(json!(0)),
+            "initTime": ann("initTime").unwrap_or(json!(0)),
+            "kind": ann("kind").unwrap_or(json!("unknown")),
+            "conductor": ann("conductor").unwrap_or(json!(false)),
+            "memory": ann("limits").and_then(|l| l.get("memory").cloned()).unwrap_or(json!(0)),
+        });
+        if let Some(cause) = &a.cause {
+            body["causedBy"] = json!(cause);
+        }
+        if let Some(size) = a.response.size {
+            body["size"] = json!(size);
+        }
+        if let Some(code) = user_status {
+            body["userDefinedStatusCode"] = code;
+        }
+        let event = json!({
+            "source": format!("invoker{}", self.instance.instance),
+            "body": body,
+            "subject": msg.user.subject,
+            "namespace": msg.user.namespace.name,
+            "userId": msg.user.namespace.uuid,
+            "eventType": "Activation",
+            "timestamp": now_ms(),
+        });
+        let topic = format!("{}events", self.settings.user_events_prefix);
+        let payload = event.to_string();
+        if let Err((e, _)) = self
+            .producer
+            .send(
+                FutureRecord::<(), _>::to(&topic).payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "user event lost");
+        }
     }
 
     /// One ping on `health`.

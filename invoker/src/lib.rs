@@ -26,6 +26,8 @@
 //! - [`feed`]: consuming `invoker<N>` with bounded in-flight work and commits only of finished
 //!   work.
 //! - [`server`]: the invoker's own HTTP server.
+//! - [`store`]: activation records written in batches.
+//! - [`metrics`]: the metric names the invoker records.
 //! - [`stack`]: where the components of the local development stack live (`scripts/stack.sh`).
 //!
 //! The data flow and the ownership of every process are described in `docs/architecture.md`.
@@ -40,7 +42,9 @@ pub mod invoke;
 pub mod kafka;
 pub mod manifest;
 pub mod messages;
+pub mod metrics;
 pub mod pool;
 pub mod server;
 pub mod settings;
 pub mod stack;
+pub mod store;

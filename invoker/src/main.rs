@@ -187,6 +187,7 @@ async fn run() -> Result<()> {
         manifest.clone(),
         &settings.runtimes_registry,
     );
+    let records = invoker::store::RecordStore::start(db.clone(), settings.db_activations.clone());
     let invoker = Arc::new(Invoker {
         settings,
         instance,
@@ -195,6 +196,7 @@ async fn run() -> Result<()> {
         proxy: ProxyClient::new(),
         producer,
         db,
+        records,
         enabled: AtomicBool::new(true),
     });
     let cancel = CancellationToken::new();

@@ -178,6 +178,8 @@ impl ContainerPool {
             match inner.place(action, namespace)? {
                 Placement::Warm(lease, was_paused) => {
                     drop(turn);
+                    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "warm")
+                        .increment(1);
                     if was_paused && let Err(e) = lease.container.resume().await {
                         tracing::warn!(error = %e, "resume failed; replacing the container");
                         lease.destroy();
@@ -187,6 +189,8 @@ impl ContainerPool {
                 }
                 Placement::Prewarm(lease, cell) => {
                     drop(turn);
+                    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "prewarm")
+                        .increment(1);
                     let image = inner
                         .config
                         .stem_cells
@@ -200,6 +204,8 @@ impl ContainerPool {
                 }
                 Placement::Cold(key) => {
                     drop(turn);
+                    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "cold")
+                        .increment(1);
                     return inner.clone().cold_start(key, action, namespace).await;
                 }
                 Placement::Wait => notified.await,
@@ -246,6 +252,10 @@ impl ContainerPool {
 }
 
 impl Inner {
+    fn memory_gauge(s: &State) {
+        metrics::gauge!(crate::metrics::POOL_MEMORY_BYTES).set((s.used_mb << 20) as f64);
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
@@ -301,6 +311,7 @@ impl Inner {
         if s.used_mb + memory <= self.config.user_memory_mb {
             let key = self.keys.fetch_add(1, Ordering::Relaxed);
             s.used_mb += memory;
+            Self::memory_gauge(&s);
             s.entries.push(Entry {
                 key,
                 memory_mb: memory,
@@ -428,7 +439,11 @@ impl Inner {
         };
         let name = self.container_name(namespace, &action.name);
         let spec = self.spec(name, image.clone(), action.limits.memory_mb, !local);
-        match self.factory.create(&spec).await {
+        let started = Instant::now();
+        let created = self.factory.create(&spec).await;
+        metrics::histogram!(crate::metrics::CONTAINER_CREATE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        match created {
             Ok(c) => {
                 let c: Arc<dyn Container> = Arc::from(c);
                 let mut s = self.lock();
@@ -462,6 +477,7 @@ impl Inner {
                 return;
             }
             s.used_mb += cell.memory_mb;
+            Self::memory_gauge(&s);
             let key = self.keys.fetch_add(1, Ordering::Relaxed);
             s.entries.push(Entry {
                 key,
@@ -514,6 +530,7 @@ impl Inner {
         if let Some(i) = s.entries.iter().position(|e| e.key == key) {
             let e = s.entries.remove(i);
             s.used_mb -= e.memory_mb;
+            Self::memory_gauge(&s);
         }
         drop(s);
         self.changed.notify_waiters();

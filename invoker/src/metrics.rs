@@ -1,0 +1,81 @@
+//! The metrics catalogue of the invoker, served on `/metrics` in Prometheus text format.
+//! Label values come from bounded sets. `docs/metrics.md` lists them for operators.
+
+/// Counter: activations finished, by `status` (`success`, `application_error`,
+/// `action_developer_error`, `whisk_internal_error`).
+pub const ACTIVATIONS_TOTAL: &str = "invoker_activations_total";
+/// Histogram: time from taking a message to its last ack and record.
+pub const ACTIVATION_SECONDS: &str = "invoker_activation_seconds";
+/// Gauge: activations held (at most maxPeek).
+pub const IN_FLIGHT: &str = "invoker_activations_in_flight";
+/// Counter: containers given to activations, by `start` (`warm`, `prewarm`, `cold`).
+pub const CONTAINER_STARTS_TOTAL: &str = "invoker_container_starts_total";
+/// Histogram: time to create and start a container (backend `create`).
+pub const CONTAINER_CREATE_SECONDS: &str = "invoker_container_create_seconds";
+/// Gauge: memory of the containers that exist or are being created (limits, not usage).
+pub const POOL_MEMORY_BYTES: &str = "invoker_pool_memory_used_bytes";
+/// Counter: acks sent, by `kind` (`result`, `completion`, `combined`).
+pub const ACKS_TOTAL: &str = "invoker_acks_total";
+/// Counter: messages on `invoker<N>` that were not activation messages.
+pub const MALFORMED_TOTAL: &str = "invoker_messages_malformed_total";
+/// Counter: re-delivered activations answered from their stored record.
+pub const REDELIVERED_TOTAL: &str = "invoker_redelivered_answered_total";
+/// Histogram: records per `_bulk_docs` request.
+pub const RECORD_BATCH_SIZE: &str = "invoker_record_batch_records";
+/// Counter: records the database refused or never took.
+pub const RECORDS_LOST_TOTAL: &str = "invoker_records_lost_total";
+
+/// Every metric above, for documentation and the catalogue test.
+pub const ALL: &[&str] = &[
+    ACTIVATIONS_TOTAL,
+    ACTIVATION_SECONDS,
+    IN_FLIGHT,
+    CONTAINER_STARTS_TOTAL,
+    CONTAINER_CREATE_SECONDS,
+    POOL_MEMORY_BYTES,
+    ACKS_TOTAL,
+    MALFORMED_TOTAL,
+    REDELIVERED_TOTAL,
+    RECORD_BATCH_SIZE,
+    RECORDS_LOST_TOTAL,
+];
+
+/// The status label of a status code.
+pub fn status_label(code: u8) -> &'static str {
+    match code {
+        0 => "success",
+        1 => "application_error",
+        2 => "action_developer_error",
+        _ => "whisk_internal_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_metric_is_recorded_and_named_by_convention() {
+        let sources = [
+            include_str!("invoke.rs"),
+            include_str!("feed.rs"),
+            include_str!("pool.rs"),
+            include_str!("store.rs"),
+        ]
+        .concat();
+        let consts: Vec<&str> = include_str!("metrics.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split(':').next())
+            .filter(|n| *n != "ALL")
+            .collect();
+        assert_eq!(consts.len(), super::ALL.len());
+        for name in consts {
+            assert!(
+                sources.contains(&format!("metrics::{name}")),
+                "metric {name} is never recorded"
+            );
+        }
+        for name in super::ALL {
+            assert!(name.starts_with("invoker_"), "{name}");
+        }
+    }
+}
