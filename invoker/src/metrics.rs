@@ -12,6 +12,8 @@ pub const IN_FLIGHT: &str = "invoker_activations_in_flight";
 pub const CONTAINER_STARTS_TOTAL: &str = "invoker_container_starts_total";
 /// Histogram: time to create and start a container (backend `create`).
 pub const CONTAINER_CREATE_SECONDS: &str = "invoker_container_create_seconds";
+/// Counter: containers removed by the pool, by `reason` (`evicted`, `idle`, `unhealthy`).
+pub const CONTAINERS_REMOVED_TOTAL: &str = "invoker_containers_removed_total";
 /// Gauge: memory of the containers that exist or are being created (limits, not usage).
 pub const POOL_MEMORY_BYTES: &str = "invoker_pool_memory_used_bytes";
 /// Counter: acks sent, by `kind` (`result`, `completion`, `combined`).
@@ -32,6 +34,7 @@ pub const ALL: &[&str] = &[
     IN_FLIGHT,
     CONTAINER_STARTS_TOTAL,
     CONTAINER_CREATE_SECONDS,
+    CONTAINERS_REMOVED_TOTAL,
     POOL_MEMORY_BYTES,
     ACKS_TOTAL,
     MALFORMED_TOTAL,

@@ -370,7 +370,7 @@ impl Inner {
                 tracing::debug!(key, "evicting an idle container");
                 e.destroying = true;
                 if let Some(c) = e.container.clone() {
-                    tokio::spawn(self.clone().destroy_entry(key, c));
+                    tokio::spawn(self.clone().destroy_entry(key, c, "evicted"));
                 }
             }
         }
@@ -537,7 +537,9 @@ impl Inner {
     }
 
     /// Removes a container, then frees its memory.
-    async fn destroy_entry(self: Arc<Self>, key: u64, c: Arc<dyn Container>) {
+    async fn destroy_entry(self: Arc<Self>, key: u64, c: Arc<dyn Container>, reason: &'static str) {
+        metrics::counter!(crate::metrics::CONTAINERS_REMOVED_TOTAL, "reason" => reason)
+            .increment(1);
         if let Err(e) = c.destroy().await {
             tracing::warn!(error = %e, "removing a container failed");
         }
@@ -555,7 +557,7 @@ impl Inner {
         if !healthy && !e.destroying {
             e.destroying = true;
             if let Some(c) = e.container.clone() {
-                tokio::spawn(self.clone().destroy_entry(key, c));
+                tokio::spawn(self.clone().destroy_entry(key, c, "unhealthy"));
             }
         } else if e.active == 0 && !e.destroying {
             let epoch = e.epoch;
@@ -592,7 +594,7 @@ impl Inner {
                     e.destroying = true;
                 }
             }
-            self.clone().destroy_entry(key, c).await;
+            self.clone().destroy_entry(key, c, "unhealthy").await;
         }
     }
 
@@ -606,7 +608,7 @@ impl Inner {
                 && let Some(c) = e.container.clone()
             {
                 e.destroying = true;
-                tokio::spawn(self.clone().destroy_entry(e.key, c));
+                tokio::spawn(self.clone().destroy_entry(e.key, c, "idle"));
             }
         }
     }

@@ -24,12 +24,35 @@ use serde_json::{Value, json};
 const GUEST_UUID: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502";
 const GUEST_KEY: &str = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
 
+/// How a test's invoker is started.
+#[derive(Clone, Debug)]
+struct Options {
+    user_memory: &'static str,
+    /// `RUNTIMES_MANIFEST` (JSON); the repository's manifest when `None`.
+    manifest: Option<String>,
+    /// Reach CouchDB through this port instead of the stack's (a proxy the test controls).
+    couch_port: Option<u16>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            user_memory: "1024 m",
+            manifest: None,
+            couch_port: None,
+        }
+    }
+}
+
 struct Harness {
     id: u32,
+    port: u16,
     controller: String,
     whisks: String,
     activations: String,
+    options: Options,
     db: CouchDb,
+    docker: bollard::Docker,
     producer: FutureProducer,
     acks: StreamConsumer,
     health: StreamConsumer,
@@ -79,10 +102,34 @@ fn action_doc(name: &str, kind: &str, code: &str, timeout_ms: u64) -> Value {
     })
 }
 
+/// The repository's runtimes manifest without stem cells: every first activation is a cold
+/// start in a container named after its action.
+fn manifest_without_stem_cells() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../runtimes/runtimes.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for kinds in m["runtimes"].as_object_mut().unwrap().values_mut() {
+        for k in kinds.as_array_mut().unwrap() {
+            k.as_object_mut().unwrap().remove("stemCells");
+        }
+    }
+    m.to_string()
+}
+
+/// A distinct small number per harness in this process (invoker ids, ports, names).
+fn next_slot() -> u32 {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    async fn start_with(options: Options) -> Self {
         let stack = Stack::from_env();
-        let id = 100 + (std::process::id() % 800);
+        let slot = next_slot();
+        let id = 100 + (std::process::id() % 80) * 10 + slot;
         let tag = format!("{id}x{}", std::process::id());
         let controller = format!("t{tag}");
         let whisks = format!("t{tag}_whisks");
@@ -120,46 +167,122 @@ impl Harness {
         let acks = consumer(&format!("completed{controller}"));
         let health = consumer("health");
         let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create().unwrap();
-        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../runtimes/runtimes.json");
-        let port = 20_000 + (std::process::id() % 20_000) as u16;
-        let invoker = Command::new(env!("CARGO_BIN_EXE_invoker"))
-            .args(["--id", &id.to_string(), "--uniqueName", &format!("e2e{id}")])
-            .env("KAFKA_HOSTS", &stack.kafka_hosts)
-            .env("RUNTIMES_MANIFEST", manifest)
-            .env("PORT", port.to_string())
-            .env(
-                "CONFIG_whisk_couchdb_port",
-                stack.couchdb.url.rsplit(':').next().unwrap(),
-            )
-            .env("CONFIG_whisk_couchdb_username", &stack.couchdb.username)
-            .env("CONFIG_whisk_couchdb_password", &stack.couchdb.password)
-            .env("CONFIG_whisk_couchdb_databases_WhiskEntity", &whisks)
-            .env(
-                "CONFIG_whisk_couchdb_databases_WhiskActivation",
-                &activations,
-            )
-            .env("CONFIG_whisk_containerPool_userMemory", "1024 m")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the invoker binary");
+        let port = 20_000 + u16::try_from((std::process::id() % 2000) * 10 + slot).unwrap();
+        let docker = invoker::docker::connect()
+            .await
+            .unwrap_or_else(|e| panic!("{}", down("docker", chain(&e))));
         let mut h = Self {
             id,
+            port,
             controller,
             whisks,
             activations,
+            options,
             db,
+            docker,
             producer,
             acks,
             health,
-            invoker,
+            invoker: Command::new("true").spawn().unwrap(),
             seen: HashMap::new(),
         };
+        h.invoker = h.spawn_invoker();
         // Ready when it pings.
         let ping = h.next_ping(Duration::from_secs(60)).await;
         assert_eq!(ping["name"]["instance"], json!(id));
-        assert_eq!(ping["name"]["userMemory"], json!("1073741824 B"));
         h
+    }
+
+    fn spawn_invoker(&self) -> Child {
+        let stack = Stack::from_env();
+        let manifest = self.options.manifest.clone().unwrap_or_else(|| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../runtimes/runtimes.json").to_owned()
+        });
+        let couch_port = self
+            .options
+            .couch_port
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| stack.couchdb.url.rsplit(':').next().unwrap().to_owned());
+        Command::new(env!("CARGO_BIN_EXE_invoker"))
+            .args([
+                "--id",
+                &self.id.to_string(),
+                "--uniqueName",
+                &format!("e2e{}", self.id),
+            ])
+            .env("KAFKA_HOSTS", &stack.kafka_hosts)
+            .env("RUNTIMES_MANIFEST", manifest)
+            .env("PORT", self.port.to_string())
+            .env("CONFIG_whisk_couchdb_port", couch_port)
+            .env("CONFIG_whisk_couchdb_username", &stack.couchdb.username)
+            .env("CONFIG_whisk_couchdb_password", &stack.couchdb.password)
+            .env("CONFIG_whisk_couchdb_databases_WhiskEntity", &self.whisks)
+            .env(
+                "CONFIG_whisk_couchdb_databases_WhiskActivation",
+                &self.activations,
+            )
+            .env(
+                "CONFIG_whisk_containerPool_userMemory",
+                self.options.user_memory,
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the invoker binary")
+    }
+
+    /// `wsk<uniqueName><N>_`: the prefix of every container of this harness's invoker.
+    fn container_prefix(&self) -> String {
+        format!("wske2e{}{}_", self.id, self.id)
+    }
+
+    /// (name, memory limit in MB) of this invoker's containers.
+    async fn containers(&self) -> Vec<(String, u64)> {
+        let filters = HashMap::from([("name", vec![self.container_prefix()])]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let mut out = Vec::new();
+        for c in self.docker.list_containers(Some(options)).await.unwrap() {
+            let name = c
+                .names
+                .unwrap_or_default()
+                .first()
+                .cloned()
+                .unwrap_or_default();
+            let Some(id) = c.id else { continue };
+            let Ok(info) = self
+                .docker
+                .inspect_container(
+                    &id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            else {
+                continue;
+            };
+            let mb = info.host_config.and_then(|h| h.memory).unwrap_or(0) >> 20;
+            out.push((
+                name.trim_start_matches('/').to_owned(),
+                u64::try_from(mb).unwrap_or(0),
+            ));
+        }
+        out
+    }
+
+    async fn http(&self, method: &str, path: &str, auth: bool) -> (u16, String) {
+        let client = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let mut req = match method {
+            "POST" => client.post(url),
+            _ => client.get(url),
+        };
+        if auth {
+            req = req.basic_auth("invoker.user", Some("invoker.pass"));
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
     }
 
     async fn next_ping(&mut self, within: Duration) -> Value {
@@ -206,6 +329,7 @@ impl Harness {
             "lockedArgs": {},
         });
         self.produce(&msg.to_string()).await;
+        eprintln!("[harness {}] invoked {name} as {activation_id}", self.id);
         activation_id
     }
 
@@ -513,4 +637,310 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
     for db in [&h.whisks, &h.activations] {
         let _ = h.db.delete_db(db).await;
     }
+}
+
+/// A static native action: prints a log line and `{"native":"<name>"}`.
+const NATIVE_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    const char *in = argc > 1 ? argv[1] : "";
+    const char *n = strstr(in, "\"name\":\""); char name[64] = "";
+    if (n) sscanf(n + 8, "%63[^\"]", name);
+    printf("native log line\n");
+    printf("{\"native\":\"%s\"}\n", name);
+    return 0;
+}
+"#;
+
+fn native_zip() -> Vec<u8> {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.c"), NATIVE_C).unwrap();
+    let ok = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.path().join("exec"))
+        .arg(dir.path().join("a.c"))
+        .status()
+        .expect("cc (gcc) is needed to build the native test action")
+        .success();
+    assert!(ok, "compiling the native action failed");
+    let bin = std::fs::read(dir.path().join("exec")).unwrap();
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    zip.start_file("exec", opts).unwrap();
+    zip.write_all(&bin).unwrap();
+    zip.finish().unwrap().into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn native_actions_with_couch_attachments_and_truncated_logs() {
+    let mut h = Harness::start().await;
+    // A native action whose zip is a CouchDB attachment (`couch:`), as the controller stores
+    // code above the inline size.
+    let mut doc = json!({"_id": "guest/native", "entityType": "action", "namespace": "guest",
+        "name": "native", "exec": {"kind": "blackbox", "image": "openwhisk/dockerskeleton:nightly",
+        "binary": true, "code": {"attachmentName": "couch:7a1e6c3d-native", "attachmentType": "application/octet-stream"}},
+        "parameters": [], "limits": {"timeout": 10000, "memory": 256, "logs": 10, "concurrency": 1},
+        "version": "0.0.1", "publish": false, "annotations": []});
+    let info = h.db.put_doc(&h.whisks, "guest/native", &doc).await.unwrap();
+    let info =
+        h.db.put_attachment(
+            &h.whisks,
+            "guest/native",
+            &info.rev,
+            "7a1e6c3d-native",
+            "application/octet-stream",
+            native_zip(),
+        )
+        .await
+        .unwrap();
+    doc["_rev"] = json!(info.rev);
+    let a = h
+        .invoke("native", Some(&info.rev), true, json!({"name": "zig"}))
+        .await;
+    let acks = h.acks_of(&a, 2).await;
+    assert_eq!(
+        acks[0]["response"]["response"]["result"],
+        json!({"native": "zig"}),
+        "{:?}",
+        acks[0]
+    );
+    assert_eq!(
+        annotation(&acks[0]["response"], "kind"),
+        Some(json!("blackbox"))
+    );
+    let logs = h.record(&a).await["logs"].clone();
+    assert!(
+        logs[0]
+            .as_str()
+            .unwrap()
+            .ends_with("stdout: native log line"),
+        "{logs}"
+    );
+
+    // Logs above the action's limit (1 MB) are cut with the notice.
+    let mut chatty = action_doc(
+        "chatty",
+        "nodejs:default",
+        "function main() { const l = 'x'.repeat(1000); for (let i = 0; i < 2000; i++) console.log(l); return {done: true} }",
+        20_000,
+    );
+    chatty["limits"]["logs"] = json!(1);
+    let rev = h.put_action(&chatty).await;
+    let a = h.invoke("chatty", Some(&rev), true, json!({})).await;
+    h.acks_of(&a, 2).await;
+    let logs: Vec<String> = serde_json::from_value(h.record(&a).await["logs"].clone()).unwrap();
+    let last = logs.last().unwrap();
+    assert!(
+        last.ends_with("stderr: Logs were truncated because the total bytes size exceeds the limit of 1048576 bytes."),
+        "{} lines, the last: {}",
+        logs.len(),
+        &last[..last.len().min(120)]
+    );
+    assert!(
+        logs.len() > 500 && logs.len() < 2000,
+        "{} lines kept",
+        logs.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prewarms_are_taken_memory_is_never_exceeded_and_idle_containers_are_evicted() {
+    // 768 MB: the manifest's two 256 MB Node.js stem cells plus one more container.
+    let mut h = Harness::start_with(Options {
+        user_memory: "768 m",
+        ..Options::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h
+        .containers()
+        .await
+        .iter()
+        .filter(|(n, _)| n.contains("_prewarm_nodejs18"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the stem cells never started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rev = h
+        .put_action(&action_doc(
+            "p0",
+            "nodejs:default",
+            "function main(p) { return {n: p.n} }",
+            10_000,
+        ))
+        .await;
+    let a = h.invoke("p0", Some(&rev), true, json!({"n": 0})).await;
+    h.acks_of(&a, 2).await;
+    let (_, metrics) = h.http("GET", "/metrics", false).await;
+    assert!(
+        metrics.contains(r#"invoker_container_starts_total{start="prewarm"} 1"#),
+        "the first Node.js activation did not take a stem cell:\n{metrics}"
+    );
+
+    // A burst of 8 distinct 256 MB actions: never more than 768 MB of containers at once;
+    // idle warm containers are evicted to make room; all succeed.
+    let watcher = {
+        let prefix = h.container_prefix();
+        let docker = h.docker.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            for _ in 0..400 {
+                let filters = HashMap::from([("name", vec![prefix.clone()])]);
+                let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .filters(&filters)
+                    .build();
+                let n = docker
+                    .list_containers(Some(options))
+                    .await
+                    .map(|l| l.len())
+                    .unwrap_or(0);
+                peak = peak.max(n);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        })
+    };
+    let mut ids = Vec::new();
+    for i in 1..=8 {
+        let name = format!("p{i}");
+        let rev = h
+            .put_action(&action_doc(
+                &name,
+                "nodejs:default",
+                "function main(p) { return {n: p.n} }",
+                10_000,
+            ))
+            .await;
+        ids.push((i, h.invoke(&name, Some(&rev), true, json!({"n": i})).await));
+    }
+    for (i, a) in ids {
+        let acks = h.acks_of(&a, 2).await;
+        assert_eq!(
+            acks[0]["response"]["response"]["result"],
+            json!({"n": i}),
+            "{:?}",
+            acks[0]
+        );
+    }
+    let peak = watcher.await.unwrap();
+    assert!(
+        peak <= 3,
+        "{peak} containers of 256 MB ran at once in 768 MB"
+    );
+    let (_, metrics) = h.http("GET", "/metrics", false).await;
+    assert!(
+        metrics.contains(r#"invoker_containers_removed_total{reason="evicted"}"#),
+        "no idle container was evicted:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_http_server_pings_enables_disables_and_serves_metrics() {
+    let mut h = Harness::start().await;
+    assert_eq!(h.http("GET", "/ping", false).await, (200, "pong".into()));
+    assert_eq!(h.http("GET", "/isEnabled", false).await.0, 401);
+    assert_eq!(h.http("POST", "/disable", false).await.0, 401);
+    assert_eq!(
+        h.http("GET", "/isEnabled", true).await,
+        (200, r#"{"enabled":true}"#.into())
+    );
+    let (code, text) = h.http("POST", "/disable", true).await;
+    assert_eq!(code, 200);
+    assert!(text.ends_with("is now disabled."), "{text}");
+    // One ping with isEnabled false, then silence.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ping = h
+            .next_ping(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        if ping["isEnabled"] == json!(false) {
+            break;
+        }
+    }
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(2500),
+            h.next_ping(Duration::from_secs(3))
+        )
+        .await
+        .is_err(),
+        "pings went on after /disable"
+    );
+    let (_, text) = h.http("POST", "/enable", true).await;
+    assert!(text.ends_with("is now enabled."), "{text}");
+    h.next_ping(Duration::from_secs(5)).await;
+    let (code, metrics) = h.http("GET", "/metrics", false).await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("invoker_") || metrics.is_empty(),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_killed_mid_run_is_a_developer_error_and_is_replaced() {
+    let mut h = Harness::start_with(Options {
+        manifest: Some(manifest_without_stem_cells()),
+        ..Options::default()
+    })
+    .await;
+    let rev = h
+        .put_action(&action_doc(
+            "sleepy",
+            "nodejs:default",
+            "function main(p) { return new Promise(r => setTimeout(() => r({slept: true}), p.ms || 0)) }",
+            20_000,
+        ))
+        .await;
+    let a = h
+        .invoke("sleepy", Some(&rev), true, json!({"ms": 4000}))
+        .await;
+    // Kill the action's container while it runs.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let victim = loop {
+        let running: Vec<_> = h
+            .containers()
+            .await
+            .into_iter()
+            .filter(|(n, _)| n.ends_with("_guest_sleepy"))
+            .collect();
+        if let Some((name, _)) = running.first() {
+            break name.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the action's container never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.docker
+        .kill_container(
+            &victim,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let acks = h.acks_of(&a, 2).await;
+    assert_eq!(acks[0]["response"]["response"]["statusCode"], json!(2));
+    assert_eq!(
+        acks[0]["response"]["response"]["result"]["error"],
+        json!("The action did not produce a valid response and exited unexpectedly.")
+    );
+    assert_eq!(acks[1]["isSystemError"], json!(false));
+    // The next activation gets a new container (a cold start again).
+    let a = h.invoke("sleepy", Some(&rev), true, json!({"ms": 0})).await;
+    let acks = h.acks_of(&a, 2).await;
+    assert_eq!(
+        acks[0]["response"]["response"]["result"],
+        json!({"slept": true})
+    );
+    assert!(
+        annotation(&acks[0]["response"], "initTime").is_some(),
+        "not a new container"
+    );
 }

@@ -15,6 +15,19 @@ function reply(obj) {
   fs.writeSync(3, JSON.stringify(obj) + '\n');
 }
 
+// Writes to a full pipe are queued by Node and finish later: wait until stdout and stderr have
+// handed everything to the kernel, so the proxy's sentinels come after the action's output.
+function drained(stream) {
+  return new Promise((resolve) => {
+    if (stream.writableLength === 0) resolve();
+    else stream.once('drain', resolve);
+  });
+}
+
+function flushed() {
+  return Promise.all([drained(process.stdout), drained(process.stderr)]);
+}
+
 function errorText(e) {
   return e instanceof Error ? e.message : String(e);
 }
@@ -66,12 +79,15 @@ rl.on('line', async (line) => {
       process.env['__OW_' + k.toUpperCase()] = v === null ? '' : typeof v === 'string' ? v : JSON.stringify(v);
     }
   }
+  let answer;
   try {
     const result = await main(msg.value);
-    reply({ id, result: result === undefined ? null : result });
+    answer = { id, result: result === undefined ? null : result };
   } catch (e) {
     console.error(e && e.stack ? e.stack : String(e));
-    reply({ id, exception: errorText(e) });
+    answer = { id, exception: errorText(e) };
   }
+  await flushed();
+  reply(answer);
 });
 rl.on('close', () => process.exit(0));

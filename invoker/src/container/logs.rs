@@ -240,3 +240,43 @@ mod tests {
         assert!(t.starts_with("20") && t.ends_with('Z'));
     }
 }
+
+#[cfg(test)]
+mod big {
+    use super::*;
+    use std::io::Write;
+
+    #[tokio::test]
+    async fn over_the_limit_with_sentinels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c-json.log");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let x = "x".repeat(1000);
+        for _ in 0..2000 {
+            let l = serde_json::json!({"log": format!("{x}\n"), "stream": "stdout", "time": "2024-05-01T10:40:00.321987654Z"});
+            writeln!(f, "{l}").unwrap();
+        }
+        for s in ["stdout", "stderr"] {
+            let l = serde_json::json!({"log": format!("{SENTINEL}\n"), "stream": s, "time": "2024-05-01T10:40:00.321987654Z"});
+            writeln!(f, "{l}").unwrap();
+        }
+        let mut offset = 0;
+        let c = collect(
+            &path,
+            &mut offset,
+            Collect {
+                limit_bytes: 1 << 20,
+                wait: true,
+                developer_error: false,
+                idle_timeout: Duration::from_secs(2),
+            },
+        )
+        .await;
+        eprintln!(
+            "{} lines, last {:?}",
+            c.lines.len(),
+            c.lines.last().map(|l| &l[l.len().saturating_sub(80)..])
+        );
+        assert!(c.lines.last().unwrap().contains("truncated"));
+    }
+}
