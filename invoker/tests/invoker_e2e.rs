@@ -345,6 +345,22 @@ impl Harness {
             .unwrap();
     }
 
+    /// Reads one ack (if one comes within `within`) into `seen`.
+    async fn pump_ack(&mut self, within: Duration) {
+        let Ok(m) = tokio::time::timeout(within, self.acks.recv()).await else {
+            return;
+        };
+        let m = m.unwrap();
+        let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let id = match (&v["response"], &v["activationId"]) {
+            (Value::String(s), _) => s.clone(),
+            (Value::Object(o), _) => o["activationId"].as_str().unwrap().to_owned(),
+            (_, Value::String(s)) => s.clone(),
+            _ => panic!("unexpected ack {v}"),
+        };
+        self.seen.entry(id).or_default().push(v);
+    }
+
     /// The next `n` acks of `activation_id`, in arrival order.
     async fn acks_of(&mut self, activation_id: &str, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -943,4 +959,172 @@ async fn a_container_killed_mid_run_is_a_developer_error_and_is_replaced() {
         annotation(&acks[0]["response"], "initTime").is_some(),
         "not a new container"
     );
+}
+
+/// A TCP proxy in front of the stack's CouchDB that the test can take down (connections
+/// refused, open ones cut) and bring back on the same port.
+struct CouchProxy {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl CouchProxy {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut p = Self { port, task: None };
+        p.serve(listener);
+        p
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let upstream = Stack::from_env()
+            .couchdb
+            .url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                conns.spawn(async move {
+                    if let Ok(mut out) =
+                        tokio::net::TcpStream::connect(format!("127.0.0.1:{upstream}")).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Refuses connections and cuts the open ones (dropping the task aborts its JoinSet).
+    fn down(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+
+    async fn up(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() > deadline => panic!("cannot rebind the proxy: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_couchdb_down_activations_are_system_errors_and_processing_recovers() {
+    let mut proxy = CouchProxy::start().await;
+    let mut h = Harness::start_with(Options {
+        couch_port: Some(proxy.port),
+        ..Options::default()
+    })
+    .await;
+    let code = "function main(p) { return {got: p.v} }";
+    let rev = h
+        .put_action(&action_doc("before", "nodejs:default", code, 10_000))
+        .await;
+    let a = h.invoke("before", Some(&rev), true, json!({"v": 1})).await;
+    assert_eq!(
+        h.acks_of(&a, 2).await[0]["response"]["response"]["result"],
+        json!({"got": 1})
+    );
+
+    proxy.down();
+    let rev = h
+        .put_action(&action_doc("during", "nodejs:default", code, 10_000))
+        .await;
+    let a = h.invoke("during", Some(&rev), true, json!({"v": 2})).await;
+    let acks = h.acks_of(&a, 1).await;
+    assert_eq!(acks[0]["isSystemError"], json!(true), "{:?}", acks[0]);
+    assert_eq!(
+        acks[0]["response"]["response"],
+        json!({"statusCode": 3, "result": {"error": "Action could not be fetched."}})
+    );
+
+    proxy.up().await;
+    let b = h.invoke("during", Some(&rev), true, json!({"v": 3})).await;
+    assert_eq!(
+        h.acks_of(&b, 2).await[0]["response"]["response"]["result"],
+        json!({"got": 3})
+    );
+    // The failed activation's record, held back while the store was down, arrives too.
+    assert_eq!(h.record(&a).await["response"]["statusCode"], json!(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invoker_killed_mid_burst_and_restarted_loses_nothing() {
+    let mut h = Harness::start_with(Options {
+        manifest: Some(manifest_without_stem_cells()),
+        ..Options::default()
+    })
+    .await;
+    let rev = h
+        .put_action(&action_doc(
+            "echo",
+            "nodejs:default",
+            "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 100)) }",
+            10_000,
+        ))
+        .await;
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        ids.push((n, h.invoke("echo", Some(&rev), true, json!({"n": n})).await));
+    }
+    // Let some finish, then SIGKILL the invoker in the middle of the burst.
+    let slot_freeing = |acks: &[Value]| acks.iter().any(|a| a.get("instance").is_some());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done = ids
+            .iter()
+            .filter(|(_, id)| h.seen.get(id).is_some_and(|a| slot_freeing(a)))
+            .count();
+        if done >= 6 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing finished before the kill"
+        );
+        h.pump_ack(Duration::from_secs(5)).await;
+    }
+    h.invoker.kill().unwrap();
+    h.invoker.wait().unwrap();
+    h.invoker = h.spawn_invoker();
+
+    // Every activation gets its slot-freeing ack; all result-bearing acks of one activation
+    // carry the same result; each has one record with that result.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !ids
+        .iter()
+        .all(|(_, id)| h.seen.get(id).is_some_and(|a| slot_freeing(a)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "activations never acknowledged after the restart: {:?}",
+            ids.iter()
+                .filter(|(_, id)| !h.seen.get(id).is_some_and(|a| slot_freeing(a)))
+                .collect::<Vec<_>>()
+        );
+        h.pump_ack(Duration::from_secs(10)).await;
+    }
+    for (n, id) in &ids {
+        for ack in &h.seen[id] {
+            if let Some(Value::Object(activation)) = ack.get("response") {
+                assert_eq!(activation["response"]["result"], json!({"n": n}), "{ack}");
+            }
+        }
+        assert_eq!(h.record(id).await["response"]["result"], json!({"n": n}));
+    }
 }
