@@ -22,7 +22,7 @@ use crate::messages::{
     Ack, AckResponse, ActivationMessage, ActivationResponse, InvokerInstanceId, KeyValue,
     PingMessage, WhiskActivation,
 };
-use crate::pool::ContainerPool;
+use crate::pool::{ContainerPool, InitState};
 use crate::settings::Settings;
 
 pub const PROVISION_ERROR: &str = "Failed to provision resources to run the action.";
@@ -140,7 +140,10 @@ impl Invoker {
         let mut timed_out = false;
         {
             let mut initialized = lease.initialized.lock().await;
-            if !*initialized {
+            if let InitState::Failed(r) = &*initialized {
+                // A concurrent run initialized this container and failed: so does this run.
+                response = Some(r.clone());
+            } else if matches!(*initialized, InitState::Pending) {
                 let mut env = Map::new();
                 for p in action.parameters.iter().filter(|p| p.init) {
                     env.insert(p.key.clone(), Value::String(stringify(&p.value)));
@@ -190,9 +193,10 @@ impl Invoker {
                 init_ms = Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX));
                 let oom = matches!(answer, Answer::Broken(_)) && lease.container.oom_killed().await;
                 match proxy::init_verdict(&answer, action.limits.timeout_ms, oom) {
-                    Ok(()) => *initialized = true,
+                    Ok(()) => *initialized = InitState::Done,
                     Err(r) => {
                         timed_out = matches!(answer, Answer::Timeout);
+                        *initialized = InitState::Failed(r.clone());
                         response = Some(r);
                     }
                 }

@@ -30,6 +30,20 @@ pub struct PoolConfig {
     pub stem_cells: Vec<(StemCell, String)>,
 }
 
+/// Whether a container's `/init` happened: the first activation in a container initializes it;
+/// the others (concurrent ones) wait and share the outcome.
+#[derive(Clone, Debug, Default)]
+pub enum InitState {
+    #[default]
+    Pending,
+    Done,
+    /// The init failed with this response; runs that waited for it fail the same way.
+    Failed(crate::messages::ActivationResponse),
+}
+
+type Ready = tokio::sync::watch::Receiver<Option<Result<Arc<dyn Container>, String>>>;
+type ReadyTx = tokio::sync::watch::Sender<Option<Result<Arc<dyn Container>, String>>>;
+
 /// How an activation got its container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Start {
@@ -53,6 +67,8 @@ struct Entry {
     role: Role,
     /// None while the container is being created.
     container: Option<Arc<dyn Container>>,
+    /// While it is being created: where the outcome will be announced.
+    starting: Option<Ready>,
     active: u64,
     max_active: u64,
     paused: bool,
@@ -60,7 +76,7 @@ struct Entry {
     /// Bumped on every use; a pause timer only acts if it is unchanged.
     epoch: u64,
     destroying: bool,
-    initialized: Arc<tokio::sync::Mutex<bool>>,
+    initialized: Arc<tokio::sync::Mutex<InitState>>,
     log_offset: Arc<tokio::sync::Mutex<u64>>,
 }
 
@@ -97,8 +113,8 @@ pub struct Lease {
     key: u64,
     pub container: Arc<dyn Container>,
     pub start: Start,
-    /// Held by whoever initializes; `true` once done.
-    pub initialized: Arc<tokio::sync::Mutex<bool>>,
+    /// Held by whoever initializes.
+    pub initialized: Arc<tokio::sync::Mutex<InitState>>,
     pub log_offset: Arc<tokio::sync::Mutex<u64>>,
     /// More than one activation may run in this container at once (logs are not collected).
     pub shared: bool,
@@ -117,8 +133,16 @@ pub struct PoolStats {
 
 enum Placement {
     Warm(Lease, bool),
+    /// A container of the same action still being created, with room for one more run.
+    Joining {
+        key: u64,
+        ready: Ready,
+        initialized: Arc<tokio::sync::Mutex<InitState>>,
+        log_offset: Arc<tokio::sync::Mutex<u64>>,
+        shared: bool,
+    },
     Prewarm(Lease, StemCell),
-    Cold(u64),
+    Cold(u64, ReadyTx),
     Wait,
 }
 
@@ -202,11 +226,47 @@ impl ContainerPool {
                     }
                     return Ok(lease);
                 }
-                Placement::Cold(key) => {
+                Placement::Joining {
+                    key,
+                    mut ready,
+                    initialized,
+                    log_offset,
+                    shared,
+                } => {
+                    drop(turn);
+                    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "warm")
+                        .increment(1);
+                    let outcome = ready
+                        .wait_for(Option::is_some)
+                        .await
+                        .map(|o| o.clone())
+                        .ok()
+                        .flatten();
+                    return match outcome {
+                        Some(Ok(container)) => Ok(Lease {
+                            inner: inner.clone(),
+                            key,
+                            container,
+                            start: Start::Warm,
+                            initialized,
+                            log_offset,
+                            shared,
+                            done: false,
+                        }),
+                        Some(Err(e)) => Err(CreateError::Provision(e)),
+                        None => Err(CreateError::Provision(
+                            "the container start was abandoned".into(),
+                        )),
+                    };
+                }
+                Placement::Cold(key, ready) => {
                     drop(turn);
                     metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "cold")
                         .increment(1);
-                    return inner.clone().cold_start(key, action, namespace).await;
+                    return inner
+                        .clone()
+                        .cold_start(key, ready, action, namespace)
+                        .await;
                 }
                 Placement::Wait => notified.await,
             }
@@ -277,11 +337,22 @@ impl Inner {
         // 1. Warm.
         let warm = s.entries.iter_mut().find(|e| {
             !e.destroying
-                && e.container.is_some()
+                && (e.container.is_some() || e.starting.is_some())
                 && e.active < e.max_active
                 && matches!(&e.role, Role::Warm { namespace: ns, identity } if ns == namespace && *identity == action.identity)
         });
         if let Some(e) = warm {
+            if let (None, Some(ready)) = (&e.container, &e.starting) {
+                e.active += 1;
+                e.epoch += 1;
+                return Ok(Placement::Joining {
+                    key: e.key,
+                    ready: ready.clone(),
+                    initialized: e.initialized.clone(),
+                    log_offset: e.log_offset.clone(),
+                    shared: e.max_active > 1,
+                });
+            }
             let was_paused = std::mem::take(&mut e.paused);
             let lease = self.lease(e, Start::Warm);
             return Ok(Placement::Warm(lease, was_paused));
@@ -310,6 +381,7 @@ impl Inner {
         // 3. Cold, if it fits.
         if s.used_mb + memory <= self.config.user_memory_mb {
             let key = self.keys.fetch_add(1, Ordering::Relaxed);
+            let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);
             s.used_mb += memory;
             Self::memory_gauge(&s);
             s.entries.push(Entry {
@@ -320,6 +392,7 @@ impl Inner {
                     identity: action.identity.clone(),
                 },
                 container: None,
+                starting: Some(ready_rx),
                 active: 1,
                 max_active,
                 paused: false,
@@ -329,7 +402,7 @@ impl Inner {
                 initialized: Arc::default(),
                 log_offset: Arc::default(),
             });
-            return Ok(Placement::Cold(key));
+            return Ok(Placement::Cold(key, ready_tx));
         }
         // 4. Evict least recently used idle warm containers until it would fit.
         let mut freeable: u64 = s
@@ -431,6 +504,7 @@ impl Inner {
     async fn cold_start(
         self: Arc<Self>,
         key: u64,
+        ready: ReadyTx,
         action: &Action,
         namespace: &str,
     ) -> Result<Lease, CreateError> {
@@ -451,6 +525,8 @@ impl Inner {
                     return Err(CreateError::Provision("the pool was shut down".into()));
                 };
                 e.container = Some(c.clone());
+                e.starting = None;
+                let _ = ready.send(Some(Ok(c.clone())));
                 Ok(Lease {
                     inner: self.clone(),
                     key,
@@ -463,6 +539,7 @@ impl Inner {
                 })
             }
             Err(e) => {
+                let _ = ready.send(Some(Err(e.to_string())));
                 self.forget(key);
                 Err(e)
             }
@@ -486,6 +563,7 @@ impl Inner {
                     kind: cell.kind.clone(),
                 },
                 container: None,
+                starting: None,
                 active: 0,
                 max_active: 1,
                 paused: false,

@@ -32,6 +32,8 @@ struct Options {
     manifest: Option<String>,
     /// Reach CouchDB through this port instead of the stack's (a proxy the test controls).
     couch_port: Option<u16>,
+    /// More environment variables for the invoker (`CONFIG_…` settings).
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Default for Options {
@@ -40,6 +42,7 @@ impl Default for Options {
             user_memory: "1024 m",
             manifest: None,
             couch_port: None,
+            env: Vec::new(),
         }
     }
 }
@@ -225,6 +228,7 @@ impl Harness {
                 "CONFIG_whisk_containerPool_userMemory",
                 self.options.user_memory,
             )
+            .envs(self.options.env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -1127,4 +1131,121 @@ async fn an_invoker_killed_mid_burst_and_restarted_loses_nothing() {
         }
         assert_eq!(h.record(id).await["response"]["result"], json!({"n": n}));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_containers_are_paused_resumed_and_removed() {
+    let mut h = Harness::start_with(Options {
+        manifest: Some(manifest_without_stem_cells()),
+        env: vec![
+            (
+                "CONFIG_whisk_containerProxy_timeouts_pauseGrace",
+                "1 second",
+            ),
+            (
+                "CONFIG_whisk_containerProxy_timeouts_idleContainer",
+                "6 seconds",
+            ),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let rev = h
+        .put_action(&action_doc(
+            "idle",
+            "nodejs:default",
+            "function main(p) { return {n: p.n} }",
+            10_000,
+        ))
+        .await;
+    let a = h.invoke("idle", Some(&rev), true, json!({"n": 1})).await;
+    h.acks_of(&a, 2).await;
+    let name = h
+        .containers()
+        .await
+        .into_iter()
+        .find(|(n, _)| n.ends_with("_guest_idle"))
+        .unwrap()
+        .0;
+    let paused = |h: &Harness, name: String| {
+        let docker = h.docker.clone();
+        async move {
+            docker
+                .inspect_container(
+                    &name,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.paused)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while paused(&h, name.clone()).await != Some(true) {
+        assert!(
+            Instant::now() < deadline,
+            "never paused after the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A warm run resumes it: no init.
+    let a = h.invoke("idle", Some(&rev), true, json!({"n": 2})).await;
+    let acks = h.acks_of(&a, 2).await;
+    assert_eq!(acks[0]["response"]["response"]["result"], json!({"n": 2}));
+    assert!(annotation(&acks[0]["response"], "initTime").is_none());
+    // Removed after the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while paused(&h, name.clone()).await.is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "never removed after the idle timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_action_allowing_concurrency_shares_one_container() {
+    let mut h = Harness::start_with(Options {
+        manifest: Some(manifest_without_stem_cells()),
+        env: vec![(
+            "CONFIG_whisk_containerFactory_containerArgs_extraEnvVars_0",
+            "__OW_ALLOW_CONCURRENT=true",
+        )],
+        ..Options::default()
+    })
+    .await;
+    let mut doc = action_doc(
+        "shared",
+        "nodejs:default",
+        "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 1500)) }",
+        10_000,
+    );
+    doc["limits"]["concurrency"] = json!(4);
+    let rev = h.put_action(&doc).await;
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push((
+            n,
+            h.invoke("shared", Some(&rev), true, json!({"n": n})).await,
+        ));
+    }
+    for (n, id) in ids {
+        // Logs are not collected for shared containers: one combined ack each.
+        let acks = h.acks_of(&id, 1).await;
+        assert_eq!(
+            acks[0]["response"]["response"]["result"],
+            json!({"n": n}),
+            "{:?}",
+            acks[0]
+        );
+    }
+    let containers: Vec<_> = h
+        .containers()
+        .await
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("_guest_shared"))
+        .collect();
+    assert_eq!(containers.len(), 1, "{containers:?}");
 }
