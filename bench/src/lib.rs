@@ -3,6 +3,7 @@
 //! - [`stats`]: summaries of measured durations (p50, p99, max), the figures every benchmark
 //!   prints and writes.
 //! - [`machine`]: the description of the machine written next to every result.
+//! - [`activate`]: `bench activate`, the controller's part against a running invoker.
 //! - [`memory`]: process PSS/RSS, cgroup charges and kernel memory growth, for the memory
 //!   figures.
 //! - [`docker_start`]: `bench docker-start`, N concurrent Docker cold starts with bridge
@@ -11,6 +12,7 @@
 //!   created and cleaned up with `ip` commands, in-process with rtnetlink, and leased from a
 //!   warm netpool.
 
+pub mod activate;
 pub mod docker_start;
 pub mod machine;
 pub mod memory;

@@ -6,6 +6,8 @@
 //!   invoker↔controller hop measured by the later benchmarks.
 //! - `netns [--runs R] [--out FILE]`: the PCPM paper's Table 1 on this machine (see
 //!   [`bench::netns`]); writes JSON (default `bench/results/netns.json`).
+//! - `activate [--invoker N] [--controller C] [--count K]`: plays the controller against a
+//!   running invoker (see [`bench::activate`]).
 //! - `docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]`: N concurrent Docker cold
 //!   starts, bridge networking against pcpm pause containers, and the memory of 50 idle pause
 //!   containers (see [`bench::docker_start`]); writes JSON (default
@@ -50,6 +52,21 @@ async fn main() -> Result<()> {
             let report = bench::netns::run(&params).await?;
             write_report(&out, &report)
         }
+        Some("activate") => {
+            let mut params = bench::activate::ActivateParams::default();
+            while let Some(flag) = args.next() {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--invoker" => params.invoker = value.parse().context("--invoker")?,
+                    "--controller" => params.controller = value,
+                    "--count" => params.count = value.parse().context("--count")?,
+                    other => bail!("unknown flag {other}"),
+                }
+            }
+            bench::activate::run(&params).await
+        }
         Some("docker-start") => {
             let mut params = bench::docker_start::DockerStartParams::default();
             let mut out = std::path::PathBuf::from("bench/results/docker-start.json");
@@ -74,7 +91,8 @@ async fn main() -> Result<()> {
             write_report(&out, &report)
         }
         _ => bail!(
-            "usage: bench kafka-rtt [N] | bench netns [--runs R] [--out FILE] | \
+            "usage: bench kafka-rtt [N] | bench activate [--invoker N] [--controller C] [--count K] | \
+             bench netns [--runs R] [--out FILE] | \
              bench docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]"
         ),
     }

@@ -317,6 +317,19 @@ impl Harness {
         blocking: bool,
         content: Value,
     ) -> String {
+        self.invoke_as(name, rev, blocking, content, json!({}))
+            .await
+    }
+
+    /// The same, for a user with namespace limits `limits`.
+    async fn invoke_as(
+        &self,
+        name: &str,
+        rev: Option<&str>,
+        blocking: bool,
+        content: Value,
+        limits: Value,
+    ) -> String {
         let activation_id = format!("{:032x}", rand_u128());
         let msg = json!({
             "transid": [format!("tx{activation_id}"), 1_714_560_000_123_i64],
@@ -324,7 +337,7 @@ impl Harness {
             "revision": rev,
             "user": {"subject": "guest", "namespace": {"name": "guest", "uuid": GUEST_UUID},
                      "authkey": {"api_key": format!("{GUEST_UUID}:{GUEST_KEY}")},
-                     "rights": ["READ", "PUT", "DELETE", "ACTIVATE"], "limits": {}},
+                     "rights": ["READ", "PUT", "DELETE", "ACTIVATE"], "limits": limits},
             "activationId": activation_id,
             "rootControllerIndex": {"asString": self.controller, "instanceType": "controller"},
             "blocking": blocking,
@@ -585,6 +598,22 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
     let a = h.invoke("missing", None, false, json!({})).await;
     let acks = h.acks_of(&a, 1).await;
     assert_eq!(acks[0]["response"], json!(a));
+
+    // Action limits above the namespace's: an application error, nothing runs.
+    let a = h
+        .invoke_as(
+            "hello",
+            Some(&rev),
+            true,
+            json!({}),
+            json!({"maxActionMemory": 128}),
+        )
+        .await;
+    let acks = h.acks_of(&a, 1).await;
+    assert_eq!(
+        acks[0]["response"]["response"],
+        json!({"statusCode": 1, "result": {"error": "The memory limit of 256 MB exceeds the namespace's maximum of 128 MB."}})
+    );
 
     // A sequence is refused as a whisk error.
     let seq = json!({"_id": "guest/seq", "entityType": "action", "namespace": "guest", "name": "seq",
