@@ -465,16 +465,21 @@ impl Invoker {
         }
         let event = event_message(msg, a, self.instance.instance, now_ms());
         let topic = format!("{}events", self.settings.user_events_prefix);
-        let payload = event.to_string();
+        self.send_once(&topic, &event.to_string(), "user event lost")
+            .await;
+    }
+
+    /// One record on `topic`; a failure is logged as `failure`.
+    async fn send_once(&self, topic: &str, payload: &str, failure: &str) {
         if let Err((e, _)) = self
             .producer
             .send(
-                FutureRecord::<(), _>::to(&topic).payload(&payload),
+                FutureRecord::<(), _>::to(topic).payload(payload),
                 Duration::from_secs(5),
             )
             .await
         {
-            tracing::warn!(error = %e, "user event lost");
+            tracing::warn!(error = %e, topic, "{failure}");
         }
     }
 
@@ -486,16 +491,7 @@ impl Invoker {
         };
         let payload = serde_json::to_string(&ping).unwrap_or_default();
         let topic = self.settings.topic("health");
-        if let Err((e, _)) = self
-            .producer
-            .send(
-                FutureRecord::<(), _>::to(&topic).payload(&payload),
-                Duration::from_secs(5),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "health ping failed");
-        }
+        self.send_once(&topic, &payload, "health ping failed").await;
     }
 
     pub fn is_enabled(&self) -> bool {

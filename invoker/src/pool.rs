@@ -80,6 +80,27 @@ struct Entry {
     log_offset: Arc<tokio::sync::Mutex<u64>>,
 }
 
+impl Entry {
+    /// An entry for a container about to be created.
+    fn starting(key: u64, memory_mb: u64, role: Role, max_active: u64) -> Self {
+        Self {
+            key,
+            memory_mb,
+            role,
+            container: None,
+            starting: None,
+            active: 0,
+            max_active,
+            paused: false,
+            last_used: Instant::now(),
+            epoch: 0,
+            destroying: false,
+            initialized: Arc::default(),
+            log_offset: Arc::default(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     entries: Vec<Entry>,
@@ -384,24 +405,14 @@ impl Inner {
             let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);
             s.used_mb += memory;
             Self::memory_gauge(&s);
-            s.entries.push(Entry {
-                key,
-                memory_mb: memory,
-                role: Role::Warm {
-                    namespace: namespace.to_owned(),
-                    identity: action.identity.clone(),
-                },
-                container: None,
-                starting: Some(ready_rx),
-                active: 1,
-                max_active,
-                paused: false,
-                last_used: Instant::now(),
-                epoch: 0,
-                destroying: false,
-                initialized: Arc::default(),
-                log_offset: Arc::default(),
-            });
+            let role = Role::Warm {
+                namespace: namespace.to_owned(),
+                identity: action.identity.clone(),
+            };
+            let mut entry = Entry::starting(key, memory, role, max_active);
+            entry.starting = Some(ready_rx);
+            entry.active = 1;
+            s.entries.push(entry);
             return Ok(Placement::Cold(key, ready_tx));
         }
         // 4. Evict least recently used idle warm containers until it would fit.
@@ -556,23 +567,11 @@ impl Inner {
             s.used_mb += cell.memory_mb;
             Self::memory_gauge(&s);
             let key = self.keys.fetch_add(1, Ordering::Relaxed);
-            s.entries.push(Entry {
-                key,
-                memory_mb: cell.memory_mb,
-                role: Role::Prewarm {
-                    kind: cell.kind.clone(),
-                },
-                container: None,
-                starting: None,
-                active: 0,
-                max_active: 1,
-                paused: false,
-                last_used: Instant::now(),
-                epoch: 0,
-                destroying: false,
-                initialized: Arc::default(),
-                log_offset: Arc::default(),
-            });
+            let role = Role::Prewarm {
+                kind: cell.kind.clone(),
+            };
+            s.entries
+                .push(Entry::starting(key, cell.memory_mb, role, 1));
             key
         };
         let name = self.container_name("prewarm", &cell.kind);

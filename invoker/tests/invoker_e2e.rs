@@ -369,13 +369,7 @@ impl Harness {
         };
         let m = m.unwrap();
         let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
-        let id = match (&v["response"], &v["activationId"]) {
-            (Value::String(s), _) => s.clone(),
-            (Value::Object(o), _) => o["activationId"].as_str().unwrap().to_owned(),
-            (_, Value::String(s)) => s.clone(),
-            _ => panic!("unexpected ack {v}"),
-        };
-        self.seen.entry(id).or_default().push(v);
+        self.seen.entry(ack_id(&v)).or_default().push(v);
     }
 
     /// The next `n` acks of `activation_id`, in arrival order.
@@ -392,12 +386,7 @@ impl Harness {
                 .unwrap();
             let raw = String::from_utf8(m.payload().unwrap().to_vec()).unwrap();
             let v: Value = serde_json::from_str(&raw).unwrap();
-            let id = match (&v["response"], &v["activationId"]) {
-                (Value::String(s), _) => s.clone(),
-                (Value::Object(o), _) => o["activationId"].as_str().unwrap().to_owned(),
-                (_, Value::String(s)) => s.clone(),
-                _ => panic!("unexpected ack {raw}"),
-            };
+            let id = ack_id(&v);
             // The transid comes back byte for byte.
             assert!(
                 raw.contains(&format!(r#""transid":["tx{id}",1714560000123]"#)),
@@ -417,6 +406,16 @@ impl Harness {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
+    }
+}
+
+/// The activation an ack is about: the shrunk response, the record's id, or `activationId`.
+fn ack_id(v: &Value) -> String {
+    match (&v["response"], &v["activationId"]) {
+        (Value::String(s), _) => s.clone(),
+        (Value::Object(o), _) => o["activationId"].as_str().unwrap().to_owned(),
+        (_, Value::String(s)) => s.clone(),
+        _ => panic!("unexpected ack {v}"),
     }
 }
 
