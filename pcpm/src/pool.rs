@@ -371,14 +371,7 @@ struct Fingerprint {
 
 impl Fingerprint {
     async fn take(probe: &NamespaceProbe, id: &str, files: &[PathBuf]) -> Result<Self, PcpmError> {
-        let ns_err = |action| {
-            let id = id.to_owned();
-            move |source| PcpmError::Namespace {
-                id,
-                action,
-                source: Box::new(source),
-            }
-        };
+        let ns_err = |action| namespace_error(id, action);
         probe
             .flush_learned_neighbours()
             .await
@@ -892,14 +885,7 @@ async fn take_in(
     if !info.running || info.pid == 0 {
         return Err(PcpmError::NotRunning { id: id.to_owned() });
     }
-    let ns_err = |action| {
-        let id = id.to_owned();
-        move |source| PcpmError::Namespace {
-            id,
-            action,
-            source: Box::new(source),
-        }
-    };
+    let ns_err = |action| namespace_error(id, action);
     let path = PathBuf::from(format!("/proc/{}/ns/net", info.pid));
     let probe = NamespaceProbe::open(Path::new(&path))
         .await
@@ -999,6 +985,16 @@ fn run_id() -> String {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a pool's lock leaves counters that are still usable.
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Wraps a namespace error of pause container `id` while doing `action`.
+fn namespace_error(id: &str, action: &'static str) -> impl FnOnce(SysError) -> PcpmError {
+    let id = id.to_owned();
+    move |source| PcpmError::Namespace {
+        id,
+        action,
+        source: Box::new(source),
+    }
 }
 
 /// The error and its sources, `: `-joined.
