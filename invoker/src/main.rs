@@ -17,7 +17,7 @@ use invoker::kafka::{self, TopicKind};
 use invoker::manifest::Manifest;
 use invoker::messages::InvokerInstanceId;
 use invoker::pool::{ContainerPool, PoolConfig};
-use invoker::settings::Settings;
+use invoker::settings::{NetworkMode, Settings};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args> {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -125,9 +126,43 @@ async fn run() -> Result<()> {
         dns_options: settings.dns_options.clone(),
         exposed_ports: Vec::new(),
     };
+    let pcpm = match settings.network_mode {
+        NetworkMode::Bridge => None,
+        NetworkMode::Pcpm => {
+            let np = settings.network_pool;
+            let mut config = pcpm::PcpmConfig::new(&format!("{name_prefix}-pcpm"));
+            config.low_watermark = np.low_watermark;
+            config.high_watermark = np.high_watermark;
+            config.max_per_pool = np.max;
+            config.max_concurrent_creates = np.max_concurrent_creates;
+            config.on_empty = if np.fallback {
+                pcpm::OnEmpty::Fallback
+            } else {
+                pcpm::OnEmpty::Wait(Duration::from_millis(settings.time_ms.max))
+            };
+            config.keys = vec![key.clone()];
+            let p = pcpm::Pcpm::new(docker.clone(), config)
+                .await
+                .context("starting the pcpm pool of pause containers")?;
+            let r = p.reconciled();
+            // Fill the pool before anything (stem cells first) asks for an endpoint.
+            if let Err(e) = p
+                .wait_idle(&key, np.high_watermark, Duration::from_secs(60))
+                .await
+            {
+                tracing::warn!(error = %e, "the pcpm pool is not full yet; starting anyway");
+            }
+            tracing::info!(adopted = r.adopted, removed = r.removed, "pcpm pool ready");
+            Some(p)
+        }
+    };
+    let networking = match &pcpm {
+        Some(p) => Networking::Pcpm(p.clone(), key),
+        None => Networking::Bridge(key),
+    };
     let factory = Arc::new(DockerFactory::new(
         docker.clone(),
-        Networking::Bridge(key),
+        networking,
         settings.parallel_runs,
     ));
     let leftovers = factory
@@ -140,6 +175,9 @@ async fn run() -> Result<()> {
         "docker engine ready"
     );
     if args.check_only {
+        if let Some(p) = &pcpm {
+            p.shutdown().await?;
+        }
         println!("{topic}: start-up checks passed (kafka topic, couchdb, docker)");
         return Ok(());
     }
@@ -250,6 +288,12 @@ async fn run() -> Result<()> {
     let _ = server.await;
     prewarm.abort();
     let removed = pool.shutdown().await;
-    tracing::info!(?removed, "containers removed; bye");
+    tracing::info!(?removed, "containers removed");
+    if let Some(p) = pcpm
+        && let Err(e) = p.shutdown().await
+    {
+        tracing::warn!(error = %e, "removing the pause containers");
+    }
+    tracing::info!("bye");
     Ok(())
 }

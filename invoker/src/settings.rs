@@ -52,6 +52,26 @@ impl StoreLevel {
     }
 }
 
+/// Where action containers get their network (`whisk.invoker.network.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Stock OpenWhisk: Docker creates each container's network (`--network <net>`).
+    Bridge,
+    /// Docker with `--network container:<pause>` from a pcpm pool of pause containers.
+    Pcpm,
+}
+
+/// Sizes of the network endpoint pool (`whisk.invoker.network.pool.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkPoolSizes {
+    pub low_watermark: usize,
+    pub high_watermark: usize,
+    pub max: usize,
+    pub max_concurrent_creates: usize,
+    /// On an empty pool: fall back to ordinary networking (true) or wait (false).
+    pub fallback: bool,
+}
+
 /// Lower and upper bounds and the default of one action limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
@@ -101,6 +121,9 @@ pub struct Settings {
     pub invoker_password: String,
     /// False with `LogDriverLogStoreProvider`: logs are not collected in-band.
     pub collect_logs: bool,
+    /// Where action containers get their network.
+    pub network_mode: NetworkMode,
+    pub network_pool: NetworkPoolSizes,
     /// Most `docker run`s at once (`whisk.docker.client.parallel-runs`).
     pub parallel_runs: usize,
     /// Every property seen, for the settings not typed here.
@@ -208,6 +231,26 @@ impl Settings {
             invoker_username: p.str("whisk.invoker.username", "invoker.user"),
             invoker_password: p.str("whisk.invoker.password", "invoker.pass"),
             collect_logs: !log_store.ends_with("LogDriverLogStoreProvider"),
+            network_mode: match p.str("whisk.invoker.network.mode", "bridge").as_str() {
+                "bridge" => NetworkMode::Bridge,
+                "pcpm" => NetworkMode::Pcpm,
+                other => {
+                    return Err(invalid(
+                        "whisk.invoker.network.mode",
+                        other,
+                        "expected bridge or pcpm",
+                    ));
+                }
+            },
+            network_pool: NetworkPoolSizes {
+                low_watermark: count(p.int("whisk.invoker.network.pool.low-watermark", 8)?),
+                high_watermark: count(p.int("whisk.invoker.network.pool.high-watermark", 32)?),
+                max: count(p.int("whisk.invoker.network.pool.max", 256)?),
+                max_concurrent_creates: count(
+                    p.int("whisk.invoker.network.pool.max-concurrent-creates", 8)?,
+                ),
+                fallback: p.bool("whisk.invoker.network.pool.fallback", true)?,
+            },
             parallel_runs: usize::try_from(p.int("whisk.docker.client.parallel-runs", 10)?)
                 .unwrap_or(10)
                 .max(1),
@@ -232,6 +275,14 @@ impl Settings {
                 "whisk.container-pool.concurrent-peek-factor",
                 &self.concurrent_peek_factor.to_string(),
                 "must be above 0",
+            ));
+        }
+        let np = self.network_pool;
+        if np.low_watermark > np.high_watermark || np.high_watermark > np.max || np.max == 0 {
+            return Err(invalid(
+                "whisk.invoker.network.pool",
+                &format!("{np:?}"),
+                "needs low-watermark <= high-watermark <= max and max >= 1",
             ));
         }
         for (k, b) in [
@@ -264,6 +315,10 @@ impl Settings {
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topics_prefix)
     }
+}
+
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -496,6 +551,14 @@ mod tests {
                 .contains("whisk.user-events.enabled")
         );
         assert!(err(&[("PORT", "http")]).contains("PORT"));
+        assert!(
+            err(&[("CONFIG_whisk_invoker_network_mode", "tcp")])
+                .contains("whisk.invoker.network.mode")
+        );
+        assert!(
+            err(&[("CONFIG_whisk_invoker_network_pool_lowWatermark", "100")])
+                .contains("whisk.invoker.network.pool")
+        );
         assert!(
             err(&[("CONFIG_whisk_activation_storeBlockingResultLevel", "NEVER")])
                 .contains("store-blocking-result-level")

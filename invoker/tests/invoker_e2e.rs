@@ -118,6 +118,27 @@ fn manifest_without_stem_cells() -> String {
     m.to_string()
 }
 
+/// The network mode the suite runs in: `INVOKER_E2E_NETWORK_MODE` (`bridge` by default, or
+/// `pcpm`); `scripts/test.sh` runs the suite once per mode. Pools are kept small so the tests
+/// running side by side do not crowd dockerd.
+fn network_mode_env() -> Vec<(&'static str, String)> {
+    let mode = std::env::var("INVOKER_E2E_NETWORK_MODE").unwrap_or_else(|_| "bridge".into());
+    let mut env = vec![("CONFIG_whisk_invoker_network_mode", mode.clone())];
+    if mode != "bridge" {
+        env.extend([
+            (
+                "CONFIG_whisk_invoker_network_pool_lowWatermark",
+                "2".to_owned(),
+            ),
+            (
+                "CONFIG_whisk_invoker_network_pool_highWatermark",
+                "4".to_owned(),
+            ),
+        ]);
+    }
+    env
+}
+
 /// A distinct small number per harness in this process (invoker ids, ports, names).
 fn next_slot() -> u32 {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -229,6 +250,7 @@ impl Harness {
                 self.options.user_memory,
             )
             .envs(self.options.env.iter().copied())
+            .envs(network_mode_env())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -271,6 +293,27 @@ impl Harness {
                 name.trim_start_matches('/').to_owned(),
                 u64::try_from(mb).unwrap_or(0),
             ));
+        }
+        out
+    }
+
+    /// `HostConfig.NetworkMode` of this invoker's action containers.
+    async fn network_modes(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, _) in self.containers().await {
+            let info = self
+                .docker
+                .inspect_container(
+                    &name,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+                .unwrap();
+            out.push(
+                info.host_config
+                    .and_then(|h| h.network_mode)
+                    .unwrap_or_default(),
+            );
         }
         out
     }
@@ -486,6 +529,17 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
         30,
         "time padded to 30: {logs:?}"
     );
+
+    // The container's network comes from the mode under test.
+    let modes = h.network_modes().await;
+    assert!(!modes.is_empty());
+    match std::env::var("INVOKER_E2E_NETWORK_MODE").as_deref() {
+        Ok("pcpm") => assert!(
+            modes.iter().all(|m| m.starts_with("container:")),
+            "{modes:?}"
+        ),
+        _ => assert!(modes.iter().all(|m| m == "bridge"), "{modes:?}"),
+    }
 
     // Warm: the same action again runs without init.
     let a = h
