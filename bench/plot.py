@@ -121,12 +121,54 @@ def plot_docker_start(report, out):
     fig.savefig(out, dpi=120)
 
 
+def plot_coldstart(report, out):
+    modes = sorted({c["mode"] for c in report["cells"]}, key=lambda m: ["bridge", "pcpm", "netns"].index(m) if m in ["bridge", "pcpm", "netns"] else 9)
+    sizes = sorted({c["n"] for c in report["cells"]})
+    cell = {(c["mode"], c["n"]): c for c in report["cells"]}
+    timelines = report.get("timelines", {})
+    fig, axes = plt.subplots(1, 1 + len(timelines), figsize=(5 + 5 * len(timelines), 4.6))
+    if not hasattr(axes, "__len__"):
+        axes = [axes]
+    ax = axes[0]
+    for mode in modes:
+        med = [cell[(mode, n)]["total"]["p50_s"] for n in sizes]
+        hi = [cell[(mode, n)]["total"]["max_s"] - m for n, m in zip(sizes, med)]
+        color = {"bridge": "C0", "pcpm": "C2", "netns": "C3"}.get(mode, "C4")
+        ax.errorbar(sizes, med, yerr=[[0] * len(med), hi], marker="o", capsize=3, color=color,
+                    label=f"{mode} total")
+        p99 = [cell[(mode, n)]["each"]["p99_s"] for n in sizes]
+        ax.plot(sizes, p99, linestyle=":", marker=".", color=color, label=f"{mode} p99 of each")
+    ax.set_xlabel("concurrent cold-start activations N")
+    ax.set_ylabel("seconds (total: median of rounds, whisker = max)")
+    ratios = ", ".join(f"{m} {r:.2f}" for m, r in report["ratios_at_max_n"].items() if m != "bridge")
+    ax.set_title(f"Fig 6 through Kafka (vs bridge at N={sizes[-1]}: {ratios})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for ax, mode in zip(axes[1:], [m for m in modes if m in timelines]):
+        spans = sorted(timelines[mode], key=lambda s: s["produced"])
+        for i, s in enumerate(spans):
+            ax.barh(i, s["init_start"] - s["produced"], left=s["produced"], color="C7", height=0.8)
+            ax.barh(i, s["run_start"] - s["init_start"], left=s["init_start"], color="C1", height=0.8)
+            ax.barh(i, s["end"] - s["run_start"], left=s["run_start"], color="C2", height=0.8)
+        ax.set_title(f"{mode}: N={len(spans)} timeline", fontsize=9)
+        ax.set_xlabel("seconds since the first produce")
+        ax.set_ylabel("activation")
+        ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in ["C7", "C1", "C2"]],
+                  labels=["queue + container start", "init", "run"], fontsize=7, loc="lower right")
+    m = report["machine"]
+    fig.suptitle(f"bench coldstart: {m['cores']} cores, {m['cpu_model']}, kernel {m['kernel']}, {report['rounds']} rounds", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(out, dpi=120)
+
+
 def main():
     path = Path(sys.argv[1])
     report = json.loads(path.read_text())
     out = path.with_suffix(".png")
     if "single_lease" in report:
         plot_netns(report, out)
+    elif "ratios_at_max_n" in report:
+        plot_coldstart(report, out)
     elif "ratio_at_max_n" in report:
         plot_docker_start(report, out)
     else:

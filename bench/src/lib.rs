@@ -3,6 +3,7 @@
 //! - [`stats`]: summaries of measured durations (p50, p99, max), the figures every benchmark
 //!   prints and writes.
 //! - [`machine`]: the description of the machine written next to every result.
+//! - [`coldstart`]: `bench coldstart`, the paper's Fig 6 through Kafka per network mode.
 //! - [`activate`]: `bench activate`, the controller's part against a running invoker.
 //! - [`memory`]: process PSS/RSS, cgroup charges and kernel memory growth, for the memory
 //!   figures.
@@ -13,6 +14,7 @@
 //!   warm netpool.
 
 pub mod activate;
+pub mod coldstart;
 pub mod docker_start;
 pub mod machine;
 pub mod memory;

@@ -8,6 +8,9 @@
 //!   [`bench::netns`]); writes JSON (default `bench/results/netns.json`).
 //! - `activate [--invoker N] [--controller C] [--count K]`: plays the controller against a
 //!   running invoker (see [`bench::activate`]).
+//! - `coldstart [--rounds R] [--sizes 1,10,25,50,75,100] [--modes bridge,pcpm] [--timeline N]
+//!   [--out FILE]`: the paper's Fig 6 through Kafka, one invoker per network mode (see
+//!   [`bench::coldstart`]); writes JSON (default `bench/results/coldstart.json`).
 //! - `docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]`: N concurrent Docker cold
 //!   starts, bridge networking against pcpm pause containers, and the memory of 50 idle pause
 //!   containers (see [`bench::docker_start`]); writes JSON (default
@@ -67,6 +70,31 @@ async fn main() -> Result<()> {
             }
             bench::activate::run(&params).await
         }
+        Some("coldstart") => {
+            let mut params = bench::coldstart::ColdstartParams::default();
+            let mut out = std::path::PathBuf::from("bench/results/coldstart.json");
+            while let Some(flag) = args.next() {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--rounds" => params.rounds = value.parse().context("--rounds")?,
+                    "--sizes" => {
+                        params.sizes = value
+                            .split(',')
+                            .map(str::parse)
+                            .collect::<Result<_, _>>()
+                            .context("--sizes takes numbers separated by commas")?;
+                    }
+                    "--modes" => params.modes = value.split(',').map(str::to_owned).collect(),
+                    "--timeline" => params.timeline_n = value.parse().context("--timeline")?,
+                    "--out" => out = value.into(),
+                    other => bail!("unknown flag {other}"),
+                }
+            }
+            let report = bench::coldstart::run(&params).await?;
+            write_report(&out, &report)
+        }
         Some("docker-start") => {
             let mut params = bench::docker_start::DockerStartParams::default();
             let mut out = std::path::PathBuf::from("bench/results/docker-start.json");
@@ -92,6 +120,7 @@ async fn main() -> Result<()> {
         }
         _ => bail!(
             "usage: bench kafka-rtt [N] | bench activate [--invoker N] [--controller C] [--count K] | \
+             bench coldstart [--rounds R] [--sizes ..] [--modes bridge,pcpm] [--out FILE] | \
              bench netns [--runs R] [--out FILE] | \
              bench docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]"
         ),

@@ -1,0 +1,359 @@
+//! `bench coldstart`: the PCPM paper's Fig 6 end to end through Kafka. For each network mode an
+//! invoker process is started (`target/release/invoker`); the bench plays the controller and
+//! produces N concurrent activations of N distinct actions (nothing is warm: fresh names each
+//! cell, stem cells off, idle containers removed between cells), a CPU-light prime sieve as in
+//! the paper, and times each from produce to its result. Per cell: p50, p99, max of the
+//! activations and the total until the last result; for N = 50 the timeline of every
+//! activation, split into queue + container start (produce → `/init` start), init and run.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use invoker::couchdb::CouchDb;
+use invoker::kafka::{self, TopicKind};
+use invoker::stack::Stack;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Value, json};
+
+use crate::machine::Machine;
+use crate::stats::Summary;
+
+const SIEVE: &str = "function main(p) { const n = p.n || 20000; const s = new Uint8Array(n + 1); let c = 0; for (let i = 2; i <= n; i++) { if (!s[i]) { c++; for (let j = i * i; j <= n; j += i) s[j] = 1; } } return {primes: c}; }";
+const GUEST_UUID: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502";
+const GUEST_KEY: &str = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
+
+/// Benchmark parameters.
+#[derive(Clone, Debug)]
+pub struct ColdstartParams {
+    pub sizes: Vec<usize>,
+    pub rounds: usize,
+    pub modes: Vec<String>,
+    /// N whose timelines are kept (the paper's Fig 3 and 7).
+    pub timeline_n: usize,
+}
+
+impl Default for ColdstartParams {
+    fn default() -> Self {
+        Self {
+            sizes: vec![1, 10, 25, 50, 75, 100],
+            rounds: 3,
+            modes: vec!["bridge".into(), "pcpm".into()],
+            timeline_n: 50,
+        }
+    }
+}
+
+/// One (mode, N) cell over all rounds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Cell {
+    pub mode: String,
+    pub n: usize,
+    pub total: Summary,
+    pub each: Summary,
+    pub errors: usize,
+}
+
+/// One activation on the timeline, seconds from the cell's first produce.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Span {
+    pub produced: f64,
+    pub init_start: f64,
+    pub run_start: f64,
+    pub end: f64,
+    pub acked: f64,
+}
+
+/// Everything `bench coldstart` writes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ColdstartReport {
+    pub machine: Machine,
+    pub rounds: usize,
+    pub cells: Vec<Cell>,
+    pub timelines: HashMap<String, Vec<Span>>,
+    /// Median total at the largest N, per mode, over bridge's.
+    pub ratios_at_max_n: HashMap<String, f64>,
+}
+
+struct Invoker {
+    child: Child,
+}
+
+impl Drop for Invoker {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn manifest_without_stem_cells() -> Result<String> {
+    let mut m: Value = serde_json::from_str(
+        &std::fs::read_to_string("runtimes/runtimes.json")
+            .context("run from the repository root")?,
+    )?;
+    for kinds in m["runtimes"]
+        .as_object_mut()
+        .context("runtimes")?
+        .values_mut()
+    {
+        for k in kinds.as_array_mut().context("kinds")? {
+            if let Some(o) = k.as_object_mut() {
+                o.remove("stemCells");
+            }
+        }
+    }
+    Ok(m.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Runs the benchmark.
+pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
+    let stack = Stack::from_env();
+    let db = CouchDb::new(&stack.couchdb)?;
+    let tag = std::process::id();
+    let (whisks, activations) = (format!("cs{tag}_whisks"), format!("cs{tag}_activations"));
+    for d in [&whisks, &activations] {
+        db.create_db(d).await?;
+    }
+    let admin = kafka::admin_client(&stack.kafka_hosts)?;
+    let controller = format!("cs{tag}");
+    let completed = format!("completed{controller}");
+    kafka::ensure_topic(&admin, &completed, &TopicKind::Completed.default_config()).await?;
+    kafka::ensure_topic(&admin, "health", &TopicKind::Health.default_config()).await?;
+    let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create()?;
+    let acks: StreamConsumer =
+        kafka::consumer_config(&stack.kafka_hosts, &format!("bench-cs-{tag}")).create()?;
+    acks.subscribe(&[&completed])?;
+    let manifest = manifest_without_stem_cells()?;
+    let docker = invoker::docker::connect().await?;
+
+    let mut cells = Vec::new();
+    let mut timelines = HashMap::new();
+    for (m, mode) in p.modes.iter().enumerate() {
+        let id = 900 + u32::try_from(m).unwrap_or(0);
+        let port = 19_000 + u16::try_from(m).unwrap_or(0);
+        let prefix = format!("wskcs{id}{id}_");
+        println!("== mode {mode}: starting invoker {id}");
+        let child = Command::new("target/release/invoker")
+            .args(["--id", &id.to_string(), "--uniqueName", &format!("cs{id}")])
+            .env("KAFKA_HOSTS", &stack.kafka_hosts)
+            .env("RUNTIMES_MANIFEST", &manifest)
+            .env("PORT", port.to_string())
+            .env(
+                "CONFIG_whisk_couchdb_port",
+                stack.couchdb.url.rsplit(':').next().unwrap_or("5984"),
+            )
+            .env("CONFIG_whisk_couchdb_username", &stack.couchdb.username)
+            .env("CONFIG_whisk_couchdb_password", &stack.couchdb.password)
+            .env("CONFIG_whisk_couchdb_databases_WhiskEntity", &whisks)
+            .env(
+                "CONFIG_whisk_couchdb_databases_WhiskActivation",
+                &activations,
+            )
+            .env("CONFIG_whisk_containerPool_userMemory", "16 g")
+            .env(
+                "CONFIG_whisk_containerProxy_timeouts_idleContainer",
+                "2 seconds",
+            )
+            .env("CONFIG_whisk_invoker_network_mode", mode)
+            .env("CONFIG_whisk_invoker_network_pool_lowWatermark", "100")
+            .env("CONFIG_whisk_invoker_network_pool_highWatermark", "110")
+            .env("CONFIG_whisk_invoker_network_pool_max", "256")
+            .env("CONFIG_whisk_docker_client_parallelRuns", "100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("target/release/invoker (cargo build --release first)")?;
+        let _invoker = Invoker { child };
+        wait_ready(port).await?;
+        let mut totals: HashMap<usize, Vec<Duration>> = HashMap::new();
+        let mut each: HashMap<usize, Vec<Duration>> = HashMap::new();
+        let mut errors: HashMap<usize, usize> = HashMap::new();
+        for round in 0..p.rounds {
+            for &n in &p.sizes {
+                // Actions named for this cell: nothing can be warm.
+                let mut revs = Vec::new();
+                for i in 0..n {
+                    let name = format!("sieve-{mode}-r{round}-n{n}-{i}");
+                    let doc = json!({"_id": format!("guest/{name}"), "entityType": "action", "namespace": "guest", "name": name,
+                        "exec": {"kind": "nodejs:default", "binary": false, "code": {
+                            "attachmentName": format!("mem:{}", base64::engine::general_purpose::URL_SAFE.encode(SIEVE)),
+                            "attachmentType": "text/plain; charset=UTF-8"}},
+                        "parameters": [], "limits": {"timeout": 300000, "memory": 128, "logs": 10, "concurrency": 1},
+                        "version": "0.0.1", "publish": false, "annotations": []});
+                    revs.push((
+                        name.clone(),
+                        db.put_doc(&whisks, &format!("guest/{name}"), &doc)
+                            .await?
+                            .rev,
+                    ));
+                }
+                let t0 = Instant::now();
+                let base_ms = now_ms();
+                let mut pending: HashMap<String, (usize, Instant)> = HashMap::new();
+                for (i, (name, rev)) in revs.iter().enumerate() {
+                    let aid = format!("{:08x}{:04x}{:04x}{:016x}", tag, round, n, i);
+                    let msg = json!({"transid": [format!("cs{aid}"), now_ms()],
+                        "action": {"path": "guest", "name": name, "version": "0.0.1"}, "revision": rev,
+                        "user": {"subject": "guest", "namespace": {"name": "guest", "uuid": GUEST_UUID},
+                                 "authkey": {"api_key": format!("{GUEST_UUID}:{GUEST_KEY}")}, "rights": [], "limits": {}},
+                        "activationId": aid, "rootControllerIndex": {"asString": controller, "instanceType": "controller"},
+                        "blocking": true, "content": {"n": 20000}, "initArgs": [], "lockedArgs": {}});
+                    let sent = Instant::now();
+                    producer
+                        .send(
+                            FutureRecord::<(), _>::to(&format!("invoker{id}"))
+                                .payload(&msg.to_string()),
+                            Duration::from_secs(10),
+                        )
+                        .await
+                        .map_err(|(e, _)| e)?;
+                    pending.insert(aid, (i, sent));
+                }
+                let mut spans = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(600);
+                while !pending.is_empty() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let m = tokio::time::timeout(left, acks.recv())
+                        .await
+                        .context("activations never answered")??;
+                    let v: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
+                    let Some(a) = v["response"].as_object() else {
+                        continue;
+                    };
+                    let Some(aid) = a["activationId"].as_str() else {
+                        continue;
+                    };
+                    let Some((_, sent)) = pending.remove(aid) else {
+                        continue;
+                    };
+                    let took = sent.elapsed();
+                    if a["response"]["statusCode"] != json!(0) {
+                        *errors.entry(n).or_default() += 1;
+                        eprintln!("  {mode} N={n}: {}", a["response"]["result"]);
+                        continue;
+                    }
+                    each.entry(n).or_default().push(took);
+                    let ann = |k: &str| {
+                        a["annotations"]
+                            .as_array()
+                            .and_then(|x| x.iter().find(|e| e["key"] == k))
+                            .map(|e| e["value"].as_i64().unwrap_or(0))
+                            .unwrap_or(0)
+                    };
+                    let s = |ms: i64| (ms - base_ms) as f64 / 1e3;
+                    let start = a["start"].as_i64().unwrap_or(0);
+                    spans.push(Span {
+                        produced: sent.duration_since(t0).as_secs_f64(),
+                        init_start: s(start),
+                        run_start: s(start + ann("initTime")),
+                        end: s(a["end"].as_i64().unwrap_or(0)),
+                        acked: t0.elapsed().as_secs_f64(),
+                    });
+                }
+                let total = t0.elapsed();
+                totals.entry(n).or_default().push(total);
+                println!(
+                    "round {}/{} {mode:>6} N={n:>3}: total {:>8.1} ms",
+                    round + 1,
+                    p.rounds,
+                    total.as_secs_f64() * 1e3
+                );
+                if n == p.timeline_n && round + 1 == p.rounds {
+                    timelines.insert(mode.clone(), spans);
+                }
+                wait_no_containers(&docker, &prefix).await?;
+            }
+        }
+        for &n in &p.sizes {
+            cells.push(Cell {
+                mode: mode.clone(),
+                n,
+                total: Summary::of(&totals[&n]).context("no rounds")?,
+                each: Summary::of(each.get(&n).map_or(&[][..], Vec::as_slice))
+                    .context("every activation failed")?,
+                errors: errors.get(&n).copied().unwrap_or(0),
+            });
+        }
+    }
+    let max_n = p.sizes.iter().copied().max().unwrap_or(1);
+    let median = |mode: &str| {
+        cells
+            .iter()
+            .find(|c| c.mode == mode && c.n == max_n)
+            .map_or(f64::NAN, |c| c.total.p50_s)
+    };
+    let ratios_at_max_n = p
+        .modes
+        .iter()
+        .map(|m| (m.clone(), median(m) / median("bridge")))
+        .collect();
+    for d in [&whisks, &activations] {
+        let _ = db.delete_db(d).await;
+    }
+    Ok(ColdstartReport {
+        machine: Machine::describe(),
+        rounds: p.rounds,
+        cells,
+        timelines,
+        ratios_at_max_n,
+    })
+}
+
+async fn wait_ready(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s.write_all(b"GET /ping HTTP/1.0\r\n\r\n").await;
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out).await;
+            if out.contains("pong") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the invoker never answered /ping on port {port}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until the invoker removed its idle action containers (idle timeout 2 s).
+async fn wait_no_containers(docker: &bollard::Docker, prefix: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let filters = HashMap::from([("name", vec![prefix.to_owned()])]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        if docker.list_containers(Some(options)).await?.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("idle containers were not removed within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
