@@ -161,12 +161,41 @@ def plot_coldstart(report, out):
     fig.savefig(out, dpi=120)
 
 
+def plot_memory(report, out):
+    rows = report["rows"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    names = [r["scenario"] for r in rows]
+    pss = [r["processes"]["pss_kib"] / 1024 for r in rows]
+    kern = [max(r["kernel"]["unreclaimable_kib"], 0) / 1024 for r in rows]
+    ax.bar(names, pss, label="processes (PSS)", color="C0")
+    ax.bar(names, kern, bottom=pss, label="kernel, unreclaimable growth", color="C3")
+    for i, r in enumerate(rows):
+        ax.text(i, pss[i] + kern[i], f"{r['committed_kib'] / 1024:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("MiB committed for the idle objects")
+    ax.set_title(f"memory of {report['n']} idle objects (Table 2)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    ax = axes[1]
+    timed = [r for r in rows if r["total_s"] is not None]
+    ax.bar([r["scenario"] for r in timed], [r["total_s"] for r in timed], color="C2")
+    ax.set_ylabel(f"seconds for {report['n']} concurrent functions")
+    ax.set_title("time from that state (container level)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    m = report["machine"]
+    fig.suptitle(f"bench memory: {m['cores']} cores, {m['cpu_model']}, kernel {m['kernel']}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.savefig(out, dpi=120)
+
+
 def main():
     path = Path(sys.argv[1])
     report = json.loads(path.read_text())
     out = path.with_suffix(".png")
     if "single_lease" in report:
         plot_netns(report, out)
+    elif "rows" in report and "method" in report:
+        plot_memory(report, out)
     elif "ratios_at_max_n" in report:
         plot_coldstart(report, out)
     elif "ratio_at_max_n" in report:

@@ -9,6 +9,8 @@
 //!   figures.
 //! - [`docker_start`]: `bench docker-start`, N concurrent Docker cold starts with bridge
 //!   networking against pcpm pause containers, and the memory of idle pause containers.
+//! - [`memory_table`]: `bench memory`, the paper's Table 2: memory committed and time for 50
+//!   functions, cold / warm / prewarm / pcpm / netns.
 //! - [`netns`]: `bench netns`, the PCPM paper's Table 1 on this machine: network endpoints
 //!   created and cleaned up with `ip` commands, in-process with rtnetlink, and leased from a
 //!   warm netpool.
@@ -18,5 +20,6 @@ pub mod coldstart;
 pub mod docker_start;
 pub mod machine;
 pub mod memory;
+pub mod memory_table;
 pub mod netns;
 pub mod stats;

@@ -11,6 +11,8 @@
 //! - `coldstart [--rounds R] [--sizes 1,10,25,50,75,100] [--modes bridge,pcpm] [--timeline N]
 //!   [--out FILE]`: the paper's Fig 6 through Kafka, one invoker per network mode (see
 //!   [`bench::coldstart`]); writes JSON (default `bench/results/coldstart.json`).
+//! - `memory [--n 50] [--out FILE]`: the paper's Table 2 (see [`bench::memory_table`]); writes
+//!   JSON (default `bench/results/memory.json`).
 //! - `docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]`: N concurrent Docker cold
 //!   starts, bridge networking against pcpm pause containers, and the memory of 50 idle pause
 //!   containers (see [`bench::docker_start`]); writes JSON (default
@@ -70,6 +72,22 @@ async fn main() -> Result<()> {
             }
             bench::activate::run(&params).await
         }
+        Some("memory") => {
+            let mut n = 50;
+            let mut out = std::path::PathBuf::from("bench/results/memory.json");
+            while let Some(flag) = args.next() {
+                let value = args
+                    .next()
+                    .with_context(|| format!("{flag} needs a value"))?;
+                match flag.as_str() {
+                    "--n" => n = value.parse().context("--n")?,
+                    "--out" => out = value.into(),
+                    other => bail!("unknown flag {other}"),
+                }
+            }
+            let report = bench::memory_table::run(n).await?;
+            write_report(&out, &report)
+        }
         Some("coldstart") => {
             let mut params = bench::coldstart::ColdstartParams::default();
             let mut out = std::path::PathBuf::from("bench/results/coldstart.json");
@@ -121,7 +139,7 @@ async fn main() -> Result<()> {
         _ => bail!(
             "usage: bench kafka-rtt [N] | bench activate [--invoker N] [--controller C] [--count K] | \
              bench coldstart [--rounds R] [--sizes ..] [--modes bridge,pcpm] [--out FILE] | \
-             bench netns [--runs R] [--out FILE] | \
+             bench memory [--n 50] [--out FILE] | bench netns [--runs R] [--out FILE] | \
              bench docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]"
         ),
     }

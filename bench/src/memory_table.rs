@@ -1,0 +1,349 @@
+//! `bench memory`: the PCPM paper's Table 2 on this machine: what 50 functions' worth of
+//! readiness costs in memory, and how long 50 concurrent functions take, for
+//!
+//! - `cold`: nothing kept (each function: create, start, `/init`, `/run`, bridge networking);
+//! - `warm`: 50 containers with the action initialized and run once (each function: `/run`);
+//! - `prewarm`: 50 stem cells, the runtime started but no action (each: `/init`, `/run`);
+//! - `pcpm`: 50 pause containers (each: create and start joined to one, `/init`, `/run`);
+//! - `netns`: 50 netpool namespaces (memory only: the invoker's netns mode is not built yet).
+//!
+//! Memory is measured, not estimated: for the 50 idle objects, the PSS of every process they
+//! keep (container processes and their `containerd-shim`s), what their cgroups are charged, and
+//! the growth of the kernel's unreclaimable memory (slab, kernel stacks, page tables, per-CPU)
+//! from before they were created. Times are at the container level (Docker and the action proxy,
+//! no Kafka); `bench coldstart` has the end-to-end times.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{InspectContainerOptions, RemoveContainerOptionsBuilder};
+use pcpm::{Endpoint, NetworkKey, OnEmpty, Pcpm, PcpmConfig};
+use serde_json::{Value, json};
+
+use crate::machine::Machine;
+use crate::memory::{
+    KernelGrowth, KernelMemory, ProcessMemory, cgroup_charge_kib, comm, parent_pid,
+};
+
+const NODE_IMAGE: &str = "openwhisk/action-nodejs-v18:nightly";
+const SIEVE: &str = "function main(p) { const n = p.n || 20000; const s = new Uint8Array(n + 1); let c = 0; for (let i = 2; i <= n; i++) { if (!s[i]) { c++; for (let j = i * i; j <= n; j += i) s[j] = 1; } } return {primes: c}; }";
+const LABEL: &str = "whisk-bench";
+
+/// One row of the table.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    pub scenario: &'static str,
+    pub objects: usize,
+    pub processes: ProcessMemory,
+    pub cgroup_charge_kib: u64,
+    pub kernel: KernelGrowth,
+    /// Processes' PSS plus the kernel's unreclaimable growth.
+    pub committed_kib: i64,
+    /// Time for 50 concurrent functions from this state, seconds (None: not measured).
+    pub total_s: Option<f64>,
+}
+
+/// Everything `bench memory` writes.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MemoryReport {
+    pub machine: Machine,
+    pub n: usize,
+    pub rows: Vec<Row>,
+    pub method: &'static str,
+}
+
+const METHOD: &str = "For each scenario the machine starts with none of our containers; the kernel's /proc/meminfo is read, the N objects are created and left idle for 2 s, then: the PSS (smaps_rollup) of every process in each container (the init process and its descendants) and of each container's containerd-shim, each container's memory cgroup charge (user + kernel), and the growth of SUnreclaim + KernelStack + PageTables + Percpu. committed = PSS + kernel growth. Times: N concurrent functions from that state at the container level, one sample.";
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
+}
+
+async fn post(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client
+            .post(format!("http://{addr}{path}"))
+            .json(body)
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let status = r.status();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if !status.is_success() {
+                    bail!("{path} answered {status}: {v}");
+                }
+                return Ok(v);
+            }
+            Err(e) if Instant::now() < deadline && e.is_connect() => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn init_and_run(client: &reqwest::Client, addr: SocketAddr, init: bool) -> Result<()> {
+    if init {
+        post(
+            client,
+            addr,
+            "/init",
+            &json!({"value": {"name": "sieve", "main": "main", "binary": false, "code": SIEVE}}),
+        )
+        .await?;
+    }
+    let v = post(client, addr, "/run", &json!({"value": {"n": 20000}})).await?;
+    if v.get("primes").is_none() {
+        bail!("unexpected result {v}");
+    }
+    Ok(())
+}
+
+/// Creates and starts a node container; returns (id, proxy address).
+async fn node_container(
+    docker: &Docker,
+    endpoint: Option<&Endpoint>,
+) -> Result<(String, SocketAddr)> {
+    let mut body = ContainerCreateBody {
+        image: Some(NODE_IMAGE.to_owned()),
+        labels: Some(HashMap::from([(LABEL.to_owned(), "memory".to_owned())])),
+        host_config: Some(HostConfig {
+            network_mode: Some("bridge".into()),
+            memory: Some(128 << 20),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if let Some(e) = endpoint {
+        e.apply(&mut body);
+    }
+    let id = docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            body,
+        )
+        .await?
+        .id;
+    docker.start_container(&id, None).await?;
+    let ip = match endpoint.and_then(Endpoint::ip) {
+        Some(ip) => ip,
+        None => docker
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await?
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove("bridge"))
+            .and_then(|n| n.ip_address)
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .context("no bridge address")?,
+    };
+    Ok((id, SocketAddr::new(ip, 8080)))
+}
+
+async fn remove_all(docker: &Docker, ids: &[String]) {
+    for id in ids {
+        let o = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = docker.remove_container(id, Some(o)).await;
+    }
+}
+
+/// PSS of a container's processes (init and descendants) and of its shim, and its cgroup charge.
+fn container_memory(init_pid: u32) -> Result<(ProcessMemory, u64)> {
+    let mut pids = vec![init_pid];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            if let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>()
+                && parent_pid(pid).ok() == Some(parent)
+            {
+                pids.push(pid);
+            }
+        }
+        i += 1;
+    }
+    let shim = parent_pid(init_pid)?;
+    if !comm(shim).starts_with("containerd-shim") {
+        bail!("the parent of {init_pid} is {}, not a shim", comm(shim));
+    }
+    pids.push(shim);
+    let mem = ProcessMemory::sum(pids.iter().filter_map(|&p| ProcessMemory::of(p).ok()));
+    Ok((mem, cgroup_charge_kib(init_pid).unwrap_or(0)))
+}
+
+async fn pid_of(docker: &Docker, id: &str) -> Result<u32> {
+    let pid = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await?
+        .state
+        .and_then(|s| s.pid)
+        .context("no pid")?;
+    Ok(u32::try_from(pid)?)
+}
+
+fn row(
+    scenario: &'static str,
+    n: usize,
+    processes: ProcessMemory,
+    charge: u64,
+    before: &KernelMemory,
+    total_s: Option<f64>,
+) -> Result<Row> {
+    let kernel = before.growth_to(&KernelMemory::now()?);
+    Ok(Row {
+        scenario,
+        objects: n,
+        processes,
+        cgroup_charge_kib: charge,
+        kernel,
+        committed_kib: i64::try_from(processes.pss_kib).unwrap_or(0)
+            + kernel.unreclaimable_kib.max(0),
+        total_s,
+    })
+}
+
+/// Runs the benchmark for `n` objects.
+pub async fn run(n: usize) -> Result<MemoryReport> {
+    let docker = invoker::docker::connect().await?;
+    let client = http_client();
+    let mut rows = Vec::new();
+
+    // cold: nothing idle; time N cold functions.
+    let before = KernelMemory::now()?;
+    let t0 = Instant::now();
+    let started = futures::future::try_join_all((0..n).map(|_| async {
+        let (id, addr) = node_container(&docker, None).await?;
+        init_and_run(&client, addr, true).await?;
+        anyhow::Ok(id)
+    }))
+    .await?;
+    let cold_s = t0.elapsed().as_secs_f64();
+    remove_all(&docker, &started).await;
+    rows.push(row(
+        "cold",
+        0,
+        ProcessMemory::default(),
+        0,
+        &before,
+        Some(cold_s),
+    )?);
+    println!("cold: {n} functions in {cold_s:.1} s");
+
+    // prewarm and warm: N node containers, idle (then initialized and run once for warm).
+    for warm in [false, true] {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = KernelMemory::now()?;
+        let made =
+            futures::future::try_join_all((0..n).map(|_| node_container(&docker, None))).await?;
+        if warm {
+            futures::future::try_join_all(
+                made.iter().map(|(_, a)| init_and_run(&client, *a, true)),
+            )
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut mem = Vec::new();
+        let mut charge = 0;
+        for (id, _) in &made {
+            let (m, c) = container_memory(pid_of(&docker, id).await?)?;
+            mem.push(m);
+            charge += c;
+        }
+        let processes = ProcessMemory::sum(mem);
+        let t0 = Instant::now();
+        futures::future::try_join_all(made.iter().map(|(_, a)| init_and_run(&client, *a, !warm)))
+            .await?;
+        let took = t0.elapsed().as_secs_f64();
+        let name = if warm { "warm" } else { "prewarm" };
+        rows.push(row(name, n, processes, charge, &before, Some(took))?);
+        println!(
+            "{name}: {} KiB PSS, {n} functions in {took:.1} s",
+            processes.pss_kib
+        );
+        let ids: Vec<String> = made.into_iter().map(|(id, _)| id).collect();
+        remove_all(&docker, &ids).await;
+    }
+
+    // pcpm: N idle pause containers; each function joins one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = KernelMemory::now()?;
+    let key = NetworkKey::network("bridge");
+    let mut config = PcpmConfig::new("bench-memory");
+    config.low_watermark = 0;
+    config.high_watermark = n;
+    config.max_per_pool = n;
+    config.on_empty = OnEmpty::Wait(Duration::from_secs(60));
+    config.keys = vec![key.clone()];
+    let pool = Pcpm::new(docker.clone(), config).await?;
+    pool.wait_idle(&key, n, Duration::from_secs(300)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut endpoints = Vec::new();
+    for _ in 0..n {
+        endpoints.push(pool.acquire(&key).await?);
+    }
+    let mut mem = Vec::new();
+    let mut charge = 0;
+    for e in &endpoints {
+        if let Endpoint::Pause(h) = e {
+            let (m, c) = container_memory(h.pid())?;
+            mem.push(m);
+            charge += c;
+        }
+    }
+    let processes = ProcessMemory::sum(mem);
+    let t0 = Instant::now();
+    let made = futures::future::try_join_all(endpoints.iter().map(|e| async {
+        let (id, addr) = node_container(&docker, Some(e)).await?;
+        init_and_run(&client, addr, true).await?;
+        anyhow::Ok(id)
+    }))
+    .await?;
+    let took = t0.elapsed().as_secs_f64();
+    remove_all(&docker, &made).await;
+    for e in endpoints {
+        e.release().await;
+    }
+    pool.shutdown().await?;
+    rows.push(row("pcpm", n, processes, charge, &before, Some(took))?);
+    println!(
+        "pcpm: {} KiB PSS, {n} functions in {took:.1} s",
+        processes.pss_kib
+    );
+
+    // netns: N netpool namespaces, nothing but the kernel's memory.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = KernelMemory::now()?;
+    let mut cfg = netpool::PoolConfig::new("bm", std::net::Ipv4Addr::new(10, 209, 0, 0), 16);
+    cfg.high_watermark = n;
+    cfg.low_watermark = 0;
+    cfg.max_slots = n;
+    let np = netpool::NetPool::new(cfg).await?;
+    np.wait_idle(n, Duration::from_secs(120)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rows.push(row("netns", n, ProcessMemory::default(), 0, &before, None)?);
+    np.shutdown().await?;
+    println!(
+        "netns: kernel +{} KiB",
+        rows.last().map_or(0, |r| r.kernel.unreclaimable_kib)
+    );
+
+    Ok(MemoryReport {
+        machine: Machine::describe(),
+        n,
+        rows,
+        method: METHOD,
+    })
+}
