@@ -328,7 +328,7 @@ pub async fn run(n: usize) -> Result<MemoryReport> {
     let before = KernelMemory::now()?;
     let mut cfg = netpool::PoolConfig::new("bm", std::net::Ipv4Addr::new(10, 209, 0, 0), 16);
     cfg.high_watermark = n;
-    cfg.low_watermark = 0;
+    cfg.low_watermark = n;
     cfg.max_slots = n;
     let np = netpool::NetPool::new(cfg).await?;
     np.wait_idle(n, Duration::from_secs(120)).await?;
