@@ -14,6 +14,7 @@
 pub mod docker;
 pub mod logs;
 pub mod proxy;
+pub mod runc;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
