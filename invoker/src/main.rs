@@ -11,6 +11,7 @@ use invoker::action::ActionStore;
 use invoker::container::ContainerFactory;
 use invoker::container::docker::{DockerFactory, Networking};
 use invoker::container::proxy::ProxyClient;
+use invoker::container::runc::RuncFactory;
 use invoker::couchdb::CouchDb;
 use invoker::invoke::Invoker;
 use invoker::kafka::{self, TopicKind};
@@ -127,7 +128,7 @@ async fn run() -> Result<()> {
         exposed_ports: Vec::new(),
     };
     let pcpm = match settings.network_mode {
-        NetworkMode::Bridge => None,
+        NetworkMode::Bridge | NetworkMode::Netns => None,
         NetworkMode::Pcpm => {
             let np = settings.network_pool;
             let mut config = pcpm::PcpmConfig::new(&format!("{name_prefix}-pcpm"));
@@ -156,15 +157,58 @@ async fn run() -> Result<()> {
             Some(p)
         }
     };
-    let networking = match &pcpm {
-        Some(p) => Networking::Pcpm(p.clone(), key),
-        None => Networking::Bridge(key),
+    let netpool = match settings.network_mode {
+        NetworkMode::Netns => {
+            let np = settings.network_pool;
+            let (subnet, len) = settings.netns_subnet;
+            // netpool names are 1 to 5 of [a-z0-9]: the invoker id keeps them apart.
+            let mut config = netpool::PoolConfig::new(&format!("w{}", id % 10_000), subnet, len);
+            config.low_watermark = np.low_watermark;
+            config.high_watermark = np.high_watermark;
+            config.max_slots = np.max;
+            config.max_concurrent_creates = np.max_concurrent_creates;
+            let pool = netpool::NetPool::new(config)
+                .await
+                .context("starting the netpool of network namespaces (needs root)")?;
+            if let Err(e) = pool
+                .wait_idle(np.high_watermark, Duration::from_secs(60))
+                .await
+            {
+                tracing::warn!(error = %e, "the netpool is not full yet; starting anyway");
+            }
+            Some(pool)
+        }
+        _ => None,
     };
-    let factory = Arc::new(DockerFactory::new(
-        docker.clone(),
-        networking,
-        settings.parallel_runs,
-    ));
+    let factory: Arc<dyn ContainerFactory> = match &netpool {
+        Some(np) => {
+            let runc = RuncFactory::new(
+                docker.clone(),
+                Arc::new(np.clone()),
+                &settings.runc_dir.join("images"),
+                &settings.runc_dir.join("bundles").join(&name_prefix),
+                &std::path::Path::new("/run/wsk-runc").join(&name_prefix),
+            );
+            // Unpack the managed runtimes' images before the first cold start needs them.
+            for image in manifest.images(&settings.runtimes_registry) {
+                if let Err(e) = runc.prepare(&image).await {
+                    tracing::warn!(image, error = %e, "cannot unpack a runtime image");
+                }
+            }
+            Arc::new(runc)
+        }
+        None => {
+            let networking = match &pcpm {
+                Some(p) => Networking::Pcpm(p.clone(), key),
+                None => Networking::Bridge(key),
+            };
+            Arc::new(DockerFactory::new(
+                docker.clone(),
+                networking,
+                settings.parallel_runs,
+            ))
+        }
+    };
     let leftovers = factory
         .remove_all(&format!("{name_prefix}_"))
         .await
@@ -177,6 +221,9 @@ async fn run() -> Result<()> {
     if args.check_only {
         if let Some(p) = &pcpm {
             p.shutdown().await?;
+        }
+        if let Some(np) = netpool {
+            np.shutdown().await?;
         }
         println!("{topic}: start-up checks passed (kafka topic, couchdb, docker)");
         return Ok(());
@@ -293,6 +340,11 @@ async fn run() -> Result<()> {
         && let Err(e) = p.shutdown().await
     {
         tracing::warn!(error = %e, "removing the pause containers");
+    }
+    if let Some(np) = netpool
+        && let Err(e) = np.shutdown().await
+    {
+        tracing::warn!(error = %e, "removing the network namespaces");
     }
     tracing::info!("bye");
     Ok(())

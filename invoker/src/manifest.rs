@@ -175,6 +175,19 @@ impl Manifest {
         self.kinds.get(name)
     }
 
+    /// Every image the manifest names: the kinds' and the local blackboxes'.
+    pub fn images(&self, registry: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .kinds
+            .values()
+            .map(|k| k.image.reference(registry))
+            .collect();
+        out.extend(self.blackboxes.iter().map(|b| b.reference("")));
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Whether a blackbox image is one of the manifest's (built locally: never pulled, writes
     /// sentinels).
     pub fn is_native_blackbox(&self, image: &str) -> bool {

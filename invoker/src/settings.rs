@@ -59,6 +59,9 @@ pub enum NetworkMode {
     Bridge,
     /// Docker with `--network container:<pause>` from a pcpm pool of pause containers.
     Pcpm,
+    /// runc directly, the network namespace leased from a netpool pool (no Docker daemon on
+    /// the cold path).
+    Netns,
 }
 
 /// Sizes of the network endpoint pool (`whisk.invoker.network.pool.*`).
@@ -124,6 +127,10 @@ pub struct Settings {
     /// Where action containers get their network.
     pub network_mode: NetworkMode,
     pub network_pool: NetworkPoolSizes,
+    /// netns mode: the namespaces' address range (`whisk.invoker.network.netns.subnet`).
+    pub netns_subnet: (std::net::Ipv4Addr, u8),
+    /// netns mode: unpacked images and bundles (`whisk.invoker.runc.dir`).
+    pub runc_dir: std::path::PathBuf,
     /// Most `docker run`s at once (`whisk.docker.client.parallel-runs`).
     pub parallel_runs: usize,
     /// Every property seen, for the settings not typed here.
@@ -234,11 +241,12 @@ impl Settings {
             network_mode: match p.str("whisk.invoker.network.mode", "bridge").as_str() {
                 "bridge" => NetworkMode::Bridge,
                 "pcpm" => NetworkMode::Pcpm,
+                "netns" => NetworkMode::Netns,
                 other => {
                     return Err(invalid(
                         "whisk.invoker.network.mode",
                         other,
-                        "expected bridge or pcpm",
+                        "expected bridge, pcpm or netns",
                     ));
                 }
             },
@@ -251,6 +259,16 @@ impl Settings {
                 ),
                 fallback: p.bool("whisk.invoker.network.pool.fallback", true)?,
             },
+            netns_subnet: {
+                let key = "whisk.invoker.network.netns.subnet";
+                let v = p.str(key, "10.230.0.0/16");
+                v.split_once('/')
+                    .and_then(|(a, l)| Some((a.parse().ok()?, l.parse().ok()?)))
+                    .ok_or_else(|| invalid(key, &v, "expected an IPv4 range like 10.230.0.0/16"))?
+            },
+            runc_dir: p
+                .str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker")
+                .into(),
             parallel_runs: usize::try_from(p.int("whisk.docker.client.parallel-runs", 10)?)
                 .unwrap_or(10)
                 .max(1),

@@ -118,11 +118,15 @@ fn manifest_without_stem_cells() -> String {
     m.to_string()
 }
 
-/// The network mode the suite runs in: `INVOKER_E2E_NETWORK_MODE` (`bridge` by default, or
-/// `pcpm`); `scripts/test.sh` runs the suite once per mode. Pools are kept small so the tests
+/// The network mode the suite runs in: `INVOKER_E2E_NETWORK_MODE` (`bridge` by default,
+/// `pcpm` or `netns`); `scripts/test.sh` runs the suite once per mode. Pools are kept small so the tests
 /// running side by side do not crowd dockerd.
+fn network_mode() -> String {
+    std::env::var("INVOKER_E2E_NETWORK_MODE").unwrap_or_else(|_| "bridge".into())
+}
+
 fn network_mode_env() -> Vec<(&'static str, String)> {
-    let mode = std::env::var("INVOKER_E2E_NETWORK_MODE").unwrap_or_else(|_| "bridge".into());
+    let mode = network_mode();
     let mut env = vec![("CONFIG_whisk_invoker_network_mode", mode.clone())];
     if mode != "bridge" {
         env.extend([
@@ -251,6 +255,11 @@ impl Harness {
             )
             .envs(self.options.env.iter().copied())
             .envs(network_mode_env())
+            // netns mode: invokers running side by side need address ranges of their own.
+            .env(
+                "CONFIG_whisk_invoker_network_netns_subnet",
+                format!("10.{}.0.0/16", 150 + self.id % 50),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -262,8 +271,104 @@ impl Harness {
         format!("wske2e{}{}_", self.id, self.id)
     }
 
+    /// In netns mode: runc's view of this invoker's containers (id, status).
+    fn runc_list(&self) -> Vec<(String, String)> {
+        let state = format!(
+            "/run/wsk-runc/{}",
+            self.container_prefix().trim_end_matches('_')
+        );
+        let out = Command::new("runc")
+            .args(["--root", &state, "list", "-f", "json"])
+            .output()
+            .expect("runc");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        (
+                            c["id"].as_str().unwrap_or("").to_owned(),
+                            c["status"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// In netns mode: a container's OCI spec.
+    fn runc_spec(&self, id: &str) -> Value {
+        let path = format!(
+            "/var/lib/wsk-invoker/bundles/{}/{id}/config.json",
+            self.container_prefix().trim_end_matches('_')
+        );
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Kills a container's processes (SIGKILL), whatever runs it.
+    async fn kill(&self, name: &str) {
+        if network_mode() == "netns" {
+            let state = format!(
+                "/run/wsk-runc/{}",
+                self.container_prefix().trim_end_matches('_')
+            );
+            let ok = Command::new("runc")
+                .args(["--root", &state, "kill", name, "KILL"])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "runc kill {name}");
+        } else {
+            self.docker
+                .kill_container(
+                    name,
+                    None::<bollard::query_parameters::KillContainerOptions>,
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Whether a container is paused; `None` when it no longer exists.
+    async fn paused(&self, name: &str) -> Option<bool> {
+        if network_mode() == "netns" {
+            return self
+                .runc_list()
+                .into_iter()
+                .find(|(id, _)| id == name)
+                .map(|(_, status)| status == "paused");
+        }
+        self.docker
+            .inspect_container(
+                name,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|i| i.state)
+            .and_then(|s| s.paused)
+    }
+
     /// (name, memory limit in MB) of this invoker's containers.
     async fn containers(&self) -> Vec<(String, u64)> {
+        if network_mode() == "netns" {
+            let prefix = self.container_prefix();
+            return self
+                .runc_list()
+                .into_iter()
+                .filter(|(id, _)| id.starts_with(&prefix))
+                .map(|(id, _)| {
+                    let mb = self.runc_spec(&id)["linux"]["resources"]["memory"]["limit"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        >> 20;
+                    (id, mb)
+                })
+                .collect();
+        }
         let filters = HashMap::from([("name", vec![self.container_prefix()])]);
         let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
             .all(true)
@@ -297,9 +402,23 @@ impl Harness {
         out
     }
 
-    /// `HostConfig.NetworkMode` of this invoker's action containers.
+    /// `HostConfig.NetworkMode` of this invoker's action containers (netns mode: the network
+    /// namespace path in their OCI spec).
     async fn network_modes(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if network_mode() == "netns" {
+            for (id, _) in self.containers().await {
+                let spec = self.runc_spec(&id);
+                let ns = spec["linux"]["namespaces"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|n| n["type"] == "network"))
+                    .and_then(|n| n["path"].as_str())
+                    .unwrap_or("")
+                    .to_owned();
+                out.push(ns);
+            }
+            return out;
+        }
         for (name, _) in self.containers().await {
             let info = self
                 .docker
@@ -533,9 +652,13 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
     // The container's network comes from the mode under test.
     let modes = h.network_modes().await;
     assert!(!modes.is_empty());
-    match std::env::var("INVOKER_E2E_NETWORK_MODE").as_deref() {
-        Ok("pcpm") => assert!(
+    match network_mode().as_str() {
+        "pcpm" => assert!(
             modes.iter().all(|m| m.starts_with("container:")),
+            "{modes:?}"
+        ),
+        "netns" => assert!(
+            modes.iter().all(|m| m.starts_with("/run/netpool/")),
             "{modes:?}"
         ),
         _ => assert!(modes.iter().all(|m| m == "bridge"), "{modes:?}"),
@@ -1020,13 +1143,7 @@ async fn a_container_killed_mid_run_is_a_developer_error_and_is_replaced() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    h.docker
-        .kill_container(
-            &victim,
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
-        .await
-        .unwrap();
+    h.kill(&victim).await;
     let acks = h.acks_of(&a, 2).await;
     assert_eq!(acks[0]["response"]["response"]["statusCode"], json!(2));
     assert_eq!(
@@ -1249,22 +1366,8 @@ async fn idle_containers_are_paused_resumed_and_removed() {
         .find(|(n, _)| n.ends_with("_guest_idle"))
         .unwrap()
         .0;
-    let paused = |h: &Harness, name: String| {
-        let docker = h.docker.clone();
-        async move {
-            docker
-                .inspect_container(
-                    &name,
-                    None::<bollard::query_parameters::InspectContainerOptions>,
-                )
-                .await
-                .ok()
-                .and_then(|i| i.state)
-                .and_then(|s| s.paused)
-        }
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while paused(&h, name.clone()).await != Some(true) {
+    while h.paused(&name).await != Some(true) {
         assert!(
             Instant::now() < deadline,
             "never paused after the grace period"
@@ -1278,7 +1381,7 @@ async fn idle_containers_are_paused_resumed_and_removed() {
     assert!(annotation(&acks[0]["response"], "initTime").is_none());
     // Removed after the idle timeout.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while paused(&h, name.clone()).await.is_some() {
+    while h.paused(&name).await.is_some() {
         assert!(
             Instant::now() < deadline,
             "never removed after the idle timeout"

@@ -27,7 +27,13 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
     );
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let factory = RuncFactory::new(docker, pool.clone(), &dir.path().join("data"), &state);
+    let factory = RuncFactory::new(
+        docker,
+        pool.clone(),
+        &dir.path().join("images"),
+        &dir.path().join("bundles"),
+        &state,
+    );
     let spec = ContainerSpec {
         name: "wskrb0_1_guest_sieve".into(),
         image: "openwhisk/action-nodejs-v18:nightly".into(),
@@ -96,11 +102,7 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
         0,
         "destroy left a container"
     );
-    assert!(
-        !dir.path()
-            .join("data/bundles/wskrb0_1_guest_sieve")
-            .exists()
-    );
+    assert!(!dir.path().join("bundles/wskrb0_1_guest_sieve").exists());
     drop((c, factory));
     Arc::try_unwrap(pool)
         .expect("one owner")

@@ -54,22 +54,37 @@ pub struct RuncFactory {
     runc: PathBuf,
     /// `runc --root`: this invoker's container state.
     state: PathBuf,
-    /// Unpacked images and per-container bundles.
-    dir: PathBuf,
+    /// Unpacked images, shared by every invoker on the host (`<images>/<image id>/rootfs`).
+    images_dir: PathBuf,
+    /// This invoker's container bundles.
+    bundles: PathBuf,
     images: tokio::sync::Mutex<HashMap<String, ImageConfig>>,
 }
 
 impl RuncFactory {
-    /// `dir` holds unpacked images and bundles; `state` is runc's state root.
-    pub fn new(docker: Docker, netpool: Arc<NetPool>, dir: &Path, state: &Path) -> Self {
+    /// `images` holds unpacked images (shareable between invokers), `bundles` this invoker's
+    /// containers, `state` is runc's state root.
+    pub fn new(
+        docker: Docker,
+        netpool: Arc<NetPool>,
+        images: &Path,
+        bundles: &Path,
+        state: &Path,
+    ) -> Self {
         Self {
             docker,
             netpool,
             runc: PathBuf::from("runc"),
             state: state.to_owned(),
-            dir: dir.to_owned(),
+            images_dir: images.to_owned(),
+            bundles: bundles.to_owned(),
             images: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Unpacks `image` now (at start-up), so that no cold start pays for it.
+    pub async fn prepare(&self, image: &str) -> Result<(), CreateError> {
+        self.image(image).await.map(|_| ())
     }
 
     /// The image's root filesystem, unpacked once (through `docker export` of a created,
@@ -91,7 +106,7 @@ impl RuncFactory {
         if args.is_empty() {
             return Err(CreateError::NoExecutable(image.to_owned()));
         }
-        let rootfs = self.dir.join("images").join(&id).join("rootfs");
+        let rootfs = self.images_dir.join(&id).join("rootfs");
         if !rootfs.exists() {
             self.unpack(image, &rootfs).await?;
         }
@@ -142,7 +157,9 @@ impl RuncFactory {
         if let Some(e) = failed {
             return Err(fail("export", &e));
         }
-        let tmp = rootfs.with_extension("partial");
+        // Unpacked beside the target and renamed into place: another invoker unpacking the
+        // same image at the same time loses the rename and drops its copy.
+        let tmp = rootfs.with_extension(format!("partial.{}", std::process::id()));
         let target = rootfs.to_owned();
         tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -151,7 +168,10 @@ impl RuncFactory {
             archive.set_preserve_permissions(true);
             archive.set_preserve_ownerships(true);
             archive.unpack(&tmp)?;
-            std::fs::rename(&tmp, &target)
+            match std::fs::rename(&tmp, &target) {
+                Err(_) if target.exists() => std::fs::remove_dir_all(&tmp),
+                other => other,
+            }
         })
         .await
         .map_err(|e| fail("unpack", &e))?
@@ -283,7 +303,7 @@ impl ContainerFactory for RuncFactory {
             .lease()
             .await
             .map_err(|e| CreateError::Provision(format!("no network namespace: {e}")))?;
-        let bundle = self.dir.join("bundles").join(&spec.name);
+        let bundle = self.bundles.join(&spec.name);
         let config = Self::spec_json(spec, &image, lease.netns_path(), &bundle);
         let prepared = {
             let (bundle, image) = (bundle.clone(), image.clone());
@@ -375,8 +395,7 @@ impl ContainerFactory for RuncFactory {
                 }
             }
         }
-        let bundles = self.dir.join("bundles");
-        if let Ok(entries) = std::fs::read_dir(&bundles) {
+        if let Ok(entries) = std::fs::read_dir(&self.bundles) {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(prefix) {
                     errors.extend(teardown_bundle(&e.path()));
