@@ -195,7 +195,12 @@ impl Harness {
         let acks = consumer(&format!("completed{controller}"));
         let health = consumer("health");
         let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create().unwrap();
-        let port = 20_000 + u16::try_from((std::process::id() % 2000) * 10 + slot).unwrap();
+        // A port the kernel says is free now (not one from a formula: those can fall in the
+        // ephemeral range and collide with a client's local port).
+        let port = std::net::TcpListener::bind("0.0.0.0:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
         let docker = invoker::docker::connect()
             .await
             .unwrap_or_else(|e| panic!("{}", down("docker", chain(&e))));
