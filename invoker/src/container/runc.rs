@@ -179,23 +179,7 @@ impl RuncFactory {
     }
 
     async fn runc(&self, args: &[&str]) -> Result<String, String> {
-        let out = tokio::process::Command::new(&self.runc)
-            .arg("--root")
-            .arg(&self.state)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .map_err(|e| format!("runc: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "runc {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+        run_runc(&self.runc, &self.state, args).await
     }
 
     fn spec_json(spec: &ContainerSpec, image: &ImageConfig, netns: &Path, bundle: &Path) -> Value {
@@ -451,27 +435,35 @@ struct RuncContainer {
 
 impl RuncContainer {
     async fn runc(&self, action: &'static str, args: &[&str]) -> Result<(), BackendError> {
-        let out = tokio::process::Command::new(&self.runc)
-            .arg("--root")
-            .arg(&self.state)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
+        run_runc(&self.runc, &self.state, args)
             .await
-            .map_err(|e| BackendError {
+            .map(|_| ())
+            .map_err(|detail| BackendError {
                 action,
                 id: self.id.clone(),
-                detail: e.to_string(),
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(BackendError {
-                action,
-                id: self.id.clone(),
-                detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                detail,
             })
-        }
+    }
+}
+
+/// `runc --root <state> <args>`: its stdout, or the error with its stderr.
+async fn run_runc(runc: &Path, state: &Path, args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new(runc)
+        .arg("--root")
+        .arg(state)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("runc: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "runc {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
