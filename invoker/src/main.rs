@@ -79,6 +79,18 @@ async fn main() -> ExitCode {
 async fn run() -> Result<()> {
     let args = parse_args(std::env::args().skip(1))?;
     let settings = Settings::from_env(args.config.as_deref())?;
+    // Bound before any container or pause container exists: a taken port stops start-up with
+    // nothing to undo.
+    let port = settings.port;
+    let listener = if args.check_only {
+        None
+    } else {
+        Some(
+            tokio::net::TcpListener::bind(("0.0.0.0", port))
+                .await
+                .with_context(|| format!("cannot listen on port {port} (PORT)"))?,
+        )
+    };
     let manifest_text = if settings.runtimes_manifest.trim_start().starts_with('{') {
         settings.runtimes_manifest.clone()
     } else {
@@ -265,7 +277,6 @@ async fn run() -> Result<()> {
     consumer.subscribe(&[&topic])?;
     let consumer = Arc::new(consumer);
     let max_peek = settings.max_peek();
-    let port = settings.port;
     let actions = ActionStore::new(
         db.clone(),
         &settings.db_whisks,
@@ -305,9 +316,7 @@ async fn run() -> Result<()> {
             }
         }
     });
-    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
-        .await
-        .with_context(|| format!("cannot listen on port {port} (PORT)"))?;
+    let listener = listener.context("the listener exists unless --check-only")?;
     let server = tokio::spawn(invoker::server::serve(
         listener,
         invoker.clone(),
