@@ -330,7 +330,8 @@ async fn cold_start(
     Ok((ready, t0.elapsed(), phases))
 }
 
-async fn bridge_ip(docker: &Docker, id: &str) -> Result<IpAddr> {
+/// A container's address on the default bridge, as stock OpenWhisk reads it after start.
+pub(crate) async fn bridge_ip(docker: &Docker, id: &str) -> Result<IpAddr> {
     docker
         .inspect_container(id, None::<InspectContainerOptions>)
         .await?

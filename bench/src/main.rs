@@ -44,10 +44,7 @@ async fn main() -> Result<()> {
         Some("netns") => {
             let mut params = bench::netns::NetnsParams::default();
             let mut out = std::path::PathBuf::from("bench/results/netns.json");
-            while let Some(flag) = args.next() {
-                let value = args
-                    .next()
-                    .with_context(|| format!("{flag} needs a value"))?;
+            for (flag, value) in flag_pairs(&mut args)? {
                 match flag.as_str() {
                     "--runs" => params.runs = value.parse().context("--runs")?,
                     "--out" => out = value.into(),
@@ -59,10 +56,7 @@ async fn main() -> Result<()> {
         }
         Some("activate") => {
             let mut params = bench::activate::ActivateParams::default();
-            while let Some(flag) = args.next() {
-                let value = args
-                    .next()
-                    .with_context(|| format!("{flag} needs a value"))?;
+            for (flag, value) in flag_pairs(&mut args)? {
                 match flag.as_str() {
                     "--invoker" => params.invoker = value.parse().context("--invoker")?,
                     "--controller" => params.controller = value,
@@ -75,10 +69,7 @@ async fn main() -> Result<()> {
         Some("memory") => {
             let mut n = 50;
             let mut out = std::path::PathBuf::from("bench/results/memory.json");
-            while let Some(flag) = args.next() {
-                let value = args
-                    .next()
-                    .with_context(|| format!("{flag} needs a value"))?;
+            for (flag, value) in flag_pairs(&mut args)? {
                 match flag.as_str() {
                     "--n" => n = value.parse().context("--n")?,
                     "--out" => out = value.into(),
@@ -91,19 +82,10 @@ async fn main() -> Result<()> {
         Some("coldstart") => {
             let mut params = bench::coldstart::ColdstartParams::default();
             let mut out = std::path::PathBuf::from("bench/results/coldstart.json");
-            while let Some(flag) = args.next() {
-                let value = args
-                    .next()
-                    .with_context(|| format!("{flag} needs a value"))?;
+            for (flag, value) in flag_pairs(&mut args)? {
                 match flag.as_str() {
                     "--rounds" => params.rounds = value.parse().context("--rounds")?,
-                    "--sizes" => {
-                        params.sizes = value
-                            .split(',')
-                            .map(str::parse)
-                            .collect::<Result<_, _>>()
-                            .context("--sizes takes numbers separated by commas")?;
-                    }
+                    "--sizes" => params.sizes = sizes(&value)?,
                     "--modes" => params.modes = value.split(',').map(str::to_owned).collect(),
                     "--timeline" => params.timeline_n = value.parse().context("--timeline")?,
                     "--out" => out = value.into(),
@@ -116,19 +98,10 @@ async fn main() -> Result<()> {
         Some("docker-start") => {
             let mut params = bench::docker_start::DockerStartParams::default();
             let mut out = std::path::PathBuf::from("bench/results/docker-start.json");
-            while let Some(flag) = args.next() {
-                let value = args
-                    .next()
-                    .with_context(|| format!("{flag} needs a value"))?;
+            for (flag, value) in flag_pairs(&mut args)? {
                 match flag.as_str() {
                     "--rounds" => params.rounds = value.parse().context("--rounds")?,
-                    "--sizes" => {
-                        params.sizes = value
-                            .split(',')
-                            .map(str::parse)
-                            .collect::<Result<_, _>>()
-                            .context("--sizes takes numbers separated by commas")?;
-                    }
+                    "--sizes" => params.sizes = sizes(&value)?,
                     "--out" => out = value.into(),
                     other => bail!("unknown flag {other}"),
                 }
@@ -143,6 +116,27 @@ async fn main() -> Result<()> {
              bench docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]"
         ),
     }
+}
+
+/// `--flag value` pairs, every flag needing a value.
+fn flag_pairs(args: &mut impl Iterator<Item = String>) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        out.push((flag, value));
+    }
+    Ok(out)
+}
+
+/// `1,10,50`.
+fn sizes(value: &str) -> Result<Vec<usize>> {
+    value
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("--sizes takes numbers separated by commas")
 }
 
 fn write_report(out: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {

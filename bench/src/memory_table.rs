@@ -14,7 +14,7 @@
 //! no Kafka); `bench coldstart` has the end-to-end times.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -140,15 +140,7 @@ async fn node_container(
     docker.start_container(&id, None).await?;
     let ip = match endpoint.and_then(Endpoint::ip) {
         Some(ip) => ip,
-        None => docker
-            .inspect_container(&id, None::<InspectContainerOptions>)
-            .await?
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|mut n| n.remove("bridge"))
-            .and_then(|n| n.ip_address)
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-            .context("no bridge address")?,
+        None => crate::docker_start::bridge_ip(docker, &id).await?,
     };
     Ok((id, SocketAddr::new(ip, 8080)))
 }
