@@ -75,6 +75,16 @@ impl Addressing {
         )
     }
 
+    /// The bridge's MAC, fixed and derived like a slot's (from the gateway address). A Linux
+    /// bridge without an assigned address takes the lowest MAC among its ports, so it would
+    /// change whenever a veth with a lower random MAC is added or removed, and a namespace that
+    /// had resolved the gateway would send its replies to a MAC nobody owns until its ARP entry
+    /// goes stale (seconds of lost segments on a freshly leased slot).
+    pub(crate) fn bridge_mac(&self, bridge: u16) -> [u8; 6] {
+        let o = self.bridge(bridge).1.octets();
+        [0x02, self.mac_tag, o[0], o[1], o[2], o[3]]
+    }
+
     pub(crate) fn bridge_prefix_len(&self) -> u8 {
         self.bridge_prefix_len
     }

@@ -438,6 +438,7 @@ impl Inner {
             &name,
             gateway,
             self.addressing.bridge_prefix_len(),
+            self.addressing.bridge_mac(b),
         )
         .await?;
         if !self.config.isolate_slots

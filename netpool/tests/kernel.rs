@@ -235,6 +235,80 @@ async fn tcp_from_host_and_slots_isolated_from_each_other() {
     }
 }
 
+fn link_mac(name: &str) -> String {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// Reads the slot server's greeting, failing after two seconds.
+fn greeting(ip: Ipv4Addr) -> String {
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddrV4::new(ip, 8080).into(), Duration::from_secs(2))
+            .expect("host reaches the slot");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got)
+        .expect("the slot's reply arrives");
+    got
+}
+
+/// A Linux bridge without an assigned MAC takes the lowest MAC among its ports; when slots were
+/// added later, a tenant that had resolved the gateway kept sending its replies to the old MAC
+/// and they were lost until its ARP entry went stale (an invoker saw /init take 14 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_mac_stays_fixed_while_slots_come_and_go() {
+    require_root();
+    let mut c = config("tm", 209);
+    c.low_watermark = 1;
+    c.high_watermark = 1;
+    let pool = NetPool::new(c).await.unwrap();
+    let a = pool.lease().await.unwrap();
+    let bridge = "tmbr0";
+    let before = link_mac(bridge);
+    let assigned =
+        std::fs::read_to_string(format!("/sys/class/net/{bridge}/addr_assign_type")).unwrap();
+    assert_eq!(
+        assigned.trim(),
+        "3",
+        "the bridge's MAC is set by netpool, not inherited from a port"
+    );
+
+    // A's tenant has talked to the gateway: its neighbour table holds the bridge's MAC.
+    let server = spawn_in(&a, "serve:8080");
+    assert_eq!(greeting(a.ip()), "hello");
+    // Sixteen more slots: new ports with random host-side MACs join the bridge, and go again.
+    let mut more = Vec::new();
+    for _ in 0..16 {
+        more.push(pool.lease().await.unwrap());
+    }
+    assert_eq!(
+        link_mac(bridge),
+        before,
+        "the bridge's MAC changed when ports joined"
+    );
+    assert_eq!(
+        greeting(a.ip()),
+        "hello",
+        "A's replies still reach the host"
+    );
+    for l in more {
+        l.release().await;
+    }
+    assert_eq!(
+        link_mac(bridge),
+        before,
+        "the bridge's MAC changed when ports left"
+    );
+    assert_eq!(greeting(a.ip()), "hello");
+
+    kill(server);
+    a.release().await;
+    pool.shutdown().await.unwrap();
+    assert_nothing_left("tm");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_reach_each_other_when_isolation_is_off() {
     require_root();

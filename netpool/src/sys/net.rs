@@ -90,15 +90,17 @@ fn link_name(m: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
-/// Creates bridge `name` with address `gateway/prefix_len` and brings it up; returns its index.
+/// Creates bridge `name` with MAC `mac` and address `gateway/prefix_len` and brings it up;
+/// returns its index.
 pub(crate) async fn create_bridge(
     h: &Handle,
     name: &str,
     gateway: Ipv4Addr,
     prefix_len: u8,
+    mac: [u8; 6],
 ) -> Result<u32, SysError> {
     h.link()
-        .add(LinkBridge::new(name).up().build())
+        .add(LinkBridge::new(name).address(mac.to_vec()).up().build())
         .execute()
         .await
         .map_err(SysError::netlink("create bridge", name))?;
