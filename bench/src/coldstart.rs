@@ -42,7 +42,7 @@ impl Default for ColdstartParams {
         Self {
             sizes: vec![1, 10, 25, 50, 75, 100],
             rounds: 3,
-            modes: vec!["bridge".into(), "pcpm".into()],
+            modes: vec!["bridge".into(), "pcpm".into(), "netns".into()],
             timeline_n: 50,
         }
     }
@@ -77,6 +77,8 @@ pub struct ColdstartReport {
     pub timelines: HashMap<String, Vec<Span>>,
     /// Median total at the largest N, per mode, over bridge's.
     pub ratios_at_max_n: HashMap<String, f64>,
+    /// Per mode: p99 of each activation at the largest N over p99 at the smallest N.
+    pub p99_growth: HashMap<String, f64>,
 }
 
 struct Invoker {
@@ -153,6 +155,8 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         let id = 900 + u32::try_from(m).unwrap_or(0);
         let port = 19_000 + u16::try_from(m).unwrap_or(0);
         let prefix = format!("wskcs{id}{id}_");
+        // netns mode: runc keeps a folder per container under the invoker's state root.
+        let runc_state = std::path::PathBuf::from(format!("/run/wsk-runc/wskcs{id}{id}"));
         println!("== mode {mode}: starting invoker {id}");
         let child = Command::new("target/release/invoker")
             .args(["--id", &id.to_string(), "--uniqueName", &format!("cs{id}")])
@@ -282,7 +286,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 if n == p.timeline_n && round + 1 == p.rounds {
                     timelines.insert(mode.clone(), spans);
                 }
-                wait_no_containers(&docker, &prefix).await?;
+                wait_no_containers(&docker, &prefix, &runc_state).await?;
             }
         }
         for &n in &p.sizes {
@@ -308,6 +312,18 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         .iter()
         .map(|m| (m.clone(), median(m) / median("bridge")))
         .collect();
+    let min_n = p.sizes.iter().copied().min().unwrap_or(1);
+    let p99 = |mode: &str, n: usize| {
+        cells
+            .iter()
+            .find(|c| c.mode == mode && c.n == n)
+            .map_or(f64::NAN, |c| c.each.p99_s)
+    };
+    let p99_growth = p
+        .modes
+        .iter()
+        .map(|m| (m.clone(), p99(m, max_n) / p99(m, min_n)))
+        .collect();
     for d in [&whisks, &activations] {
         let _ = db.delete_db(d).await;
     }
@@ -317,6 +333,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         cells,
         timelines,
         ratios_at_max_n,
+        p99_growth,
     })
 }
 
@@ -339,8 +356,13 @@ async fn wait_ready(port: u16) -> Result<()> {
     }
 }
 
-/// Waits until the invoker removed its idle action containers (idle timeout 2 s).
-async fn wait_no_containers(docker: &bollard::Docker, prefix: &str) -> Result<()> {
+/// Waits until the invoker removed its idle action containers (idle timeout 2 s): Docker's and,
+/// in netns mode, runc's (`runc_state` holds a folder per container).
+async fn wait_no_containers(
+    docker: &bollard::Docker,
+    prefix: &str,
+    runc_state: &std::path::Path,
+) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let filters = HashMap::from([("name", vec![prefix.to_owned()])]);
@@ -348,7 +370,8 @@ async fn wait_no_containers(docker: &bollard::Docker, prefix: &str) -> Result<()
             .all(true)
             .filters(&filters)
             .build();
-        if docker.list_containers(Some(options)).await?.is_empty() {
+        let runc_left = std::fs::read_dir(runc_state).map_or(0, |d| d.flatten().count());
+        if docker.list_containers(Some(options)).await?.is_empty() && runc_left == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {

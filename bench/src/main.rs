@@ -8,7 +8,7 @@
 //!   [`bench::netns`]); writes JSON (default `bench/results/netns.json`).
 //! - `activate [--invoker N] [--controller C] [--count K]`: plays the controller against a
 //!   running invoker (see [`bench::activate`]).
-//! - `coldstart [--rounds R] [--sizes 1,10,25,50,75,100] [--modes bridge,pcpm] [--timeline N]
+//! - `coldstart [--rounds R] [--sizes 1,10,25,50,75,100] [--modes bridge,pcpm,netns] [--timeline N]
 //!   [--out FILE]`: the paper's Fig 6 through Kafka, one invoker per network mode (see
 //!   [`bench::coldstart`]); writes JSON (default `bench/results/coldstart.json`).
 //! - `memory [--n 50] [--out FILE]`: the paper's Table 2 (see [`bench::memory_table`]); writes
@@ -111,7 +111,7 @@ async fn main() -> Result<()> {
         }
         _ => bail!(
             "usage: bench kafka-rtt [N] | bench activate [--invoker N] [--controller C] [--count K] | \
-             bench coldstart [--rounds R] [--sizes ..] [--modes bridge,pcpm] [--out FILE] | \
+             bench coldstart [--rounds R] [--sizes ..] [--modes bridge,pcpm,netns] [--out FILE] | \
              bench memory [--n 50] [--out FILE] | bench netns [--runs R] [--out FILE] | \
              bench docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]"
         ),

@@ -103,6 +103,11 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
         "destroy left a container"
     );
     assert!(!dir.path().join("bundles/wskrb0_1_guest_sieve").exists());
+    assert!(!state.exists(), "an empty runc state folder is left behind");
+    assert!(
+        !dir.path().join("bundles").exists(),
+        "an empty bundles folder is left behind"
+    );
     drop((c, factory));
     Arc::try_unwrap(pool)
         .expect("one owner")

@@ -386,6 +386,13 @@ impl ContainerFactory for RuncFactory {
                 }
             }
         }
+        // This invoker's folders go too when nothing is left in them (runc and the next
+        // create make them again); a folder still holding something is kept.
+        if errors.is_empty() {
+            for dir in [&self.state, &self.bundles] {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
         if errors.is_empty() {
             Ok(removed)
         } else {
