@@ -7,10 +7,13 @@
 #
 # `up` also builds the action runtime images (runtimes/build.sh), cached by their inputs.
 #
-# Usage: scripts/stack.sh up|down|status|env
+# Usage: scripts/stack.sh up|openwhisk|down|status|env
 #
-#   up      install what is missing (idempotent), start what is not running, health-check all three
-#   down    stop what `up` started (by pid), wait until every process of theirs has exited
+#   up         install what is missing (idempotent), start what is not running, health-check all three
+#   openwhisk  on top: invoker 0 ($WHISK_NETWORK_MODE, default netns) and the standalone front door
+#              on $WHISK_API_PORT (default 3233); needs the release build
+#   down       stop what `up` and `openwhisk` started (by pid), wait until every process of theirs
+#              has exited
 #   status  say what runs where, and who started it
 #   env     print the environment (shell syntax) that tests and tools read
 #
@@ -28,11 +31,18 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${WHISK_COUCHDB_PORT:=5984}"
 : "${WHISK_COUCHDB_USER:=whisk_admin}"
 : "${WHISK_COUCHDB_PASSWORD:=some_passw0rd}"
+: "${WHISK_API_PORT:=3233}"
+: "${WHISK_INVOKER_PORT:=18080}"
+: "${WHISK_INVOKER_USER_MEMORY:=8192 m}"
+: "${WHISK_NETWORK_MODE:=netns}"
 
 TANSU_VERSION=0.6.0
 POUCHDB_VERSION=4.2.0
+OPENWHISK_NPM_VERSION=3.21.9
 TANSU_BIN=$WHISK_TOOLS_DIR/tansu-$TANSU_VERSION/bin/tansu
 POUCHDB_BIN=$WHISK_TOOLS_DIR/pouchdb-server-$POUCHDB_VERSION/node_modules/.bin/pouchdb-server
+# The `openwhisk` npm client, for the front door's end-to-end tests and the stress scripts.
+OPENWHISK_NODE_PATH=$WHISK_TOOLS_DIR/openwhisk-$OPENWHISK_NPM_VERSION/node_modules
 PIDS=$WHISK_STACK_DIR/pids
 LOGS=$WHISK_STACK_DIR/logs
 
@@ -140,6 +150,15 @@ install_pouchdb() {
         die "npm install pouchdb-server failed, see $WHISK_TOOLS_DIR/logs/pouchdb-install.log"
 }
 
+install_openwhisk_client() {
+    [ -f "$OPENWHISK_NODE_PATH/openwhisk/package.json" ] && return 0
+    log "installing the openwhisk npm client $OPENWHISK_NPM_VERSION (npm, first time only)"
+    mkdir -p "$WHISK_TOOLS_DIR/logs"
+    npm install --prefix "$WHISK_TOOLS_DIR/openwhisk-$OPENWHISK_NPM_VERSION" --no-audit --no-fund \
+        "openwhisk@$OPENWHISK_NPM_VERSION" >"$WHISK_TOOLS_DIR/logs/openwhisk-install.log" 2>&1 ||
+        die "npm install openwhisk failed, see $WHISK_TOOLS_DIR/logs/openwhisk-install.log"
+}
+
 # --- start ------------------------------------------------------------------------------------
 
 start_docker() {
@@ -212,6 +231,8 @@ export WHISK_COUCHDB_USER='$WHISK_COUCHDB_USER'
 export WHISK_COUCHDB_PASSWORD='$WHISK_COUCHDB_PASSWORD'
 export KAFKA_HOSTS='127.0.0.1:$WHISK_KAFKA_PORT'
 export WHISK_TANSU_BIN='$TANSU_BIN'
+export WHISK_OPENWHISK_NODE_PATH='$OPENWHISK_NODE_PATH'
+export WHISK_API_PORT='$WHISK_API_PORT'
 EOF
     chmod 600 "$WHISK_STACK_DIR/env"
 }
@@ -254,6 +275,7 @@ cmd_up() {
     install_base
     install_tansu
     install_pouchdb
+    install_openwhisk_client
     start_docker
     start_kafka
     start_couchdb
@@ -263,9 +285,44 @@ cmd_up() {
     cmd_status
 }
 
+# The local OpenWhisk path on top of the components: invoker 0 in network mode
+# $WHISK_NETWORK_MODE (netns by default: the fastest cold starts, see bench coldstart) and the
+# standalone front door on $WHISK_API_PORT (3233). Needs the release build (cargo build --release).
+cmd_openwhisk() {
+    [ "$(id -u)" = 0 ] || die "run as root: the invoker creates containers and network namespaces"
+    local bin=$REPO/target/release
+    [ -x "$bin/invoker" ] && [ -x "$bin/standalone" ] ||
+        die "build first: cargo build --release --workspace --bins"
+    take_lock
+    local -a common=(
+        env KAFKA_HOSTS="127.0.0.1:$WHISK_KAFKA_PORT" RUNTIMES_MANIFEST="$REPO/runtimes/runtimes.json"
+        CONFIG_whisk_couchdb_port="$WHISK_COUCHDB_PORT"
+        CONFIG_whisk_couchdb_username="$WHISK_COUCHDB_USER"
+        CONFIG_whisk_couchdb_password="$WHISK_COUCHDB_PASSWORD"
+    )
+    if ! pid_of invoker0 >/dev/null; then
+        log "starting invoker 0 (network mode $WHISK_NETWORK_MODE, user memory $WHISK_INVOKER_USER_MEMORY)"
+        spawn invoker0 "$WHISK_STACK_DIR" "${common[@]}" PORT="$WHISK_INVOKER_PORT" \
+            CONFIG_whisk_containerPool_userMemory="$WHISK_INVOKER_USER_MEMORY" \
+            CONFIG_whisk_invoker_network_mode="$WHISK_NETWORK_MODE" \
+            "$bin/invoker" --id 0 --uniqueName 0
+    fi
+    if ! pid_of standalone >/dev/null; then
+        log "starting the front door on port $WHISK_API_PORT"
+        spawn standalone "$WHISK_STACK_DIR" "${common[@]}" "$bin/standalone" --port "$WHISK_API_PORT"
+    fi
+    wait_for 120 "invoker 0 (up at the front door)" invoker_up ||
+        die "the front door does not list invoker 0 as up; see $LOGS/invoker0.log and $LOGS/standalone.log"
+}
+
+invoker_up() { curl -sf --max-time 5 "http://127.0.0.1:$WHISK_API_PORT/invokers" | grep -q '"invoker0/0":"up"'; }
+
 cmd_down() {
     [ -d "$WHISK_STACK_DIR" ] || return 0
     take_lock
+    # The front door first, then the invoker (it drains and removes its containers).
+    stop_one standalone 15
+    stop_one invoker0 120
     # tansu needs 5-7 s to exit with clients attached (stack-notes §1.2).
     stop_one couchdb 15
     stop_one kafka 30
@@ -286,14 +343,19 @@ cmd_status() {
     status_line docker "unix:///var/run/docker.sock" docker_ok
     status_line kafka "127.0.0.1:$WHISK_KAFKA_PORT (tansu $TANSU_VERSION)" kafka_ok
     status_line couchdb "http://127.0.0.1:$WHISK_COUCHDB_PORT (pouchdb)" couch_ok
+    if pid_of invoker0 >/dev/null || pid_of standalone >/dev/null; then
+        status_line invoker0 "port $WHISK_INVOKER_PORT ($WHISK_NETWORK_MODE)" invoker_up
+        status_line api "http://127.0.0.1:$WHISK_API_PORT" curl -sf --max-time 5 "http://127.0.0.1:$WHISK_API_PORT/ping"
+    fi
     echo "state: $WHISK_STACK_DIR   tools: $WHISK_TOOLS_DIR"
     [ "$ALL_UP" = 1 ]
 }
 
 case "${1:-}" in
     up) cmd_up ;;
+    openwhisk) cmd_openwhisk ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) write_env && cat "$WHISK_STACK_DIR/env" ;;
-    *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+    *) echo "usage: $0 up|openwhisk|down|status|env" >&2; exit 2 ;;
 esac

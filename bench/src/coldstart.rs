@@ -102,6 +102,20 @@ impl Drop for Invoker {
     }
 }
 
+/// The invoker's stderr: `$BENCH_INVOKER_LOG_DIR/invoker-<mode>.log` when that is set (for
+/// traces: add `RUST_LOG=invoker=debug`), else nowhere.
+fn invoker_log(mode: &str) -> Result<Stdio> {
+    match std::env::var_os("BENCH_INVOKER_LOG_DIR") {
+        Some(dir) => {
+            let path = std::path::Path::new(&dir).join(format!("invoker-{mode}.log"));
+            Ok(std::fs::File::create(&path)
+                .with_context(|| format!("{}", path.display()))?
+                .into())
+        }
+        None => Ok(Stdio::null()),
+    }
+}
+
 fn manifest_without_stem_cells() -> Result<String> {
     let mut m: Value = serde_json::from_str(
         &std::fs::read_to_string("runtimes/runtimes.json")
@@ -185,7 +199,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
             .env("CONFIG_whisk_invoker_network_pool_max", "256")
             .env("CONFIG_whisk_docker_client_parallelRuns", "100")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(invoker_log(mode)?)
             .spawn()
             .context("target/release/invoker (cargo build --release first)")?;
         let _invoker = Invoker { child };

@@ -195,6 +195,38 @@ impl CouchDb {
         self.decode(Method::DELETE, &[db, id], v)
     }
 
+    /// `GET /db/_all_docs?include_docs=true`, ids from `start` to `end` (inclusive; `None`
+    /// leaves that side open): the documents in id order, deleted ones left out.
+    pub async fn all_docs(
+        &self,
+        db: &str,
+        start: Option<&str>,
+        end: Option<&str>,
+    ) -> Result<Vec<Value>, CouchDbError> {
+        let key = |k: Option<&str>| k.map(|k| Value::String(k.to_owned()).to_string());
+        let (start, end) = (key(start), key(end));
+        let mut query = vec![("include_docs", "true")];
+        if let Some(s) = &start {
+            query.push(("startkey", s));
+        }
+        if let Some(e) = &end {
+            query.push(("endkey", e));
+        }
+        let v = self
+            .json(Method::GET, &[db, "_all_docs"], &query, None)
+            .await?;
+        Ok(v["rows"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| r.get("doc"))
+                    .filter(|d| d.is_object())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// `POST /db/_bulk_docs`: writes many documents in one request; each gets its own result.
     pub async fn bulk_docs(
         &self,

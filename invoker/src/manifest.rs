@@ -175,6 +175,11 @@ impl Manifest {
         self.kinds.get(name)
     }
 
+    /// Every managed kind's name, sorted.
+    pub fn kind_names(&self) -> Vec<&str> {
+        self.kinds.keys().map(String::as_str).collect()
+    }
+
     /// Every image the manifest names: the kinds' and the local blackboxes'.
     pub fn images(&self, registry: &str) -> Vec<String> {
         let mut out: Vec<String> = self

@@ -314,6 +314,10 @@ impl ContainerPool {
         let containers: Vec<_> = {
             let mut s = self.inner.lock();
             s.closed = true;
+            // Pause and idle timers leave alone what shutdown removes.
+            for e in s.entries.iter_mut() {
+                e.destroying = true;
+            }
             s.entries
                 .iter()
                 .filter_map(|e| e.container.clone())

@@ -1,0 +1,553 @@
+//! The REST API subset of contract §10 over HTTP/1.1: actions, invoke, activations,
+//! namespaces, `/invokers` and `/ping`. Errors are the controller's `{"error", "code"}` bodies.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::{ActionError, Actions};
+use crate::activations::{self, Activations, ListQuery};
+use crate::controller::{Controller, ControllerError, Outcome};
+use crate::ids;
+use crate::subjects::{Identity, Subjects};
+
+/// Everything a request needs.
+#[derive(Debug)]
+pub struct App {
+    pub subjects: Subjects,
+    pub actions: Actions,
+    pub activations: Activations,
+    pub controller: Arc<Controller>,
+    /// The longest a blocking invoke waits before answering 202 (the controller's
+    /// `max-wait-for-blocking-activation`, 60 s).
+    pub max_blocking_wait: Duration,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Serves until `cancel`; connections in progress finish on their own.
+pub async fn serve(listener: TcpListener, app: Arc<App>, cancel: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = cancel.cancelled() => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(handle(&app, req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+/// An error answer: status and message; the body gets the request's transaction id.
+#[derive(Debug)]
+struct Fail(StatusCode, String);
+
+impl From<ActionError> for Fail {
+    fn from(e: ActionError) -> Self {
+        let status = match &e {
+            ActionError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ActionError::NotFound => StatusCode::NOT_FOUND,
+            ActionError::Conflict => StatusCode::CONFLICT,
+            ActionError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %error_chain(&e), "request failed");
+        }
+        Self(status, e.to_string())
+    }
+}
+
+impl From<invoker::couchdb::CouchDbError> for Fail {
+    fn from(e: invoker::couchdb::CouchDbError) -> Self {
+        tracing::error!(error = %error_chain(&e), "database request failed");
+        Self(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "There was an error processing your request.".into(),
+        )
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+fn json_reply(status: StatusCode, body: &Value) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn handle(app: &App, req: Request<Incoming>) -> Reply {
+    let transid = ids::transaction_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let reply = match route(app, req).await {
+        Ok(r) => r,
+        Err(Fail(status, error)) => json_reply(status, &json!({"error": error, "code": transid})),
+    };
+    tracing::debug!(%method, path, status = reply.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    reply
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
+    let method = req.method().clone();
+    let segments: Vec<String> = req
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+
+    // Without authentication.
+    match (&method, seg.as_slice()) {
+        (&Method::GET, ["ping"]) => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"pong")));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain"),
+            );
+            return Ok(r);
+        }
+        (&Method::GET, ["invokers"]) => {
+            return Ok(json_reply(StatusCode::OK, &app.controller.health.to_json()));
+        }
+        (&Method::GET, ["api", "v1"]) => {
+            return Ok(json_reply(
+                StatusCode::OK,
+                &json!({"description": "OpenWhisk standalone front door (this machine only)",
+                        "api_paths": ["/api/v1"], "swagger_paths": {}}),
+            ));
+        }
+        _ => {}
+    }
+    let ["api", "v1", "namespaces", rest @ ..] = seg.as_slice() else {
+        return Err(Fail(
+            StatusCode::NOT_FOUND,
+            "The requested resource could not be found.".into(),
+        ));
+    };
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = app
+        .subjects
+        .authenticate(header)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %error_chain(&e), "authentication failed");
+            Fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server is currently unavailable (because it is overloaded or down for maintenance).".into(),
+            )
+        })?
+        .ok_or_else(|| {
+            Fail(
+                StatusCode::UNAUTHORIZED,
+                "The supplied authentication is invalid.".into(),
+            )
+        })?;
+    if rest.is_empty() {
+        return if method == Method::GET {
+            Ok(json_reply(StatusCode::OK, &json!([user.namespace])))
+        } else {
+            Err(method_not_allowed())
+        };
+    }
+    let ns = match rest[0] {
+        "_" => user.namespace.clone(),
+        n if n == user.namespace => n.to_owned(),
+        _ => {
+            return Err(Fail(
+                StatusCode::FORBIDDEN,
+                "The supplied authentication is not authorized to access this resource.".into(),
+            ));
+        }
+    };
+    let body = read_body(req, app.max_body_bytes).await?;
+    match (&method, &rest[1..]) {
+        (&Method::GET, ["actions"]) => {
+            let (skip, limit) = paging(&query, "actions")?;
+            let list = app.actions.list(&ns, skip, limit).await?;
+            Ok(json_reply(StatusCode::OK, &Value::Array(list)))
+        }
+        (&Method::GET, ["actions", name]) => {
+            let code = query.get("code").is_none_or(|c| c != "false");
+            let a = app.actions.get(&ns, name, code).await?;
+            Ok(json_reply(StatusCode::OK, &a))
+        }
+        (&Method::PUT, ["actions", name]) => {
+            let overwrite = query.get("overwrite").is_some_and(|o| o == "true");
+            let body = parse_json(&body)?;
+            let a = app.actions.put(&ns, name, &body, overwrite).await?;
+            Ok(json_reply(StatusCode::OK, &a))
+        }
+        (&Method::DELETE, ["actions", name]) => {
+            let a = app.actions.delete(&ns, name).await?;
+            Ok(json_reply(StatusCode::OK, &a))
+        }
+        (&Method::POST, ["actions", name]) => invoke(app, &user, &ns, name, &query, &body).await,
+        (&Method::GET, ["activations"]) => list_activations(app, &ns, &query).await,
+        (&Method::GET, ["activations", id]) => {
+            let doc = app.activations.get(&ns, id).await?.ok_or_else(not_found)?;
+            Ok(json_reply(StatusCode::OK, &activations::extended(&doc)))
+        }
+        (&Method::GET, ["activations", id, "result"]) => {
+            let doc = app.activations.get(&ns, id).await?.ok_or_else(not_found)?;
+            Ok(json_reply(StatusCode::OK, &activations::result_view(&doc)))
+        }
+        (&Method::GET, ["activations", id, "logs"]) => {
+            let doc = app.activations.get(&ns, id).await?.ok_or_else(not_found)?;
+            Ok(json_reply(StatusCode::OK, &activations::logs_view(&doc)))
+        }
+        (_, ["actions"] | ["actions", _] | ["activations"] | ["activations", ..]) => {
+            Err(method_not_allowed())
+        }
+        _ => Err(Fail(
+            StatusCode::NOT_FOUND,
+            "The requested resource could not be found.".into(),
+        )),
+    }
+}
+
+fn not_found() -> Fail {
+    Fail(
+        StatusCode::NOT_FOUND,
+        "The requested resource does not exist.".into(),
+    )
+}
+
+fn method_not_allowed() -> Fail {
+    Fail(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "HTTP method not allowed, supported methods: GET, PUT, POST, DELETE".into(),
+    )
+}
+
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Fail> {
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("The request content was too large (more than {max} bytes)."),
+            ))
+        }
+        Err(_) => Err(Fail(
+            StatusCode::BAD_REQUEST,
+            "Failed extracting request body.".into(),
+        )),
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, Fail> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Fail(
+            StatusCode::BAD_REQUEST,
+            format!("The request content was malformed:\n{e}"),
+        )
+    })
+}
+
+fn paging(query: &HashMap<String, String>, what: &str) -> Result<(usize, usize), Fail> {
+    let number = |key: &str, default: usize| -> Result<usize, Fail> {
+        match query.get(key) {
+            None => Ok(default),
+            Some(v) => v.parse::<usize>().map_err(|_| {
+                Fail(
+                    StatusCode::BAD_REQUEST,
+                    format!("The value '{v}' is not an integer for {what}."),
+                )
+            }),
+        }
+    };
+    let skip = number("skip", 0)?;
+    let limit = number("limit", activations::DEFAULT_LIST_LIMIT)?;
+    if limit > activations::MAX_LIST_LIMIT {
+        return Err(Fail(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "The value '{limit}' is not in the range of 0 to {} for {what}.",
+                activations::MAX_LIST_LIMIT
+            ),
+        ));
+    }
+    // `limit=0` means the largest page, as in the controller.
+    Ok((
+        skip,
+        if limit == 0 {
+            activations::MAX_LIST_LIMIT
+        } else {
+            limit
+        },
+    ))
+}
+
+async fn list_activations(
+    app: &App,
+    ns: &str,
+    query: &HashMap<String, String>,
+) -> Result<Reply, Fail> {
+    let (skip, limit) = paging(query, "activations")?;
+    let epoch = |key: &str| -> Result<Option<i64>, Fail> {
+        query
+            .get(key)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    Fail(
+                        StatusCode::BAD_REQUEST,
+                        format!("Parameter is not a valid value for epoch seconds: {v}"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let q = ListQuery {
+        limit,
+        skip,
+        // `name` may be `package/action`; the last part is the action's name.
+        name: query
+            .get("name")
+            .map(|n| n.rsplit('/').next().unwrap_or(n).to_owned()),
+        since: epoch("since")?,
+        upto: epoch("upto")?,
+        docs: query.get("docs").is_some_and(|d| d == "true"),
+    };
+    if query.get("count").is_some_and(|c| c == "true") {
+        if q.docs {
+            return Err(Fail(
+                StatusCode::BAD_REQUEST,
+                "The parameter 'docs' is not permitted with 'count'.".into(),
+            ));
+        }
+        let n = app.activations.count(ns, &q).await?;
+        return Ok(json_reply(StatusCode::OK, &json!({"activations": n})));
+    }
+    let list = app.activations.list(ns, &q).await?;
+    Ok(json_reply(StatusCode::OK, &Value::Array(list)))
+}
+
+/// `POST /namespaces/<ns>/actions/<name>?blocking=&result=&timeout=`.
+async fn invoke(
+    app: &App,
+    user: &Identity,
+    ns: &str,
+    name: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<Reply, Fail> {
+    let blocking = query.get("blocking").is_some_and(|b| b == "true");
+    let result_only = query.get("result").is_some_and(|r| r == "true");
+    let wait = match query.get("timeout") {
+        None => app.max_blocking_wait,
+        Some(t) => match t.parse::<u64>() {
+            Ok(ms) if ms > 0 && Duration::from_millis(ms) <= app.max_blocking_wait => {
+                Duration::from_millis(ms)
+            }
+            _ => {
+                return Err(Fail(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "Timeout must be number of milliseconds up to {}.",
+                        app.max_blocking_wait.as_millis()
+                    ),
+                ));
+            }
+        },
+    };
+    let params = match parse_json(body)? {
+        Value::Object(m) => m,
+        _ => {
+            return Err(Fail(
+                StatusCode::BAD_REQUEST,
+                "The request content was malformed: parameters must be a JSON object.".into(),
+            ));
+        }
+    };
+    let action = app.actions.fetch(ns, name).await?;
+    let pending = app
+        .controller
+        .activate(user, &action, params, blocking)
+        .await
+        .map_err(|e| match e {
+            ControllerError::NoInvokers => Fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            other => {
+                tracing::error!(error = %error_chain(&other), "activation not produced");
+                Fail(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "There was an error processing your request.".into(),
+                )
+            }
+        })?;
+    let id = pending.activation_id.clone();
+    let accepted = || {
+        with_activation_header(
+            json_reply(StatusCode::ACCEPTED, &json!({"activationId": id})),
+            &id,
+        )
+    };
+    let Some(outcome) = pending.outcome else {
+        return Ok(accepted());
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let record = match tokio::time::timeout_at(deadline, outcome).await {
+        Ok(Ok(Outcome::Record(a))) => Some(a.to_document(ids::now_ms())),
+        // The ack carried only the id, or the waiter was dropped: the record is (or will be)
+        // in the database.
+        Ok(Ok(Outcome::InDatabase) | Err(_)) => {
+            poll_record(&app.activations, ns, &id, deadline).await?
+        }
+        Err(_) => {
+            app.controller.forget(&id);
+            app.activations.get(ns, &id).await?
+        }
+    };
+    let Some(record) = record else {
+        return Ok(accepted());
+    };
+    let extended = activations::extended(&record);
+    let status = match record["response"]["statusCode"].as_u64() {
+        Some(0) => StatusCode::OK,
+        Some(1 | 2) => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = if result_only {
+        extended["response"]["result"].clone()
+    } else {
+        extended
+    };
+    Ok(with_activation_header(json_reply(status, &body), &id))
+}
+
+/// Reads the record until it is there or `deadline` passes.
+async fn poll_record(
+    store: &Activations,
+    ns: &str,
+    id: &str,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Value>, Fail> {
+    loop {
+        if let Some(doc) = store.get(ns, id).await? {
+            return Ok(Some(doc));
+        }
+        if tokio::time::Instant::now() + Duration::from_millis(100) > deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn with_activation_header(mut r: Reply, id: &str) -> Reply {
+    if let Ok(v) = hyper::header::HeaderValue::from_str(id) {
+        r.headers_mut().insert("x-openwhisk-activation-id", v);
+    }
+    r
+}
+
+/// `%xx` sequences decoded; invalid ones kept as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(h) = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(h);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_percent_decoded() {
+        assert_eq!(percent_decode("hello%20world"), "hello world");
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("end%2"), "end%2");
+    }
+
+    #[test]
+    fn paging_follows_the_controller() {
+        let q = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(paging(&q(&[]), "x").unwrap(), (0, 30));
+        assert_eq!(
+            paging(&q(&[("skip", "5"), ("limit", "0")]), "x").unwrap(),
+            (5, 200)
+        );
+        assert!(paging(&q(&[("limit", "201")]), "x").is_err());
+        assert!(paging(&q(&[("skip", "-1")]), "x").is_err());
+    }
+
+    #[test]
+    fn empty_bodies_are_empty_objects() {
+        assert_eq!(parse_json(b"").unwrap(), json!({}));
+        assert_eq!(parse_json(br#"{"a":1}"#).unwrap(), json!({"a": 1}));
+        assert!(parse_json(b"{nope").is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! The controller's part on Kafka: `ActivationMessage`s written to a healthy invoker's topic,
+//! acks read from `completed<C>` and handed to the callers waiting for them, pings read from
+//! `health` (contract §2, §3, §7).
+//!
+//! Consumers: `completed<C>` in group `completed<C>` from the earliest uncommitted ack (an ack
+//! produced while the front door starts is not lost), committed automatically; `health` in group
+//! `health<C>` from the latest ping (old pings say nothing about now).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use invoker::kafka::{self, KafkaSetupError, TopicKind};
+use invoker::messages::{Ack, AckResponse, PingMessage, WhiskActivation};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{Map, Value, json};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::StoredAction;
+use crate::health::{self, Health};
+use crate::ids;
+use crate::subjects::Identity;
+
+/// How long start-up waits for the ack consumer to be assigned its partition.
+const ASSIGNMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of the Kafka side.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    #[error("kafka client for {what}")]
+    Client {
+        what: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("the consumer of {0} was not assigned a partition within 30 s")]
+    NotAssigned(String),
+    /// 503 to the caller.
+    #[error("No invokers available.")]
+    NoInvokers,
+    #[error("producing the activation to {topic}")]
+    Produce {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// What a blocking caller learns from `completed<C>`.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The record came with the ack.
+    Record(Box<WhiskActivation>),
+    /// The ack carried only the id (record too large, or a completion without a result): the
+    /// record is in the activations database.
+    InDatabase,
+}
+
+/// An activation on its way.
+#[derive(Debug)]
+pub struct Pending {
+    pub activation_id: String,
+    pub invoker: u32,
+    /// For blocking activations: resolved by the first ack that carries the result.
+    pub outcome: Option<oneshot::Receiver<Outcome>>,
+}
+
+/// The Kafka side of the front door.
+pub struct Controller {
+    instance: String,
+    topics_prefix: String,
+    producer: FutureProducer,
+    waiters: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    pub health: Health,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("instance", &self.instance)
+            .field("topics_prefix", &self.topics_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    /// Ensures `completed<C>` and `health`, starts both consumers (until `cancel`) and returns
+    /// once acks can be received.
+    pub async fn start(
+        kafka_hosts: &str,
+        topics_prefix: &str,
+        instance: &str,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Self>, ControllerError> {
+        let client = |what: &str| {
+            let what = what.to_owned();
+            move |source| ControllerError::Client { what, source }
+        };
+        let completed = format!("{topics_prefix}completed{instance}");
+        let health_topic = format!("{topics_prefix}health");
+        let admin = kafka::admin_client(kafka_hosts)?;
+        kafka::ensure_topic(&admin, &completed, &TopicKind::Completed.default_config()).await?;
+        kafka::ensure_topic(&admin, &health_topic, &TopicKind::Health.default_config()).await?;
+        drop(admin);
+
+        let producer: FutureProducer = kafka::producer_config(kafka_hosts)
+            .create()
+            .map_err(client("the producer"))?;
+        let acks: StreamConsumer =
+            kafka::consumer_config(kafka_hosts, &format!("completed{instance}"))
+                .set("enable.auto.commit", "true")
+                .set("enable.auto.offset.store", "true")
+                .create()
+                .map_err(client(&completed))?;
+        acks.subscribe(&[&completed]).map_err(client(&completed))?;
+        let pings: StreamConsumer =
+            kafka::consumer_config(kafka_hosts, &format!("health{instance}"))
+                .set("auto.offset.reset", "latest")
+                .create()
+                .map_err(client(&health_topic))?;
+        pings
+            .subscribe(&[&health_topic])
+            .map_err(client(&health_topic))?;
+
+        let controller = Arc::new(Self {
+            instance: instance.to_owned(),
+            topics_prefix: topics_prefix.to_owned(),
+            producer,
+            waiters: Mutex::new(HashMap::new()),
+            health: Health::new(),
+        });
+        let acks = Arc::new(acks);
+        tokio::spawn(Self::read_acks(
+            Arc::downgrade(&controller),
+            acks.clone(),
+            cancel.clone(),
+        ));
+        tokio::spawn(Self::read_pings(
+            Arc::downgrade(&controller),
+            pings,
+            cancel.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + ASSIGNMENT_TIMEOUT;
+        while acks.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+            if tokio::time::Instant::now() > deadline {
+                return Err(ControllerError::NotAssigned(completed));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(controller)
+    }
+
+    async fn read_acks(
+        me: std::sync::Weak<Self>,
+        consumer: Arc<StreamConsumer>,
+        cancel: CancellationToken,
+    ) {
+        let mut stream = consumer.stream();
+        loop {
+            let next = tokio::select! {
+                n = stream.next() => n,
+                () = cancel.cancelled() => return,
+            };
+            let Some(me) = me.upgrade() else { return };
+            match next {
+                Some(Ok(m)) => match serde_json::from_slice::<Ack>(m.payload().unwrap_or_default())
+                {
+                    Ok(ack) => me.route(ack),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an ack that is not one of the three shapes")
+                    }
+                },
+                Some(Err(e)) => tracing::warn!(error = %e, "reading acks failed"),
+                None => return,
+            }
+        }
+    }
+
+    async fn read_pings(
+        me: std::sync::Weak<Self>,
+        consumer: StreamConsumer,
+        cancel: CancellationToken,
+    ) {
+        let mut stream = consumer.stream();
+        loop {
+            let next = tokio::select! {
+                n = stream.next() => n,
+                () = cancel.cancelled() => return,
+            };
+            let Some(me) = me.upgrade() else { return };
+            match next {
+                Some(Ok(m)) => {
+                    match serde_json::from_slice::<PingMessage>(m.payload().unwrap_or_default()) {
+                        Ok(p) => me.health.ping(&p),
+                        Err(e) => tracing::warn!(error = %e, "a ping that is not a PingMessage"),
+                    }
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "reading pings failed"),
+                None => return,
+            }
+        }
+    }
+
+    /// Hands an ack to its waiter and counts completions for health.
+    fn route(&self, ack: Ack) {
+        let (id, outcome) = match ack {
+            Ack::Result { response, .. } => outcome_of(response),
+            Ack::Combined {
+                response,
+                is_system_error,
+                instance,
+                ..
+            } => {
+                self.health.completion(instance.instance, is_system_error);
+                outcome_of(response)
+            }
+            Ack::Completion {
+                activation_id,
+                is_system_error,
+                instance,
+                ..
+            } => {
+                self.health.completion(instance.instance, is_system_error);
+                (activation_id, Outcome::InDatabase)
+            }
+        };
+        let waiter = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(w) = waiter {
+            let _ = w.send(outcome);
+        }
+    }
+
+    /// Forgets a waiter whose caller gave up.
+    pub fn forget(&self, activation_id: &str) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(activation_id);
+    }
+
+    /// Writes the `ActivationMessage` a controller would write to the action's home invoker.
+    /// `params` are the request's parameters; the action's own are merged under them.
+    pub async fn activate(
+        &self,
+        user: &Identity,
+        action: &StoredAction,
+        params: Map<String, Value>,
+        blocking: bool,
+    ) -> Result<Pending, ControllerError> {
+        let invoker = health::home(&self.health.healthy(), &action.namespace, &action.name)
+            .ok_or(ControllerError::NoInvokers)?;
+        let activation_id = ids::activation_id();
+        let mut content = Map::new();
+        let mut init_args = Vec::new();
+        for p in &action.parameters {
+            let Some(key) = p["key"].as_str() else {
+                continue;
+            };
+            if p["init"] == json!(true) {
+                init_args.push(key.to_owned());
+            }
+            content.insert(key.to_owned(), p["value"].clone());
+        }
+        content.extend(params);
+        let message = json!({
+            "transid": [ids::transaction_id(), ids::now_ms()],
+            "action": {"path": action.namespace, "name": action.name, "version": action.version},
+            "revision": action.rev,
+            "user": user.to_message(),
+            "activationId": activation_id,
+            "rootControllerIndex": {"asString": self.instance, "instanceType": "controller"},
+            "blocking": blocking,
+            "content": content,
+            "initArgs": init_args,
+            "lockedArgs": {},
+        });
+        let outcome = blocking.then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(activation_id.clone(), tx);
+            rx
+        });
+        let topic = format!("{}invoker{invoker}", self.topics_prefix);
+        let payload = message.to_string();
+        let sent = self
+            .producer
+            .send(
+                FutureRecord::<(), _>::to(&topic).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await;
+        if let Err((source, _)) = sent {
+            self.forget(&activation_id);
+            return Err(ControllerError::Produce { topic, source });
+        }
+        tracing::debug!(activation = %activation_id, invoker, blocking, "activation produced");
+        Ok(Pending {
+            activation_id,
+            invoker,
+            outcome,
+        })
+    }
+}
+
+fn outcome_of(response: AckResponse) -> (String, Outcome) {
+    match response {
+        AckResponse::Full(a) => (a.activation_id.clone(), Outcome::Record(a)),
+        AckResponse::Shrunk(id) => (id, Outcome::InDatabase),
+    }
+}

@@ -1,0 +1,513 @@
+//! The front door end to end, against the local stack (`scripts/stack.sh up`): a real invoker
+//! process, the front door process, tansu, pouchdb-server and dockerd. One test drives it with
+//! the real `openwhisk` npm client (`tests/npm/e2e.js`), the other checks the HTTP details a
+//! client library hides (status codes, headers, list filters, 202 on a blocking timeout).
+//!
+//! Each test has its own Kafka topic prefix, databases, invoker id and ports, so they run side by
+//! side and next to other suites. A component that is down fails the test with its name.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use invoker::couchdb::CouchDb;
+use invoker::stack::Stack;
+use serde_json::{Value, json};
+
+const GUEST: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
+
+fn down(component: &str, detail: impl std::fmt::Display) -> String {
+    format!("{component} is not reachable ({detail}); start the stack with `scripts/stack.sh up`")
+}
+
+/// A port the kernel says is free now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// The invoker binary of this build (built here: this crate cannot name another crate's binary).
+fn invoker_binary() -> std::path::PathBuf {
+    let standalone = std::path::PathBuf::from(env!("CARGO_BIN_EXE_standalone"));
+    let dir = standalone.parent().unwrap().to_owned();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "invoker", "--bin", "invoker"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("cargo").success(),
+        "building the invoker failed"
+    );
+    dir.join("invoker")
+}
+
+fn stop(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// An invoker and a front door sharing a topic prefix and databases of their own.
+struct Door {
+    api: String,
+    prefix: String,
+    dbs: [String; 3],
+    invoker: Child,
+    door: Child,
+}
+
+impl Drop for Door {
+    fn drop(&mut self) {
+        stop(&mut self.door);
+        stop(&mut self.invoker);
+        let dbs = self.dbs.clone();
+        // Best effort: the databases are this run's own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                let db = CouchDb::new(&Stack::from_env().couchdb).unwrap();
+                for d in &dbs {
+                    let _ = db.delete_db(d).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+impl Door {
+    async fn start(tag: &str, id: u32, user_memory: &str) -> Self {
+        let stack = Stack::from_env();
+        let db = CouchDb::new(&stack.couchdb).unwrap();
+        db.server_info()
+            .await
+            .unwrap_or_else(|e| panic!("{}", down("couchdb", e)));
+        let prefix = format!("fd{tag}{}_", std::process::id());
+        let dbs = [
+            format!("{prefix}whisks"),
+            format!("{prefix}activations"),
+            format!("{prefix}subjects"),
+        ];
+        let couch_port = stack.couchdb.url.rsplit(':').next().unwrap().to_owned();
+        let common = [
+            ("KAFKA_HOSTS", stack.kafka_hosts.clone()),
+            (
+                "RUNTIMES_MANIFEST",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../runtimes/runtimes.json").to_owned(),
+            ),
+            ("CONFIG_whisk_kafka_topics_prefix", prefix.clone()),
+            ("CONFIG_whisk_couchdb_port", couch_port),
+            (
+                "CONFIG_whisk_couchdb_username",
+                stack.couchdb.username.clone(),
+            ),
+            (
+                "CONFIG_whisk_couchdb_password",
+                stack.couchdb.password.clone(),
+            ),
+            ("CONFIG_whisk_couchdb_databases_WhiskEntity", dbs[0].clone()),
+            (
+                "CONFIG_whisk_couchdb_databases_WhiskActivation",
+                dbs[1].clone(),
+            ),
+            ("CONFIG_whisk_couchdb_databases_WhiskAuth", dbs[2].clone()),
+        ];
+        let invoker = Command::new(invoker_binary())
+            .args(["--id", &id.to_string(), "--uniqueName", &id.to_string()])
+            .envs(common.iter().map(|(k, v)| (k, v)))
+            .env("PORT", free_port().to_string())
+            .env("CONFIG_whisk_containerPool_userMemory", user_memory)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the invoker");
+        let port = free_port();
+        let door = Command::new(env!("CARGO_BIN_EXE_standalone"))
+            .args(["--port", &port.to_string(), "--controller", "0"])
+            .envs(common.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the front door");
+        let d = Self {
+            api: format!("http://127.0.0.1:{port}"),
+            prefix,
+            dbs,
+            invoker,
+            door,
+        };
+        // Ready when the front door has seen the invoker's ping.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let want = format!("invoker{id}/{id}");
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/invokers", d.api)).await
+                && let Ok(v) = r.json::<Value>().await
+                && v[&want] == "up"
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the front door never listed {want} as up (kafka at {})",
+                stack.kafka_hosts
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        d
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.api));
+        if let Some(a) = auth {
+            req = req.header(
+                "Authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(a)
+                ),
+            );
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = req.send().await.unwrap();
+        let (status, headers) = (r.status().as_u16(), r.headers().clone());
+        let text = r.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, v)
+    }
+
+    async fn guest(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        self.call(
+            method,
+            &format!("/api/v1/namespaces/_{path}"),
+            Some(GUEST),
+            body,
+        )
+        .await
+    }
+}
+
+/// A static native action: prints a log line and `{"native":"<name>"}`.
+const NATIVE_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+int main(int argc, char **argv) {
+    const char *in = argc > 1 ? argv[1] : "";
+    const char *n = strstr(in, "\"name\":\""); char name[64] = "";
+    if (n) sscanf(n + 8, "%63[^\"]", name);
+    printf("native log line\n");
+    printf("{\"native\":\"%s\"}\n", name);
+    return 0;
+}
+"#;
+
+fn native_zip(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::io::Write;
+    std::fs::write(dir.join("a.c"), NATIVE_C).unwrap();
+    let ok = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join("exec"))
+        .arg(dir.join("a.c"))
+        .status()
+        .expect("cc (gcc) is needed to build the native test action")
+        .success();
+    assert!(ok, "compiling the native action failed");
+    let bin = std::fs::read(dir.join("exec")).unwrap();
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    zip.start_file("exec", opts).unwrap();
+    zip.write_all(&bin).unwrap();
+    let path = dir.join("native.zip");
+    std::fs::write(&path, zip.finish().unwrap().into_inner()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openwhisk_npm_client_works_end_to_end() {
+    let node_path = std::env::var("WHISK_OPENWHISK_NODE_PATH")
+        .unwrap_or_else(|_| "/opt/whisk-tools/openwhisk-3.21.9/node_modules".to_owned());
+    assert!(
+        std::path::Path::new(&node_path)
+            .join("openwhisk/package.json")
+            .exists(),
+        "the openwhisk npm client is not installed at {node_path}; `scripts/stack.sh up` installs it"
+    );
+    // 50 concurrent 128 MB actions, and room for the stem cells.
+    let door = Door::start("n", 610 + std::process::id() % 40, "8 g").await;
+    let dir = std::env::temp_dir().join(format!("{}native", door.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    let zip = native_zip(&dir);
+    let out = tokio::process::Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm/e2e.js"))
+        .env("NODE_PATH", &node_path)
+        .env("APIHOST", &door.api)
+        .env("AUTH", GUEST)
+        .env("NATIVE_ZIP", &zip)
+        .output()
+        .await
+        .expect("node");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("all checks passed"),
+        "the npm client's checks failed:\n{stdout}\n{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_answers_like_the_controller() {
+    use reqwest::Method;
+    let door = Door::start("r", 650 + std::process::id() % 40, "1 g").await;
+
+    // Authentication.
+    let (s, _, v) = door
+        .call(Method::GET, "/api/v1/namespaces", None, None)
+        .await;
+    assert_eq!(s, 401, "{v}");
+    assert_eq!(v["error"], "The supplied authentication is invalid.");
+    assert!(v["code"].is_string());
+    let (s, _, v) = door
+        .call(Method::GET, "/api/v1/namespaces", Some(GUEST), None)
+        .await;
+    assert_eq!((s, v), (200, json!(["guest"])));
+    let (s, _, _) = door
+        .call(
+            Method::GET,
+            "/api/v1/namespaces/whisk.system/actions",
+            Some(GUEST),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "another namespace");
+
+    // Validation of actions.
+    let bad_kind = json!({"exec": {"kind": "cobol:85", "code": "x"}});
+    let (s, _, v) = door.guest(Method::PUT, "/actions/x", Some(&bad_kind)).await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("The specified runtime 'cobol:85' is not supported"),
+        "{v}"
+    );
+    let too_big =
+        json!({"exec": {"kind": "nodejs:default", "code": "x"}, "limits": {"memory": 100000}});
+    let (s, _, v) = door.guest(Method::PUT, "/actions/x", Some(&too_big)).await;
+    assert_eq!(s, 400, "{v}");
+
+    // An action with a default parameter, an init parameter and code above the inline size
+    // (stored as a CouchDB attachment).
+    let code = format!(
+        "// {}\nfunction main(p) {{ return {{greeting: p.greeting + ' ' + p.name, key: process.env.__OW_API_KEY || null, token: p.token || null}} }}",
+        "x".repeat(20_000)
+    );
+    let action = json!({
+        "exec": {"kind": "nodejs:default", "code": code},
+        "parameters": [{"key": "greeting", "value": "Hi"}, {"key": "token", "value": "s3cret", "init": true}],
+        "limits": {"timeout": 5000, "memory": 128},
+        "annotations": [{"key": "description", "value": "greets"}]
+    });
+    let (s, _, v) = door
+        .guest(Method::PUT, "/actions/greet", Some(&action))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["limits"],
+        json!({"timeout": 5000, "memory": 128, "logs": 10, "concurrency": 1})
+    );
+    assert_eq!(v["exec"]["code"], json!(code), "the attachment reads back");
+    let (_, _, v) = door
+        .guest(Method::GET, "/actions/greet?code=false", None)
+        .await;
+    assert!(v["exec"].get("code").is_none(), "{v}");
+
+    // Blocking with result=true, as `wsk action invoke --result` sends it: the action's default
+    // parameter merged under the request's, the init parameter not passed to the run, no API key.
+    let (s, h, v) = door
+        .guest(
+            Method::POST,
+            "/actions/greet?blocking=true&result=true",
+            Some(&json!({"name": "Ada"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v, json!({"greeting": "Hi Ada", "key": null, "token": null}));
+    let id = h["x-openwhisk-activation-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+
+    // Blocking without result: the extended record.
+    let (s, h, v) = door
+        .guest(
+            Method::POST,
+            "/actions/greet?blocking=true",
+            Some(&json!({"name": "Bo"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["response"]["status"], "success");
+    assert_eq!(v["response"]["success"], true);
+    assert!(v["response"].get("statusCode").is_none());
+    assert_eq!(
+        v["activationId"],
+        h["x-openwhisk-activation-id"].to_str().unwrap()
+    );
+    assert_eq!(v["namespace"], "guest");
+
+    // A developer error (a timeout) is a 502; a blocking wait shorter than the run is a 202.
+    let slow = json!({"exec": {"kind": "nodejs:default", "code": "function main(p) { return new Promise(r => setTimeout(() => r({done: true}), p.ms)) }"}, "limits": {"timeout": 3000}});
+    let (s, _, _) = door.guest(Method::PUT, "/actions/slow", Some(&slow)).await;
+    assert_eq!(s, 200);
+    let (s, _, v) = door
+        .guest(
+            Method::POST,
+            "/actions/slow?blocking=true",
+            Some(&json!({"ms": 10000})),
+        )
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert_eq!(v["response"]["status"], "action developer error");
+    let (s, h, v) = door
+        .guest(
+            Method::POST,
+            "/actions/slow?blocking=true&timeout=500",
+            Some(&json!({"ms": 2000})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let late = v["activationId"].as_str().unwrap().to_owned();
+    assert_eq!(h["x-openwhisk-activation-id"].to_str().unwrap(), late);
+
+    // Non-blocking: 202 and the id; the record shows up later.
+    let (s, _, v) = door
+        .guest(Method::POST, "/actions/greet", Some(&json!({"name": "Cy"})))
+        .await;
+    assert_eq!(s, 202);
+    let nb = v["activationId"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let record = loop {
+        let (s, _, v) = door
+            .guest(Method::GET, &format!("/activations/{nb}"), None)
+            .await;
+        if s == 200 {
+            break v;
+        }
+        assert_eq!(s, 404, "{v}");
+        assert!(
+            Instant::now() < deadline,
+            "the non-blocking record never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(record["response"]["result"]["greeting"], "Hi Cy");
+
+    // Lists: newest first, filtered by name and time, counted.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, v) = door
+            .guest(Method::GET, "/activations?name=slow&count=true", None)
+            .await;
+        if v["activations"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slow's records: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, _, all) = door
+        .guest(Method::GET, "/activations?limit=200", None)
+        .await;
+    let all = all.as_array().unwrap().clone();
+    // greet three times, slow twice ("nope" was never produced).
+    assert_eq!(all.len(), 5, "{all:#?}");
+    let starts: Vec<i64> = all.iter().map(|a| a["start"].as_i64().unwrap()).collect();
+    assert!(
+        starts.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {starts:?}"
+    );
+    assert!(
+        all.iter()
+            .all(|a| a.get("logs").is_none() && a["statusCode"].is_u64())
+    );
+    let (_, _, page) = door
+        .guest(Method::GET, "/activations?limit=2&skip=1", None)
+        .await;
+    assert_eq!(page.as_array().unwrap().len(), 2);
+    assert_eq!(page[0]["activationId"], all[1]["activationId"]);
+    let since = starts[2];
+    let (_, _, recent) = door
+        .guest(Method::GET, &format!("/activations?since={since}"), None)
+        .await;
+    assert!(
+        recent
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["start"].as_i64().unwrap() >= since)
+    );
+    let (_, _, old) = door
+        .guest(
+            Method::GET,
+            &format!("/activations?upto={}", starts[3]),
+            None,
+        )
+        .await;
+    assert_eq!(old.as_array().unwrap().len(), 2);
+    let (s, _, v) = door
+        .guest(Method::GET, &format!("/activations/{late}/result"), None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["result"],
+        json!({"done": true}),
+        "the 202'd activation finished"
+    );
+    let (s, _, _) = door
+        .guest(
+            Method::GET,
+            "/activations/0123456789abcdef0123456789abcdef",
+            None,
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // Unknown action, then delete.
+    let (s, _, v) = door
+        .guest(Method::POST, "/actions/nope?blocking=true", None)
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("The requested resource does not exist."))
+    );
+    let (s, _, _) = door.guest(Method::DELETE, "/actions/greet", None).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = door.guest(Method::DELETE, "/actions/greet", None).await;
+    assert_eq!(s, 404);
+    let (s, _, _) = door.call(Method::GET, "/ping", None, None).await;
+    assert_eq!(s, 200);
+}
