@@ -194,7 +194,10 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 "2 seconds",
             )
             .env("CONFIG_whisk_invoker_network_mode", mode)
-            .env("CONFIG_whisk_invoker_network_pool_lowWatermark", "100")
+            .env(
+                "CONFIG_whisk_invoker_network_pool_lowWatermark",
+                POOL_READY.to_string(),
+            )
             .env("CONFIG_whisk_invoker_network_pool_highWatermark", "110")
             .env("CONFIG_whisk_invoker_network_pool_max", "256")
             .env("CONFIG_whisk_docker_client_parallelRuns", "100")
@@ -204,6 +207,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
             .context("target/release/invoker (cargo build --release first)")?;
         let _invoker = Invoker { child };
         wait_ready(port).await?;
+        wait_pool_ready(port, mode).await?;
         let mut totals: HashMap<usize, Vec<Duration>> = HashMap::new();
         let mut each: HashMap<usize, Vec<Duration>> = HashMap::new();
         let mut errors: HashMap<usize, usize> = HashMap::new();
@@ -301,6 +305,8 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                     timelines.insert(mode.clone(), spans);
                 }
                 wait_no_containers(&docker, &prefix, &runc_state).await?;
+                wait_pool_ready(port, mode).await?;
+                wait_cpu_quiet().await;
             }
         }
         for &n in &p.sizes {
@@ -367,6 +373,75 @@ async fn wait_ready(port: u16) -> Result<()> {
             bail!("the invoker never answered /ping on port {port}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits (at most 30 s) until the CPUs are at least 85% idle over half a second: the kernel
+/// tears the last cell's namespaces, cgroups and mounts down after their processes are gone, and
+/// that work would land on the next cell's clock.
+async fn wait_cpu_quiet() {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // idle + iowait, total.
+        Some((cpu.get(3)? + cpu.get(4)?, cpu.iter().sum()))
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some((i0, t0)) = sample() else { return };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some((i1, t1)) = sample() else { return };
+        if t1 > t0 && (i1 - i0) as f64 / (t1 - t0) as f64 >= 0.85 {
+            return;
+        }
+    }
+}
+
+/// The pool every cell starts from: `POOL_READY` idle endpoints and none leased.
+const POOL_READY: u64 = 100;
+
+/// Waits until the invoker's endpoint pool (pcpm or netns) is full again and nothing is still
+/// being returned to it, read from its `/metrics`: the cell before must not be scrubbing slots
+/// while the next one is timed, and a just-started invoker answers `/ping` before its pool is
+/// filled. Bridge mode has no pool.
+async fn wait_pool_ready(port: u16, mode: &str) -> Result<()> {
+    let (idle, leased) = match mode {
+        "pcpm" => ("pcpm_pause_containers_idle", "pcpm_pause_containers_leased"),
+        "netns" => ("netpool_slots_idle", "netpool_slots_leased"),
+        _ => return Ok(()),
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let http = reqwest::Client::new();
+    loop {
+        let text = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let gauge = |name: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.split(['{', ' ']).next() == Some(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64
+        };
+        if gauge(idle) >= POOL_READY && gauge(leased) == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the {mode} pool did not refill within 300 s: {} idle, {} leased",
+                gauge(idle),
+                gauge(leased)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
