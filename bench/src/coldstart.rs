@@ -56,6 +56,9 @@ pub struct Cell {
     pub total: Summary,
     pub each: Summary,
     pub errors: usize,
+    /// Share of all CPUs busy (user + system + irq) from the first produce to the last result,
+    /// median over rounds: near 1 means the cell was CPU-bound.
+    pub cpu_busy: f64,
 }
 
 /// One activation on the timeline, seconds from the cell's first produce.
@@ -211,6 +214,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         let mut totals: HashMap<usize, Vec<Duration>> = HashMap::new();
         let mut each: HashMap<usize, Vec<Duration>> = HashMap::new();
         let mut errors: HashMap<usize, usize> = HashMap::new();
+        let mut busy: HashMap<usize, Vec<f64>> = HashMap::new();
         for round in 0..p.rounds {
             for &n in &p.sizes {
                 // Actions named for this cell: nothing can be warm.
@@ -230,6 +234,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                             .rev,
                     ));
                 }
+                let cpu0 = cpu_times();
                 let t0 = Instant::now();
                 let base_ms = now_ms();
                 let mut pending: HashMap<String, (usize, Instant)> = HashMap::new();
@@ -295,6 +300,9 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 }
                 let total = t0.elapsed();
                 totals.entry(n).or_default().push(total);
+                if let (Some(a), Some(b)) = (cpu0, cpu_times()) {
+                    busy.entry(n).or_default().push(a.busy_share_until(&b));
+                }
                 println!(
                     "round {}/{} {mode:>6} N={n:>3}: total {:>8.1} ms",
                     round + 1,
@@ -317,6 +325,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 each: Summary::of(each.get(&n).map_or(&[][..], Vec::as_slice))
                     .context("every activation failed")?,
                 errors: errors.get(&n).copied().unwrap_or(0),
+                cpu_busy: median(busy.get(&n).map_or(&[][..], Vec::as_slice)),
             });
         }
     }
@@ -376,28 +385,55 @@ async fn wait_ready(port: u16) -> Result<()> {
     }
 }
 
+/// The machine's CPU time so far (`/proc/stat`, all CPUs): idle (+ iowait) and total ticks.
+#[derive(Clone, Copy, Debug)]
+struct CpuTimes {
+    idle: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    /// The share of CPU time that was busy between `self` and `later`.
+    fn busy_share_until(&self, later: &Self) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        1.0 - later.idle.saturating_sub(self.idle) as f64 / total as f64
+    }
+}
+
+fn cpu_times() -> Option<CpuTimes> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Some(CpuTimes {
+        idle: cpu.get(3)? + cpu.get(4)?,
+        total: cpu.iter().sum(),
+    })
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Waits (at most 30 s) until the CPUs are at least 85% idle over half a second: the kernel
 /// tears the last cell's namespaces, cgroups and mounts down after their processes are gone, and
 /// that work would land on the next cell's clock.
 async fn wait_cpu_quiet() {
-    fn sample() -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let cpu: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // idle + iowait, total.
-        Some((cpu.get(3)? + cpu.get(4)?, cpu.iter().sum()))
-    }
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let Some((i0, t0)) = sample() else { return };
+        let Some(a) = cpu_times() else { return };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some((i1, t1)) = sample() else { return };
-        if t1 > t0 && (i1 - i0) as f64 / (t1 - t0) as f64 >= 0.85 {
+        let Some(b) = cpu_times() else { return };
+        if a.busy_share_until(&b) <= 0.15 {
             return;
         }
     }

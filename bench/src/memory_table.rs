@@ -5,13 +5,13 @@
 //! - `warm`: 50 containers with the action initialized and run once (each function: `/run`);
 //! - `prewarm`: 50 stem cells, the runtime started but no action (each: `/init`, `/run`);
 //! - `pcpm`: 50 pause containers (each: create and start joined to one, `/init`, `/run`);
-//! - `netns`: 50 netpool namespaces (memory only: the invoker's netns mode is not built yet).
+//! - `netns`: 50 netpool namespaces (each function: runc with the namespace, `/init`, `/run`).
 //!
 //! Memory is measured, not estimated: for the 50 idle objects, the PSS of every process they
 //! keep (container processes and their `containerd-shim`s), what their cgroups are charged, and
 //! the growth of the kernel's unreclaimable memory (slab, kernel stacks, page tables, per-CPU)
-//! from before they were created. Times are at the container level (Docker and the action proxy,
-//! no Kafka); `bench coldstart` has the end-to-end times.
+//! from before they were created. Times are at the container level (Docker or runc and the action
+//! proxy, no Kafka); `bench coldstart` has the end-to-end times.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -143,6 +143,68 @@ async fn node_container(
         None => crate::docker_start::bridge_ip(docker, &id).await?,
     };
     Ok((id, SocketAddr::new(ip, 8080)))
+}
+
+/// N concurrent functions (create, `/init`, `/run`) under runc on the pool's namespaces; the
+/// image is unpacked before the clock starts (the invoker does it at start-up).
+async fn netns_functions(
+    docker: &Docker,
+    client: &reqwest::Client,
+    np: &netpool::NetPool,
+    n: usize,
+) -> Result<f64> {
+    use invoker::container::{ContainerFactory, ContainerSpec, runc::RuncFactory};
+    let dir = std::env::temp_dir().join(format!("bench-memory-{}", std::process::id()));
+    let factory = RuncFactory::new(
+        docker.clone(),
+        std::sync::Arc::new(np.clone()),
+        std::path::Path::new("/var/lib/wsk-invoker/images"),
+        &dir.join("bundles"),
+        &dir.join("state"),
+    );
+    factory.prepare(NODE_IMAGE).await?;
+    let t0 = Instant::now();
+    let made = futures::future::join_all((0..n).map(|i| {
+        let factory = &factory;
+        async move {
+            let spec = ContainerSpec {
+                name: format!("wskbm_{i}_sieve"),
+                image: NODE_IMAGE.to_owned(),
+                memory_mb: 128,
+                cpu_shares: 128,
+                cpus: None,
+                env: Vec::new(),
+                pull: false,
+            };
+            let c = factory.create(&spec).await?;
+            let ran = init_and_run(client, c.addr(), true).await;
+            anyhow::Ok((c, ran))
+        }
+    }))
+    .await;
+    let took = t0.elapsed().as_secs_f64();
+    let mut failed = None;
+    for m in made {
+        match m {
+            Ok((c, ran)) => {
+                if let Err(e) = c.destroy().await {
+                    failed.get_or_insert_with(|| anyhow::anyhow!("{e}"));
+                }
+                if let Err(e) = ran {
+                    failed.get_or_insert(e);
+                }
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    factory.remove_all("wskbm_").await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    match failed {
+        Some(e) => Err(e.context("netns functions")),
+        None => Ok(took),
+    }
 }
 
 async fn remove_all(docker: &Docker, ids: &[String]) {
@@ -325,12 +387,18 @@ pub async fn run(n: usize) -> Result<MemoryReport> {
     let np = netpool::NetPool::new(cfg).await?;
     np.wait_idle(n, Duration::from_secs(120)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    rows.push(row("netns", n, ProcessMemory::default(), 0, &before, None)?);
+    let mut netns_row = row("netns", n, ProcessMemory::default(), 0, &before, None)?;
+    // Then N functions on them, as the invoker's netns mode runs them: runc, an overlay on the
+    // unpacked image, the lease's namespace in the OCI spec.
+    let took = netns_functions(&docker, &client, &np, n).await;
     np.shutdown().await?;
+    netns_row.total_s = Some(took?);
     println!(
-        "netns: kernel +{} KiB",
-        rows.last().map_or(0, |r| r.kernel.unreclaimable_kib)
+        "netns: kernel +{} KiB, {n} functions in {:.1} s",
+        netns_row.kernel.unreclaimable_kib,
+        netns_row.total_s.unwrap_or(f64::NAN)
     );
+    rows.push(netns_row);
 
     Ok(MemoryReport {
         machine: Machine::describe(),

@@ -260,7 +260,7 @@ fn greeting(ip: Ipv4Addr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_mac_stays_fixed_while_slots_come_and_go() {
     require_root();
-    let mut c = config("tm", 209);
+    let mut c = config("tm", 212);
     c.low_watermark = 1;
     c.high_watermark = 1;
     let pool = NetPool::new(c).await.unwrap();

@@ -184,6 +184,11 @@ impl Actions {
         });
         if let Some(o) = old {
             doc["_rev"] = o["_rev"].clone();
+            // The code stays where it was when exec is not replaced: keep the attachment
+            // (CouchDB drops attachments a new revision does not list).
+            if body.get("exec").is_none() && o.get("_attachments").is_some() {
+                doc["_attachments"] = o["_attachments"].clone();
+            }
         }
         // Code above the inline size goes in an attachment: the document first (with the
         // attachment's name), then the bytes on the new revision.

@@ -17,6 +17,7 @@ use crate::actions::{ActionError, Actions};
 use crate::activations::{self, Activations, ListQuery};
 use crate::controller::{Controller, ControllerError, Outcome};
 use crate::ids;
+use crate::metrics;
 use crate::subjects::{Identity, Subjects};
 
 /// Everything a request needs.
@@ -29,8 +30,12 @@ pub struct App {
     /// The longest a blocking invoke waits before answering 202 (the controller's
     /// `max-wait-for-blocking-activation`, 60 s).
     pub max_blocking_wait: Duration,
-    /// The largest request body accepted.
+    /// The largest request body accepted (action code included).
     pub max_body_bytes: usize,
+    /// The largest invoke parameters accepted (`whisk.activation.payload.max`).
+    pub max_payload_bytes: usize,
+    /// Renders `/metrics`; `None` serves no metrics.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Serves until `cancel`; connections in progress finish on their own.
@@ -122,6 +127,13 @@ async fn handle(app: &App, req: Request<Incoming>) -> Reply {
         Ok(r) => r,
         Err(Fail(status, error)) => json_reply(status, &json!({"error": error, "code": transid})),
     };
+    let class = match reply.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    ::metrics::counter!(metrics::REQUESTS_TOTAL, "method" => method.as_str().to_owned(), "status" => class)
+        .increment(1);
     tracing::debug!(%method, path, status = reply.status().as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     reply
 }
@@ -153,6 +165,18 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
         }
         (&Method::GET, ["invokers"]) => {
             return Ok(json_reply(StatusCode::OK, &app.controller.health.to_json()));
+        }
+        (&Method::GET, ["metrics"]) => {
+            for (state, n) in app.controller.health.counts() {
+                ::metrics::gauge!(metrics::INVOKERS, "state" => state.as_str()).set(n as f64);
+            }
+            let text = app.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return Ok(r);
         }
         (&Method::GET, ["api", "v1"]) => {
             return Ok(json_reply(
@@ -229,7 +253,24 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
             let a = app.actions.delete(&ns, name).await?;
             Ok(json_reply(StatusCode::OK, &a))
         }
-        (&Method::POST, ["actions", name]) => invoke(app, &user, &ns, name, &query, &body).await,
+        (&Method::POST, ["actions", name]) => {
+            let blocking = query.get("blocking").is_some_and(|b| b == "true");
+            let started = std::time::Instant::now();
+            let answer = invoke(app, &user, &ns, name, &query, &body).await;
+            let outcome = match &answer {
+                Ok((_, outcome)) => *outcome,
+                Err(Fail(StatusCode::NOT_FOUND, _)) => "not_found",
+                Err(Fail(StatusCode::SERVICE_UNAVAILABLE, _)) => "no_invoker",
+                Err(Fail(s, _)) if s.is_client_error() => "rejected",
+                Err(_) => "failed",
+            };
+            let blocking = if blocking { "true" } else { "false" };
+            ::metrics::counter!(metrics::INVOCATIONS_TOTAL, "blocking" => blocking, "outcome" => outcome)
+                .increment(1);
+            ::metrics::histogram!(metrics::INVOKE_SECONDS, "blocking" => blocking)
+                .record(started.elapsed().as_secs_f64());
+            answer.map(|(reply, _)| reply)
+        }
         (&Method::GET, ["activations"]) => list_activations(app, &ns, &query).await,
         (&Method::GET, ["activations", id]) => {
             let doc = app.activations.get(&ns, id).await?.ok_or_else(not_found)?;
@@ -384,8 +425,18 @@ async fn invoke(
     name: &str,
     query: &HashMap<String, String>,
     body: &[u8],
-) -> Result<Reply, Fail> {
+) -> Result<(Reply, &'static str), Fail> {
     let blocking = query.get("blocking").is_some_and(|b| b == "true");
+    if body.len() > app.max_payload_bytes {
+        return Err(Fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "The request content was too large ({} > {} bytes).",
+                body.len(),
+                app.max_payload_bytes
+            ),
+        ));
+    }
     let result_only = query.get("result").is_some_and(|r| r == "true");
     let wait = match query.get("timeout") {
         None => app.max_blocking_wait,
@@ -430,9 +481,12 @@ async fn invoke(
         })?;
     let id = pending.activation_id.clone();
     let accepted = || {
-        with_activation_header(
-            json_reply(StatusCode::ACCEPTED, &json!({"activationId": id})),
-            &id,
+        (
+            with_activation_header(
+                json_reply(StatusCode::ACCEPTED, &json!({"activationId": id})),
+                &id,
+            ),
+            "accepted",
         )
     };
     let Some(outcome) = pending.outcome else {
@@ -444,6 +498,7 @@ async fn invoke(
         // The ack carried only the id, or the waiter was dropped: the record is (or will be)
         // in the database.
         Ok(Ok(Outcome::InDatabase) | Err(_)) => {
+            ::metrics::counter!(metrics::RECORDS_FROM_DATABASE_TOTAL).increment(1);
             poll_record(&app.activations, ns, &id, deadline).await?
         }
         Err(_) => {
@@ -455,17 +510,21 @@ async fn invoke(
         return Ok(accepted());
     };
     let extended = activations::extended(&record);
-    let status = match record["response"]["statusCode"].as_u64() {
-        Some(0) => StatusCode::OK,
-        Some(1 | 2) => StatusCode::BAD_GATEWAY,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    let (status, outcome) = match record["response"]["statusCode"].as_u64() {
+        Some(0) => (StatusCode::OK, "success"),
+        Some(1) => (StatusCode::BAD_GATEWAY, "application_error"),
+        Some(2) => (StatusCode::BAD_GATEWAY, "action_developer_error"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "whisk_internal_error"),
     };
     let body = if result_only {
         extended["response"]["result"].clone()
     } else {
         extended
     };
-    Ok(with_activation_header(json_reply(status, &body), &id))
+    Ok((
+        with_activation_header(json_reply(status, &body), &id),
+        outcome,
+    ))
 }
 
 /// Reads the record until it is there or `deadline` passes.

@@ -109,6 +109,14 @@ impl Health {
             .collect()
     }
 
+    /// How many known invokers are in each state.
+    pub fn counts(&self) -> [(State, usize); 3] {
+        let now = Instant::now();
+        let map = self.lock();
+        [State::Up, State::Unhealthy, State::Down]
+            .map(|st| (st, map.values().filter(|e| e.state(now) == st).count()))
+    }
+
     /// `GET /invokers`: `{"invoker0/0": "up", ...}`, unseen lower instances as `down`.
     pub fn to_json(&self) -> Value {
         let now = Instant::now();

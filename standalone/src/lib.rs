@@ -14,6 +14,7 @@
 //! - [`controller`]: the Kafka side: activation messages out, acks and pings in.
 //! - [`api`]: the HTTP routes and the controller's status codes and error bodies.
 //! - [`ids`]: activation and transaction ids, clocks.
+//! - [`metrics`]: the metric names the front door records.
 
 pub mod actions;
 pub mod activations;
@@ -21,4 +22,5 @@ pub mod api;
 pub mod controller;
 pub mod health;
 pub mod ids;
+pub mod metrics;
 pub mod subjects;

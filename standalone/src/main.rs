@@ -55,6 +55,9 @@ async fn main() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .with_context(|| format!("cannot listen on port {port}"))?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
 
     let db = invoker::couchdb::CouchDb::new(&settings.couchdb)?;
     db.server_info()
@@ -86,7 +89,10 @@ async fn main() -> Result<()> {
         activations,
         controller,
         max_blocking_wait: Duration::from_secs(60),
-        max_body_bytes: usize::try_from(settings.payload_max).unwrap_or(usize::MAX),
+        // Action code up to the store's limit, in base64, plus the document around it.
+        max_body_bytes: standalone::actions::MAX_CODE_BYTES / 3 * 4 + (1 << 20),
+        max_payload_bytes: usize::try_from(settings.payload_max).unwrap_or(usize::MAX),
+        metrics,
     });
     tracing::info!(port, controller = %controller_id, kafka = %settings.kafka_hosts, "front door ready");
     let server = tokio::spawn(api::serve(listener, app, cancel.clone()));

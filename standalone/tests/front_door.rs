@@ -65,14 +65,16 @@ struct Door {
     api: String,
     prefix: String,
     dbs: [String; 3],
-    invoker: Child,
+    invokers: Vec<Child>,
     door: Child,
 }
 
 impl Drop for Door {
     fn drop(&mut self) {
         stop(&mut self.door);
-        stop(&mut self.invoker);
+        for i in &mut self.invokers {
+            stop(i);
+        }
         let dbs = self.dbs.clone();
         // Best effort: the databases are this run's own.
         let _ = std::thread::spawn(move || {
@@ -88,7 +90,8 @@ impl Drop for Door {
 }
 
 impl Door {
-    async fn start(tag: &str, id: u32, user_memory: &str) -> Self {
+    /// An invoker per id (`--uniqueName` = the id) and the front door.
+    async fn start(tag: &str, ids: &[u32], user_memory: &str) -> Self {
         let stack = Stack::from_env();
         let db = CouchDb::new(&stack.couchdb).unwrap();
         db.server_info()
@@ -124,15 +127,21 @@ impl Door {
             ),
             ("CONFIG_whisk_couchdb_databases_WhiskAuth", dbs[2].clone()),
         ];
-        let invoker = Command::new(invoker_binary())
-            .args(["--id", &id.to_string(), "--uniqueName", &id.to_string()])
-            .envs(common.iter().map(|(k, v)| (k, v)))
-            .env("PORT", free_port().to_string())
-            .env("CONFIG_whisk_containerPool_userMemory", user_memory)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the invoker");
+        let binary = invoker_binary();
+        let invokers = ids
+            .iter()
+            .map(|id| {
+                Command::new(&binary)
+                    .args(["--id", &id.to_string(), "--uniqueName", &id.to_string()])
+                    .envs(common.iter().map(|(k, v)| (k, v)))
+                    .env("PORT", free_port().to_string())
+                    .env("CONFIG_whisk_containerPool_userMemory", user_memory)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("start the invoker")
+            })
+            .collect();
         let port = free_port();
         let door = Command::new(env!("CARGO_BIN_EXE_standalone"))
             .args(["--port", &port.to_string(), "--controller", "0"])
@@ -145,25 +154,27 @@ impl Door {
             api: format!("http://127.0.0.1:{port}"),
             prefix,
             dbs,
-            invoker,
+            invokers,
             door,
         };
-        // Ready when the front door has seen the invoker's ping.
+        // Ready when the front door has seen every invoker's ping.
         let deadline = Instant::now() + Duration::from_secs(90);
-        let want = format!("invoker{id}/{id}");
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/invokers", d.api)).await
-                && let Ok(v) = r.json::<Value>().await
-                && v[&want] == "up"
-            {
-                break;
+        for id in ids {
+            let want = format!("invoker{id}/{id}");
+            loop {
+                if let Ok(r) = reqwest::get(format!("{}/invokers", d.api)).await
+                    && let Ok(v) = r.json::<Value>().await
+                    && v[&want] == "up"
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the front door never listed {want} as up (kafka at {})",
+                    stack.kafka_hosts
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the front door never listed {want} as up (kafka at {})",
-                stack.kafka_hosts
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         d
     }
@@ -257,7 +268,7 @@ async fn the_openwhisk_npm_client_works_end_to_end() {
         "the openwhisk npm client is not installed at {node_path}; `scripts/stack.sh up` installs it"
     );
     // 50 concurrent 128 MB actions, and room for the stem cells.
-    let door = Door::start("n", 610 + std::process::id() % 40, "8 g").await;
+    let door = Door::start("n", &[610 + std::process::id() % 40], "8 g").await;
     let dir = std::env::temp_dir().join(format!("{}native", door.prefix));
     std::fs::create_dir_all(&dir).unwrap();
     let zip = native_zip(&dir);
@@ -283,7 +294,13 @@ async fn the_openwhisk_npm_client_works_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rest_api_answers_like_the_controller() {
     use reqwest::Method;
-    let door = Door::start("r", 650 + std::process::id() % 40, "1 g").await;
+    // Two invokers: work is spread over the healthy ones.
+    let base = 700 + (std::process::id() % 40) * 2;
+    let door = Door::start("r", &[base, base + 1], "1 g").await;
+    let (s, _, v) = door.call(Method::GET, "/invokers", None, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v[format!("invoker{base}/{base}")], "up", "{v}");
+    assert_eq!(v[format!("invoker{}/{}", base + 1, base + 1)], "up", "{v}");
 
     // Authentication.
     let (s, _, v) = door
@@ -347,6 +364,22 @@ async fn the_rest_api_answers_like_the_controller() {
         .guest(Method::GET, "/actions/greet?code=false", None)
         .await;
     assert!(v["exec"].get("code").is_none(), "{v}");
+    // An update without exec keeps the code (and its attachment) and bumps the version.
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/actions/greet?overwrite=true",
+            Some(&json!({"annotations": [{"key": "description", "value": "greets warmly"}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["version"], "0.0.2");
+    assert_eq!(
+        v["exec"]["code"],
+        json!(code),
+        "the attachment survives an update"
+    );
+    assert_eq!(v["parameters"][0]["value"], "Hi", "parameters are kept");
 
     // Blocking with result=true, as `wsk action invoke --result` sends it: the action's default
     // parameter merged under the request's, the init parameter not passed to the run, no API key.
@@ -510,4 +543,67 @@ async fn the_rest_api_answers_like_the_controller() {
     assert_eq!(s, 404);
     let (s, _, _) = door.call(Method::GET, "/ping", None, None).await;
     assert_eq!(s, 200);
+    let (s, _, text) = door.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(s, 200);
+    let text = text.as_str().unwrap_or_default().to_owned();
+    for line in [
+        r#"standalone_invocations_total{blocking="true",outcome="success"} 2"#,
+        r#"standalone_invocations_total{blocking="true",outcome="action_developer_error"} 1"#,
+        r#"standalone_invocations_total{blocking="true",outcome="accepted"} 1"#,
+        r#"standalone_invocations_total{blocking="false",outcome="accepted"} 1"#,
+        r#"standalone_invocations_total{blocking="true",outcome="not_found"} 1"#,
+        r#"standalone_invokers{state="up"} 2"#,
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+
+    // Twelve distinct actions land on both invokers (each action has a stable home): both
+    // have action containers now.
+    let echo = json!({"exec": {"kind": "nodejs:default", "code": "function main(p) { return p }"}, "limits": {"memory": 128}});
+    let mut calls = Vec::new();
+    let door = &door;
+    for i in 0..12 {
+        let (s, _, _) = door
+            .guest(Method::PUT, &format!("/actions/echo{i}"), Some(&echo))
+            .await;
+        assert_eq!(s, 200);
+        calls.push(async move {
+            door.guest(
+                Method::POST,
+                &format!("/actions/echo{i}?blocking=true&result=true"),
+                Some(&json!({"i": i})),
+            )
+            .await
+        });
+    }
+    for (i, (s, _, v)) in futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!((s, v), (200, json!({"i": i})));
+    }
+    let docker = invoker::docker::connect().await.unwrap();
+    for id in [base, base + 1] {
+        let prefix = format!("wsk{id}{id}_");
+        let filters = std::collections::HashMap::from([("name", vec![prefix.clone()])]);
+        let list = docker
+            .list_containers(Some(
+                bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .unwrap();
+        let echoes = list
+            .iter()
+            .filter(|c| {
+                c.names
+                    .iter()
+                    .flatten()
+                    .any(|n| n.starts_with(&format!("/{prefix}")) && n.contains("echo"))
+            })
+            .count();
+        assert!(echoes > 0, "invoker {id} ran none of the 12 actions");
+    }
 }
