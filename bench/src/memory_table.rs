@@ -183,27 +183,30 @@ async fn netns_functions(
     }))
     .await;
     let took = t0.elapsed().as_secs_f64();
-    let mut failed = None;
+    let mut failed = Vec::new();
     for m in made {
         match m {
             Ok((c, ran)) => {
-                if let Err(e) = c.destroy().await {
-                    failed.get_or_insert_with(|| anyhow::anyhow!("{e}"));
-                }
                 if let Err(e) = ran {
-                    failed.get_or_insert(e);
+                    failed.push(format!("{e:#}"));
+                }
+                if let Err(e) = c.destroy().await {
+                    failed.push(format!("destroy: {e}"));
                 }
             }
-            Err(e) => {
-                failed.get_or_insert(e);
-            }
+            Err(e) => failed.push(format!("create: {e:#}")),
         }
     }
     factory.remove_all("wskbm_").await?;
     let _ = std::fs::remove_dir_all(&dir);
-    match failed {
-        Some(e) => Err(e.context("netns functions")),
-        None => Ok(took),
+    if failed.is_empty() {
+        Ok(took)
+    } else {
+        bail!(
+            "{} of {n} netns functions failed; first: {}",
+            failed.len(),
+            failed[0]
+        )
     }
 }
 

@@ -227,6 +227,17 @@ impl CouchDb {
             .unwrap_or_default())
     }
 
+    /// The documents whose id starts with `prefix` (such as `guest/`), in id order.
+    pub async fn docs_with_prefix(
+        &self,
+        db: &str,
+        prefix: &str,
+    ) -> Result<Vec<Value>, CouchDbError> {
+        // U+FFF0 sorts after every character an id uses.
+        self.all_docs(db, Some(prefix), Some(&format!("{prefix}\u{fff0}")))
+            .await
+    }
+
     /// `POST /db/_bulk_docs`: writes many documents in one request; each gets its own result.
     pub async fn bulk_docs(
         &self,

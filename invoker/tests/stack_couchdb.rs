@@ -97,6 +97,43 @@ async fn documents_revisions_conflicts_attachments() {
 }
 
 #[tokio::test]
+async fn documents_by_id_prefix() {
+    let stack = Stack::from_env();
+    let couch = client(&stack);
+    let db = unique("it-prefix");
+    couch
+        .create_db(&db)
+        .await
+        .unwrap_or_else(|e| panic!("{}", down("couchdb", chain(&e))));
+    for id in ["guest/a", "guest/b", "guestx/c", "other/d", "guest"] {
+        couch
+            .put_doc(&db, id, &json!({"n": id}))
+            .await
+            .expect("put");
+    }
+    let gone = couch
+        .put_doc(&db, "guest/gone", &json!({}))
+        .await
+        .expect("put");
+    couch
+        .delete_doc(&db, "guest/gone", &gone.rev)
+        .await
+        .expect("delete");
+    let ids = |docs: Vec<serde_json::Value>| -> Vec<String> {
+        docs.iter()
+            .map(|d| d["_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(couch.docs_with_prefix(&db, "guest/").await.expect("prefix")),
+        ["guest/a", "guest/b"],
+        "only ids under guest/, deleted ones left out"
+    );
+    assert_eq!(couch.all_docs(&db, None, None).await.expect("all").len(), 5);
+    assert!(couch.delete_db(&db).await.expect("delete db"));
+}
+
+#[tokio::test]
 async fn wrong_password_is_refused() {
     let stack = Stack::from_env();
     let bad = CouchDb::new(&CouchDbConfig {

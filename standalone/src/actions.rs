@@ -254,14 +254,9 @@ impl Actions {
         skip: usize,
         limit: usize,
     ) -> Result<Vec<Value>, ActionError> {
-        let prefix = format!("{namespace}/");
         let mut docs: Vec<Value> = self
             .db
-            .all_docs(
-                &self.name,
-                Some(&prefix),
-                Some(&format!("{prefix}\u{fff0}")),
-            )
+            .docs_with_prefix(&self.name, &format!("{namespace}/"))
             .await?
             .into_iter()
             .filter(|d| d["entityType"] == "action")

@@ -81,14 +81,9 @@ impl Activations {
     }
 
     async fn matching(&self, namespace: &str, q: &ListQuery) -> Result<Vec<Value>, CouchDbError> {
-        let prefix = format!("{namespace}/");
         let mut docs: Vec<Value> = self
             .db
-            .all_docs(
-                &self.name,
-                Some(&prefix),
-                Some(&format!("{prefix}\u{fff0}")),
-            )
+            .docs_with_prefix(&self.name, &format!("{namespace}/"))
             .await?
             .into_iter()
             .filter(|d| d["entityType"] == "activation")

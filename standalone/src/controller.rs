@@ -137,15 +137,19 @@ impl Controller {
             health: Health::new(),
         });
         let acks = Arc::new(acks);
-        tokio::spawn(Self::read_acks(
+        tokio::spawn(Self::consume(
             Arc::downgrade(&controller),
             acks.clone(),
             cancel.clone(),
+            "acks",
+            Self::route,
         ));
-        tokio::spawn(Self::read_pings(
+        tokio::spawn(Self::consume(
             Arc::downgrade(&controller),
-            pings,
+            Box::new(pings),
             cancel.clone(),
+            "pings",
+            |me: &Self, p: PingMessage| me.health.ping(&p),
         ));
         let deadline = tokio::time::Instant::now() + ASSIGNMENT_TIMEOUT;
         while acks.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
@@ -157,11 +161,18 @@ impl Controller {
         Ok(controller)
     }
 
-    async fn read_acks(
+    /// Reads `consumer` until `cancel` or until the controller is gone, handing each message
+    /// parsed as `T` to `on`; what does not parse is logged and skipped.
+    async fn consume<C, T>(
         me: std::sync::Weak<Self>,
-        consumer: Arc<StreamConsumer>,
+        consumer: C,
         cancel: CancellationToken,
-    ) {
+        what: &'static str,
+        on: fn(&Self, T),
+    ) where
+        C: std::ops::Deref<Target = StreamConsumer>,
+        T: serde::de::DeserializeOwned,
+    {
         let mut stream = consumer.stream();
         loop {
             let next = tokio::select! {
@@ -170,39 +181,11 @@ impl Controller {
             };
             let Some(me) = me.upgrade() else { return };
             match next {
-                Some(Ok(m)) => match serde_json::from_slice::<Ack>(m.payload().unwrap_or_default())
-                {
-                    Ok(ack) => me.route(ack),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "an ack that is not one of the three shapes")
-                    }
+                Some(Ok(m)) => match serde_json::from_slice::<T>(m.payload().unwrap_or_default()) {
+                    Ok(v) => on(&me, v),
+                    Err(e) => tracing::warn!(error = %e, what, "a message of the wrong shape"),
                 },
-                Some(Err(e)) => tracing::warn!(error = %e, "reading acks failed"),
-                None => return,
-            }
-        }
-    }
-
-    async fn read_pings(
-        me: std::sync::Weak<Self>,
-        consumer: StreamConsumer,
-        cancel: CancellationToken,
-    ) {
-        let mut stream = consumer.stream();
-        loop {
-            let next = tokio::select! {
-                n = stream.next() => n,
-                () = cancel.cancelled() => return,
-            };
-            let Some(me) = me.upgrade() else { return };
-            match next {
-                Some(Ok(m)) => {
-                    match serde_json::from_slice::<PingMessage>(m.payload().unwrap_or_default()) {
-                        Ok(p) => me.health.ping(&p),
-                        Err(e) => tracing::warn!(error = %e, "a ping that is not a PingMessage"),
-                    }
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "reading pings failed"),
+                Some(Err(e)) => tracing::warn!(error = %e, what, "reading failed"),
                 None => return,
             }
         }
