@@ -345,7 +345,7 @@ cmd_status() {
     status_line couchdb "http://127.0.0.1:$WHISK_COUCHDB_PORT (pouchdb)" couch_ok
     if pid_of invoker0 >/dev/null || pid_of standalone >/dev/null; then
         status_line invoker0 "port $WHISK_INVOKER_PORT ($WHISK_NETWORK_MODE)" invoker_up
-        status_line api "http://127.0.0.1:$WHISK_API_PORT" curl -sf --max-time 5 "http://127.0.0.1:$WHISK_API_PORT/ping"
+        status_line standalone "http://127.0.0.1:$WHISK_API_PORT (front door)" curl -sf --max-time 5 "http://127.0.0.1:$WHISK_API_PORT/ping"
     fi
     echo "state: $WHISK_STACK_DIR   tools: $WHISK_TOOLS_DIR"
     [ "$ALL_UP" = 1 ]

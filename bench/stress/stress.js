@@ -8,7 +8,7 @@
 //
 // cold: N concurrent blocking invokes of N distinct actions, freshly created for every round (so
 //       nothing is warm; the invoker's stem cells serve the first ones, as in production);
-// warm: N concurrent blocking invokes of one action that was invoked once before the round.
+// warm: N concurrent blocking invokes of one action whose N containers were warmed first.
 // Each invoke is timed from the client's call to its result; per (mode, N) it prints p50, p99,
 // max of those, the round's total (median of rounds) and the errors. Needs the openwhisk
 // package on NODE_PATH (scripts/stack.sh up installs it; `source .stack/env` sets
@@ -106,10 +106,14 @@ async function main () {
             await Promise.all(names.map(create))
           } else if (mode === 'warm') {
             const one = `${tag}-w-n${n}`
-            if (round === 0) await create(one)
-            const first = await timedInvoke(ow, one) // makes it warm
-            if (first.error) errors.push(first.error)
             names = Array.from({ length: n }, () => one)
+            if (round === 0) {
+              // N concurrent runs of one action need N containers: warm them all first.
+              await create(one)
+              for (const r of await Promise.all(names.map(name => timedInvoke(ow, name)))) {
+                if (r.error) errors.push(`warm-up: ${r.error}`)
+              }
+            }
           } else {
             usage(`unknown mode ${mode}`)
           }
