@@ -6,6 +6,9 @@
 //! Each test has its own Kafka topic prefix, databases, invoker id and ports, so they run side by
 //! side and next to other suites. A component that is down fails the test with its name.
 
+#[path = "../../invoker/tests/common/native.rs"]
+mod native;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -222,41 +225,6 @@ impl Door {
     }
 }
 
-/// A static native action: prints a log line and `{"native":"<name>"}`.
-const NATIVE_C: &str = r#"
-#include <stdio.h>
-#include <string.h>
-int main(int argc, char **argv) {
-    const char *in = argc > 1 ? argv[1] : "";
-    const char *n = strstr(in, "\"name\":\""); char name[64] = "";
-    if (n) sscanf(n + 8, "%63[^\"]", name);
-    printf("native log line\n");
-    printf("{\"native\":\"%s\"}\n", name);
-    return 0;
-}
-"#;
-
-fn native_zip(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::io::Write;
-    std::fs::write(dir.join("a.c"), NATIVE_C).unwrap();
-    let ok = Command::new("cc")
-        .args(["-static", "-O2", "-o"])
-        .arg(dir.join("exec"))
-        .arg(dir.join("a.c"))
-        .status()
-        .expect("cc (gcc) is needed to build the native test action")
-        .success();
-    assert!(ok, "compiling the native action failed");
-    let bin = std::fs::read(dir.join("exec")).unwrap();
-    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
-    zip.start_file("exec", opts).unwrap();
-    zip.write_all(&bin).unwrap();
-    let path = dir.join("native.zip");
-    std::fs::write(&path, zip.finish().unwrap().into_inner()).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openwhisk_npm_client_works_end_to_end() {
     let node_path = std::env::var("WHISK_OPENWHISK_NODE_PATH")
@@ -271,7 +239,8 @@ async fn the_openwhisk_npm_client_works_end_to_end() {
     let door = Door::start("n", &[610 + std::process::id() % 40], "8 g").await;
     let dir = std::env::temp_dir().join(format!("{}native", door.prefix));
     std::fs::create_dir_all(&dir).unwrap();
-    let zip = native_zip(&dir);
+    let zip = dir.join("native.zip");
+    std::fs::write(&zip, native::native_zip()).unwrap();
     let out = tokio::process::Command::new("node")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm/e2e.js"))
         .env("NODE_PATH", &node_path)
