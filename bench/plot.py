@@ -188,6 +188,30 @@ def plot_memory(report, out):
     fig.savefig(out, dpi=120)
 
 
+def plot_stress(report, out):
+    modes = [m for m in ["cold", "warm"] if any(c["mode"] == m for c in report["cells"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4.2), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        cells = sorted((c for c in report["cells"] if c["mode"] == mode), key=lambda c: c["n"])
+        xs = range(len(cells))
+        width = 0.27
+        for k, (key, label) in enumerate([("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")]):
+            ax.bar([x + (k - 1) * width for x in xs], [c["each"][key] for c in cells], width, label=label)
+        ax.set_xticks(list(xs), [f"N={c['n']}" + (f"\n{c['errors']} errors" if c["errors"] else "") for c in cells])
+        ax.set_ylabel("client-side time per invoke (ms)")
+        ax.set_title(f"{mode}: N concurrent blocking invokes", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    m = report["machine"]
+    fig.suptitle(
+        f"bench/stress through the REST API (invoker network mode {report.get('network_mode')}): "
+        f"{m['cores']} cores, {m['cpu_model']}, kernel {m['kernel']}, {report['rounds']} rounds",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(out, dpi=120)
+
+
 def main():
     path = Path(sys.argv[1])
     report = json.loads(path.read_text())
@@ -200,6 +224,8 @@ def main():
         plot_coldstart(report, out)
     elif "ratio_at_max_n" in report:
         plot_docker_start(report, out)
+    elif report.get("kind") == "stress":
+        plot_stress(report, out)
     else:
         sys.exit(f"{path}: unknown result shape")
     print(f"wrote {out}")

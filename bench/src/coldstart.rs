@@ -156,9 +156,17 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
     }
     let admin = kafka::admin_client(&stack.kafka_hosts)?;
     let controller = format!("cs{tag}");
-    let completed = format!("completed{controller}");
+    // Topics of this run only: a controller or front door on the same broker never sees these
+    // invokers (and never routes work to them).
+    let topics_prefix = format!("cs{tag}_");
+    let completed = format!("{topics_prefix}completed{controller}");
     kafka::ensure_topic(&admin, &completed, &TopicKind::Completed.default_config()).await?;
-    kafka::ensure_topic(&admin, "health", &TopicKind::Health.default_config()).await?;
+    kafka::ensure_topic(
+        &admin,
+        &format!("{topics_prefix}health"),
+        &TopicKind::Health.default_config(),
+    )
+    .await?;
     let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create()?;
     let acks: StreamConsumer =
         kafka::consumer_config(&stack.kafka_hosts, &format!("bench-cs-{tag}")).create()?;
@@ -178,6 +186,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         let child = Command::new("target/release/invoker")
             .args(["--id", &id.to_string(), "--uniqueName", &format!("cs{id}")])
             .env("KAFKA_HOSTS", &stack.kafka_hosts)
+            .env("CONFIG_whisk_kafka_topics_prefix", &topics_prefix)
             .env("RUNTIMES_MANIFEST", &manifest)
             .env("PORT", port.to_string())
             .env(
@@ -249,7 +258,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                     let sent = Instant::now();
                     producer
                         .send(
-                            FutureRecord::<(), _>::to(&format!("invoker{id}"))
+                            FutureRecord::<(), _>::to(&format!("{topics_prefix}invoker{id}"))
                                 .payload(&msg.to_string()),
                             Duration::from_secs(10),
                         )

@@ -138,7 +138,17 @@ async function main () {
   }
   if (a.json) {
     fs.mkdirSync(path.dirname(path.resolve(a.json)), { recursive: true })
-    fs.writeFileSync(a.json, JSON.stringify({ apihost: a.apihost, kind: a.kind, memory_mb: a.memory, rounds: a.rounds, cells }, null, 2))
+    const os = require('node:os')
+    const machine = {
+      cores: os.cpus().length,
+      cpu_model: (os.cpus()[0] || {}).model,
+      memory_gib: Math.round(os.totalmem() / 2 ** 30),
+      kernel: os.release()
+    }
+    fs.writeFileSync(a.json, JSON.stringify({
+      kind: 'stress', apihost: a.apihost, network_mode: process.env.WHISK_NETWORK_MODE || null,
+      runtime_kind: a.kind, memory_mb: a.memory, rounds: a.rounds, machine, cells
+    }, null, 2))
     console.log(`wrote ${a.json}`)
   }
   if (cells.some(c => c.errors > 0)) process.exitCode = 1

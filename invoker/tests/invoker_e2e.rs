@@ -51,6 +51,7 @@ impl Default for Options {
 
 struct Harness {
     id: u32,
+    prefix: String,
     port: u16,
     controller: String,
     whisks: String,
@@ -162,6 +163,9 @@ impl Harness {
         let id = 100 + (std::process::id() % 80) * 10 + slot;
         let tag = format!("{id}x{}", std::process::id());
         let controller = format!("t{tag}");
+        // Topics of this harness only (`whisk.kafka.topics.prefix`): a controller or front door
+        // running on the same broker never sees these invokers' pings.
+        let prefix = format!("{controller}_");
         let whisks = format!("t{tag}_whisks");
         let activations = format!("t{tag}_activations");
         let db = CouchDb::new(&stack.couchdb).unwrap();
@@ -172,8 +176,11 @@ impl Harness {
         }
         let admin = kafka::admin_client(&stack.kafka_hosts).unwrap();
         for (topic, kind) in [
-            (format!("completed{controller}"), TopicKind::Completed),
-            ("health".to_owned(), TopicKind::Health),
+            (
+                format!("{prefix}completed{controller}"),
+                TopicKind::Completed,
+            ),
+            (format!("{prefix}health"), TopicKind::Health),
         ] {
             kafka::ensure_topic(&admin, &topic, &kind.default_config())
                 .await
@@ -181,7 +188,7 @@ impl Harness {
         }
         // `completed<C>` is this run's own topic: read it from the start. `health` is shared.
         let consumer = |topic: &str| {
-            let reset = if topic == "health" {
+            let reset = if topic.ends_with("health") {
                 "latest"
             } else {
                 "earliest"
@@ -194,8 +201,8 @@ impl Harness {
             c.subscribe(&[topic]).unwrap();
             c
         };
-        let acks = consumer(&format!("completed{controller}"));
-        let health = consumer("health");
+        let acks = consumer(&format!("{prefix}completed{controller}"));
+        let health = consumer(&format!("{prefix}health"));
         let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create().unwrap();
         // A port the kernel says is free now (not one from a formula: those can fall in the
         // ephemeral range and collide with a client's local port).
@@ -208,6 +215,7 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{}", down("docker", chain(&e))));
         let mut h = Self {
             id,
+            prefix,
             port,
             controller,
             whisks,
@@ -246,6 +254,7 @@ impl Harness {
                 &format!("e2e{}", self.id),
             ])
             .env("KAFKA_HOSTS", &stack.kafka_hosts)
+            .env("CONFIG_whisk_kafka_topics_prefix", &self.prefix)
             .env("RUNTIMES_MANIFEST", manifest)
             .env("PORT", self.port.to_string())
             .env("CONFIG_whisk_couchdb_port", couch_port)
@@ -520,7 +529,7 @@ impl Harness {
     }
 
     async fn produce(&self, payload: &str) {
-        let topic = format!("invoker{}", self.id);
+        let topic = format!("{}invoker{}", self.prefix, self.id);
         self.producer
             .send(
                 FutureRecord::<(), _>::to(&topic).payload(payload),
