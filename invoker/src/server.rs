@@ -23,22 +23,39 @@ pub async fn serve(
     metrics: Option<PrometheusHandle>,
     cancel: CancellationToken,
 ) {
+    serve_http(listener, cancel, move |req| {
+        let (invoker, metrics) = (invoker.clone(), metrics.clone());
+        async move { route(&invoker, metrics.as_ref(), &req).await }
+    })
+    .await;
+}
+
+/// An HTTP/1.1 server: accepts until `cancel`, each connection on its own task, each request
+/// answered by `handle`. Connections in progress finish on their own. (The standalone front
+/// door serves through this too.)
+pub async fn serve_http<F, Fut>(listener: TcpListener, cancel: CancellationToken, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     loop {
         let (stream, _) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of file descriptors, say: do not spin.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = cancel.cancelled() => return,
         };
-        let (invoker, metrics) = (invoker.clone(), metrics.clone());
+        let handle = handle.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let (invoker, metrics) = (invoker.clone(), metrics.clone());
-                async move { Ok::<_, Infallible>(route(&invoker, metrics.as_ref(), &req).await) }
+                let answer = handle(req);
+                async move { Ok::<_, Infallible>(answer.await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()

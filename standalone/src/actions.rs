@@ -203,19 +203,37 @@ impl Actions {
                 .put_attachment(&self.name, &id, &info.rev, &att, &content_type, bytes)
                 .await?;
         }
-        self.get(namespace, name, true).await
+        // What was just written, as the API shows it (no second read of the document).
+        self.shown(&id, &doc, true).await
+    }
+
+    /// The action document `namespace/name`; `NotFound` for anything that is not an action.
+    async fn doc(&self, namespace: &str, name: &str) -> Result<(String, Value), ActionError> {
+        check_name(name)?;
+        let id = format!("{namespace}/{name}");
+        let doc = self.db.get_doc(&self.name, &id).await?;
+        if doc["entityType"] != "action" {
+            return Err(ActionError::NotFound);
+        }
+        Ok((id, doc))
+    }
+
+    /// A document as the API shows it, with or without its code.
+    async fn shown(&self, id: &str, doc: &Value, code: bool) -> Result<Value, ActionError> {
+        let mut out = api_view(doc);
+        if code {
+            if let Some(text) = self.code_text(id, &doc["exec"]).await? {
+                out["exec"]["code"] = Value::String(text);
+            }
+        } else if let Some(exec) = out["exec"].as_object_mut() {
+            exec.remove("code");
+        }
+        Ok(out)
     }
 
     /// The stored document, with its revision.
     pub async fn fetch(&self, namespace: &str, name: &str) -> Result<StoredAction, ActionError> {
-        check_name(name)?;
-        let doc = self
-            .db
-            .get_doc(&self.name, &format!("{namespace}/{name}"))
-            .await?;
-        if doc["entityType"] != "action" {
-            return Err(ActionError::NotFound);
-        }
+        let (_, doc) = self.doc(namespace, name).await?;
         Ok(StoredAction {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -230,21 +248,8 @@ impl Actions {
 
     /// `GET /namespaces/<ns>/actions/<name>[?code=false]`.
     pub async fn get(&self, namespace: &str, name: &str, code: bool) -> Result<Value, ActionError> {
-        check_name(name)?;
-        let id = format!("{namespace}/{name}");
-        let doc = self.db.get_doc(&self.name, &id).await?;
-        if doc["entityType"] != "action" {
-            return Err(ActionError::NotFound);
-        }
-        let mut out = api_view(&doc);
-        if code {
-            if let Some(text) = self.code_text(&id, &doc["exec"]).await? {
-                out["exec"]["code"] = Value::String(text);
-            }
-        } else if let Some(exec) = out["exec"].as_object_mut() {
-            exec.remove("code");
-        }
-        Ok(out)
+        let (id, doc) = self.doc(namespace, name).await?;
+        self.shown(&id, &doc, code).await
     }
 
     /// `GET /namespaces/<ns>/actions?skip=&limit=`: summaries, most recently updated first.
@@ -279,12 +284,10 @@ impl Actions {
 
     /// `DELETE /namespaces/<ns>/actions/<name>`: returns what was deleted.
     pub async fn delete(&self, namespace: &str, name: &str) -> Result<Value, ActionError> {
-        let shown = self.get(namespace, name, false).await?;
-        let id = format!("{namespace}/{name}");
-        let doc = self.db.get_doc(&self.name, &id).await?;
+        let (id, doc) = self.doc(namespace, name).await?;
         let rev = doc["_rev"].as_str().unwrap_or_default();
         self.db.delete_doc(&self.name, &id, rev).await?;
-        Ok(shown)
+        self.shown(&id, &doc, false).await
     }
 
     /// Validates `exec` and turns its code into an attachment reference.

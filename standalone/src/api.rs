@@ -2,7 +2,6 @@
 //! namespaces, `/invokers` and `/ping`. Errors are the controller's `{"error", "code"}` bodies.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,30 +39,11 @@ pub struct App {
 
 /// Serves until `cancel`; connections in progress finish on their own.
 pub async fn serve(listener: TcpListener, app: Arc<App>, cancel: CancellationToken) {
-    loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = cancel.cancelled() => return,
-        };
+    invoker::server::serve_http(listener, cancel, move |req| {
         let app = app.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(&app, req).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
-    }
+        async move { handle(&app, req).await }
+    })
+    .await;
 }
 
 type Reply = Response<Full<Bytes>>;
