@@ -18,125 +18,165 @@
 //!   containers (see [`bench::docker_start`]); writes JSON (default
 //!   `bench/results/docker-start.json`).
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bench::stats::Summary;
-use invoker::kafka::{self, TopicKind};
-use invoker::stack::Stack;
+use clap::{Parser, Subcommand};
+use openwhisk::kafka::{self, TopicKind};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use testkit::stack::Stack;
+
+/// Benchmarks against the local stack (`scripts/stack.sh up`); results as JSON.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// N sequential produce -> consume round trips on a fresh topic (the floor under every hop).
+    KafkaRtt {
+        /// Round trips.
+        #[arg(default_value_t = 500)]
+        n: usize,
+    },
+    /// The PCPM paper's Table 1: namespace + veth set-up and clean-up, `ip` against netpool.
+    Netns {
+        /// Runs per cell.
+        #[arg(long)]
+        runs: Option<usize>,
+        #[arg(long, default_value = "bench/results/netns.json")]
+        out: PathBuf,
+    },
+    /// Plays the controller against a running invoker: activations through Kafka, acks and
+    /// records checked.
+    Activate {
+        /// The invoker's instance number (`invoker<N>`).
+        #[arg(long)]
+        invoker: Option<u32>,
+        /// The controller instance whose `completed<C>` is read.
+        #[arg(long)]
+        controller: Option<String>,
+        /// Activations to send.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// The paper's Fig 6 through Kafka: N concurrent cold starts, one invoker per network mode.
+    Coldstart {
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Concurrency levels, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<usize>>,
+        /// Network modes, comma-separated (bridge, pcpm, netns).
+        #[arg(long, value_delimiter = ',')]
+        modes: Option<Vec<String>>,
+        /// The N whose timelines are kept.
+        #[arg(long)]
+        timeline: Option<usize>,
+        #[arg(long, default_value = "bench/results/coldstart.json")]
+        out: PathBuf,
+    },
+    /// The paper's Table 2: memory of cold, warm, prewarm, pcpm and netns functions.
+    Memory {
+        /// Functions per row.
+        #[arg(long, default_value_t = 50)]
+        n: usize,
+        #[arg(long, default_value = "bench/results/memory.json")]
+        out: PathBuf,
+    },
+    /// N concurrent Docker cold starts, bridge against pcpm pause containers, and the memory of
+    /// idle pause containers.
+    DockerStart {
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Concurrency levels, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Option<Vec<usize>>,
+        #[arg(long, default_value = "bench/results/docker-start.json")]
+        out: PathBuf,
+    },
+}
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("kafka-rtt") => {
-            let n = match args.next() {
-                Some(v) => v
-                    .parse()
-                    .with_context(|| format!("N must be a number, not {v:?}"))?,
-                None => 500,
-            };
-            kafka_rtt(n).await
+async fn main() -> ExitCode {
+    match run(Cli::parse().command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
         }
-        Some("netns") => {
+    }
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::KafkaRtt { n } => kafka_rtt(n).await,
+        Command::Netns { runs, out } => {
             let mut params = bench::netns::NetnsParams::default();
-            let mut out = std::path::PathBuf::from("bench/results/netns.json");
-            for (flag, value) in flag_pairs(&mut args)? {
-                match flag.as_str() {
-                    "--runs" => params.runs = value.parse().context("--runs")?,
-                    "--out" => out = value.into(),
-                    other => bail!("unknown flag {other}"),
-                }
+            if let Some(r) = runs {
+                params.runs = r;
             }
-            let report = bench::netns::run(&params).await?;
-            write_report(&out, &report)
+            write_report(&out, &bench::netns::run(&params).await?)
         }
-        Some("activate") => {
+        Command::Activate {
+            invoker,
+            controller,
+            count,
+        } => {
             let mut params = bench::activate::ActivateParams::default();
-            for (flag, value) in flag_pairs(&mut args)? {
-                match flag.as_str() {
-                    "--invoker" => params.invoker = value.parse().context("--invoker")?,
-                    "--controller" => params.controller = value,
-                    "--count" => params.count = value.parse().context("--count")?,
-                    other => bail!("unknown flag {other}"),
-                }
+            if let Some(i) = invoker {
+                params.invoker = i;
+            }
+            if let Some(c) = controller {
+                params.controller = c;
+            }
+            if let Some(c) = count {
+                params.count = c;
             }
             bench::activate::run(&params).await
         }
-        Some("memory") => {
-            let mut n = 50;
-            let mut out = std::path::PathBuf::from("bench/results/memory.json");
-            for (flag, value) in flag_pairs(&mut args)? {
-                match flag.as_str() {
-                    "--n" => n = value.parse().context("--n")?,
-                    "--out" => out = value.into(),
-                    other => bail!("unknown flag {other}"),
-                }
-            }
-            let report = bench::memory_table::run(n).await?;
-            write_report(&out, &report)
-        }
-        Some("coldstart") => {
+        Command::Coldstart {
+            rounds,
+            sizes,
+            modes,
+            timeline,
+            out,
+        } => {
             let mut params = bench::coldstart::ColdstartParams::default();
-            let mut out = std::path::PathBuf::from("bench/results/coldstart.json");
-            for (flag, value) in flag_pairs(&mut args)? {
-                match flag.as_str() {
-                    "--rounds" => params.rounds = value.parse().context("--rounds")?,
-                    "--sizes" => params.sizes = sizes(&value)?,
-                    "--modes" => params.modes = value.split(',').map(str::to_owned).collect(),
-                    "--timeline" => params.timeline_n = value.parse().context("--timeline")?,
-                    "--out" => out = value.into(),
-                    other => bail!("unknown flag {other}"),
-                }
+            if let Some(r) = rounds {
+                params.rounds = r;
             }
-            let report = bench::coldstart::run(&params).await?;
-            write_report(&out, &report)
+            if let Some(s) = sizes {
+                params.sizes = s;
+            }
+            if let Some(m) = modes {
+                params.modes = m;
+            }
+            if let Some(t) = timeline {
+                params.timeline_n = t;
+            }
+            write_report(&out, &bench::coldstart::run(&params).await?)
         }
-        Some("docker-start") => {
+        Command::Memory { n, out } => write_report(&out, &bench::memory_table::run(n).await?),
+        Command::DockerStart { rounds, sizes, out } => {
             let mut params = bench::docker_start::DockerStartParams::default();
-            let mut out = std::path::PathBuf::from("bench/results/docker-start.json");
-            for (flag, value) in flag_pairs(&mut args)? {
-                match flag.as_str() {
-                    "--rounds" => params.rounds = value.parse().context("--rounds")?,
-                    "--sizes" => params.sizes = sizes(&value)?,
-                    "--out" => out = value.into(),
-                    other => bail!("unknown flag {other}"),
-                }
+            if let Some(r) = rounds {
+                params.rounds = r;
             }
-            let report = bench::docker_start::run(&params).await?;
-            write_report(&out, &report)
+            if let Some(s) = sizes {
+                params.sizes = s;
+            }
+            write_report(&out, &bench::docker_start::run(&params).await?)
         }
-        _ => bail!(
-            "usage: bench kafka-rtt [N] | bench activate [--invoker N] [--controller C] [--count K] | \
-             bench coldstart [--rounds R] [--sizes ..] [--modes bridge,pcpm,netns] [--out FILE] | \
-             bench memory [--n 50] [--out FILE] | bench netns [--runs R] [--out FILE] | \
-             bench docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]"
-        ),
     }
-}
-
-/// `--flag value` pairs, every flag needing a value.
-fn flag_pairs(args: &mut impl Iterator<Item = String>) -> Result<Vec<(String, String)>> {
-    let mut out = Vec::new();
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        out.push((flag, value));
-    }
-    Ok(out)
-}
-
-/// `1,10,50`.
-fn sizes(value: &str) -> Result<Vec<usize>> {
-    value
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .context("--sizes takes numbers separated by commas")
 }
 
 fn write_report(out: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {

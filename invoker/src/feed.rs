@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::invoke::Invoker;
-use crate::messages::ActivationMessage;
+use openwhisk::messages::ActivationMessage;
 
 /// Offsets handed out and not yet done, per partition.
 #[derive(Debug, Default)]

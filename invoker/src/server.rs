@@ -2,7 +2,6 @@
 //! `GET /isEnabled` (basic auth with `whisk.invoker.username:password`), `GET /metrics`
 //! (Prometheus text).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -11,60 +10,23 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::invoke::Invoker;
 
 /// Serves until `cancel`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: tokio::net::TcpListener,
     invoker: Arc<Invoker>,
     metrics: Option<PrometheusHandle>,
     cancel: CancellationToken,
 ) {
-    serve_http(listener, cancel, move |req| {
+    openwhisk::http::serve_http(listener, cancel, move |req| {
         let (invoker, metrics) = (invoker.clone(), metrics.clone());
         async move { route(&invoker, metrics.as_ref(), &req).await }
     })
     .await;
 }
-
-/// An HTTP/1.1 server: accepts until `cancel`, each connection on its own task, each request
-/// answered by `handle`. Connections in progress finish on their own. (The standalone front
-/// door serves through this too.)
-pub async fn serve_http<F, Fut>(listener: TcpListener, cancel: CancellationToken, handle: F)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
-    loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors, say: do not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = cancel.cancelled() => return,
-        };
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let answer = handle(req);
-                async move { Ok::<_, Infallible>(answer.await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
-    }
-}
-
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::couchdb::CouchDb;
+use openwhisk::couchdb::CouchDb;
 
 pub const MAX_BATCH: usize = 100;
 pub const LINGER: Duration = Duration::from_millis(2);

@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::{Stack, chain, down};
-use invoker::couchdb::CouchDb;
-use invoker::kafka::{self, TopicKind};
+use openwhisk::couchdb::CouchDb;
+use openwhisk::kafka::{self, TopicKind};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
+use testkit::invoker::{InvokerCommand, InvokerProcess, free_port};
 
 const GUEST_UUID: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502";
 const GUEST_KEY: &str = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
@@ -62,7 +63,7 @@ struct Harness {
     producer: FutureProducer,
     acks: StreamConsumer,
     health: StreamConsumer,
-    invoker: Child,
+    invoker: Option<InvokerProcess>,
     /// Acks received but not yet claimed, by activation id.
     seen: HashMap<String, Vec<Value>>,
 }
@@ -70,18 +71,9 @@ struct Harness {
 impl Drop for Harness {
     fn drop(&mut self) {
         // SIGTERM: the invoker drains and removes its containers.
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.invoker.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.invoker.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if let Some(mut invoker) = self.invoker.take() {
+            invoker.stop();
         }
-        let _ = self.invoker.kill();
-        let _ = self.invoker.wait();
     }
 }
 
@@ -204,12 +196,7 @@ impl Harness {
         let acks = consumer(&format!("{prefix}completed{controller}"));
         let health = consumer(&format!("{prefix}health"));
         let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create().unwrap();
-        // A port the kernel says is free now (not one from a formula: those can fall in the
-        // ephemeral range and collide with a client's local port).
-        let port = std::net::TcpListener::bind("0.0.0.0:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap();
+        let port = free_port();
         let docker = invoker::docker::connect()
             .await
             .unwrap_or_else(|e| panic!("{}", down("docker", chain(&e))));
@@ -226,17 +213,17 @@ impl Harness {
             producer,
             acks,
             health,
-            invoker: Command::new("true").spawn().unwrap(),
+            invoker: None,
             seen: HashMap::new(),
         };
-        h.invoker = h.spawn_invoker();
+        h.invoker = Some(h.spawn_invoker());
         // Ready when it pings.
         let ping = h.next_ping(Duration::from_secs(60)).await;
         assert_eq!(ping["name"]["instance"], json!(id));
         h
     }
 
-    fn spawn_invoker(&self) -> Child {
+    fn spawn_invoker(&self) -> InvokerProcess {
         let stack = Stack::from_env();
         let manifest = self.options.manifest.clone().unwrap_or_else(|| {
             concat!(env!("CARGO_MANIFEST_DIR"), "/../runtimes/runtimes.json").to_owned()
@@ -246,40 +233,31 @@ impl Harness {
             .couch_port
             .map(|p| p.to_string())
             .unwrap_or_else(|| stack.couchdb.url.rsplit(':').next().unwrap().to_owned());
-        Command::new(env!("CARGO_BIN_EXE_invoker"))
-            .args([
-                "--id",
-                &self.id.to_string(),
-                "--uniqueName",
-                &format!("e2e{}", self.id),
-            ])
-            .env("KAFKA_HOSTS", &stack.kafka_hosts)
-            .env("CONFIG_whisk_kafka_topics_prefix", &self.prefix)
-            .env("RUNTIMES_MANIFEST", manifest)
-            .env("PORT", self.port.to_string())
-            .env("CONFIG_whisk_couchdb_port", couch_port)
-            .env("CONFIG_whisk_couchdb_username", &stack.couchdb.username)
-            .env("CONFIG_whisk_couchdb_password", &stack.couchdb.password)
-            .env("CONFIG_whisk_couchdb_databases_WhiskEntity", &self.whisks)
-            .env(
-                "CONFIG_whisk_couchdb_databases_WhiskActivation",
-                &self.activations,
-            )
-            .env(
-                "CONFIG_whisk_containerPool_userMemory",
-                self.options.user_memory,
-            )
-            .envs(self.options.env.iter().copied())
-            .envs(network_mode_env())
-            // netns mode: invokers running side by side need address ranges of their own.
-            .env(
-                "CONFIG_whisk_invoker_network_netns_subnet",
-                format!("10.{}.0.0/16", 150 + self.id % 50),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the invoker binary")
+        InvokerCommand::new(
+            env!("CARGO_BIN_EXE_invoker"),
+            &stack,
+            self.id,
+            &format!("e2e{}", self.id),
+        )
+        .topics_prefix(&self.prefix)
+        .databases(&self.whisks, &self.activations)
+        .port(self.port)
+        .env("RUNTIMES_MANIFEST", manifest)
+        .env("CONFIG_whisk_couchdb_port", couch_port)
+        .env(
+            "CONFIG_whisk_containerPool_userMemory",
+            self.options.user_memory,
+        )
+        .envs(self.options.env.iter().copied())
+        .envs(network_mode_env())
+        // netns mode: invokers running side by side need address ranges of their own.
+        .env(
+            "CONFIG_whisk_invoker_network_netns_subnet",
+            format!("10.{}.0.0/16", 150 + self.id % 50),
+        )
+        .grace(Duration::from_secs(30))
+        .spawn()
+        .expect("start the invoker binary")
     }
 
     /// `wsk<uniqueName><N>_`: the prefix of every container of this harness's invoker.
@@ -1284,9 +1262,8 @@ async fn an_invoker_killed_mid_burst_and_restarted_loses_nothing() {
         );
         h.pump_ack(Duration::from_secs(5)).await;
     }
-    h.invoker.kill().unwrap();
-    h.invoker.wait().unwrap();
-    h.invoker = h.spawn_invoker();
+    h.invoker.as_mut().expect("running").kill();
+    h.invoker = Some(h.spawn_invoker());
 
     // Every activation gets its slot-freeing ack; all result-bearing acks of one activation
     // carry the same result; each has one record with that result.

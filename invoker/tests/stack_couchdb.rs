@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Stack, chain, down, unique};
-use invoker::couchdb::{CouchDb, CouchDbConfig, CouchDbError};
+use openwhisk::couchdb::{CouchDb, CouchDbConfig, CouchDbError};
 use serde_json::json;
 
 fn client(stack: &Stack) -> CouchDb {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Stack, chain, down, unique};
-use invoker::kafka::{self, Ensured, MAX_MESSAGE_BYTES, TopicKind};
+use openwhisk::kafka::{self, Ensured, MAX_MESSAGE_BYTES, TopicKind};
 use rdkafka::admin::{AdminOptions, ResourceSpecifier};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

@@ -3,7 +3,7 @@
 //! filters and turns them into the "extended" form (`statusCode` replaced by `status` and
 //! `success`).
 
-use invoker::couchdb::{CouchDb, CouchDbError};
+use openwhisk::couchdb::{CouchDb, CouchDbError};
 use serde_json::{Value, json};
 
 /// Most records one list call returns (the controller's `maxListLimit`).

@@ -8,6 +8,8 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
+use openwhisk::errors;
+use openwhisk::time::now_ms;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +41,7 @@ pub struct App {
 
 /// Serves until `cancel`; connections in progress finish on their own.
 pub async fn serve(listener: TcpListener, app: Arc<App>, cancel: CancellationToken) {
-    invoker::server::serve_http(listener, cancel, move |req| {
+    openwhisk::http::serve_http(listener, cancel, move |req| {
         let app = app.clone();
         async move { handle(&app, req).await }
     })
@@ -61,31 +63,20 @@ impl From<ActionError> for Fail {
             ActionError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
-            tracing::error!(error = %error_chain(&e), "request failed");
+            tracing::error!(error = %errors::chain(&e), "request failed");
         }
         Self(status, e.to_string())
     }
 }
 
-impl From<invoker::couchdb::CouchDbError> for Fail {
-    fn from(e: invoker::couchdb::CouchDbError) -> Self {
-        tracing::error!(error = %error_chain(&e), "database request failed");
+impl From<openwhisk::couchdb::CouchDbError> for Fail {
+    fn from(e: openwhisk::couchdb::CouchDbError) -> Self {
+        tracing::error!(error = %errors::chain(&e), "database request failed");
         Self(
             StatusCode::INTERNAL_SERVER_ERROR,
             "There was an error processing your request.".into(),
         )
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 fn json_reply(status: StatusCode, body: &Value) -> Reply {
@@ -182,7 +173,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
         .authenticate(header)
         .await
         .map_err(|e| {
-            tracing::error!(error = %error_chain(&e), "authentication failed");
+            tracing::error!(error = %errors::chain(&e), "authentication failed");
             Fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The server is currently unavailable (because it is overloaded or down for maintenance).".into(),
@@ -452,7 +443,7 @@ async fn invoke(
         .map_err(|e| match e {
             ControllerError::NoInvokers => Fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             other => {
-                tracing::error!(error = %error_chain(&other), "activation not produced");
+                tracing::error!(error = %errors::chain(&other), "activation not produced");
                 Fail(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "There was an error processing your request.".into(),
@@ -474,7 +465,7 @@ async fn invoke(
     };
     let deadline = tokio::time::Instant::now() + wait;
     let record = match tokio::time::timeout_at(deadline, outcome).await {
-        Ok(Ok(Outcome::Record(a))) => Some(a.to_document(ids::now_ms())),
+        Ok(Ok(Outcome::Record(a))) => Some(a.to_document(now_ms())),
         // The ack carried only the id, or the waiter was dropped: the record is (or will be)
         // in the database.
         Ok(Ok(Outcome::InDatabase) | Err(_)) => {

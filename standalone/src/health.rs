@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use invoker::messages::{InvokerInstanceId, PingMessage};
+use openwhisk::messages::{InvokerInstanceId, PingMessage};
 use serde_json::{Map, Value};
 
 /// A ping older than this makes the invoker `down`.

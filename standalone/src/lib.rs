@@ -15,6 +15,7 @@
 //! - [`api`]: the HTTP routes and the controller's status codes and error bodies.
 //! - [`ids`]: activation and transaction ids, clocks.
 //! - [`metrics`]: the metric names the front door records.
+//! - [`service`]: the front door as `run(config, shutdown)`; the binary only wires.
 
 pub mod actions;
 pub mod activations;
@@ -23,4 +24,5 @@ pub mod controller;
 pub mod health;
 pub mod ids;
 pub mod metrics;
+pub mod service;
 pub mod subjects;

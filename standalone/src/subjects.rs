@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use invoker::couchdb::{CouchDb, CouchDbError};
+use openwhisk::couchdb::{CouchDb, CouchDbError};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 

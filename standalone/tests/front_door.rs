@@ -13,22 +13,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use invoker::couchdb::CouchDb;
-use invoker::stack::Stack;
+use openwhisk::couchdb::CouchDb;
 use serde_json::{Value, json};
+use testkit::invoker::{InvokerCommand, InvokerProcess, free_port};
+use testkit::stack::Stack;
 
 const GUEST: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
 
 fn down(component: &str, detail: impl std::fmt::Display) -> String {
     format!("{component} is not reachable ({detail}); start the stack with `scripts/stack.sh up`")
-}
-
-/// A port the kernel says is free now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 /// The invoker binary of this build (built here: this crate cannot name another crate's binary).
@@ -68,7 +61,7 @@ struct Door {
     api: String,
     prefix: String,
     dbs: [String; 3],
-    invokers: Vec<Child>,
+    invokers: Vec<InvokerProcess>,
     door: Child,
 }
 
@@ -76,7 +69,7 @@ impl Drop for Door {
     fn drop(&mut self) {
         stop(&mut self.door);
         for i in &mut self.invokers {
-            stop(i);
+            i.stop();
         }
         let dbs = self.dbs.clone();
         // Best effort: the databases are this run's own.
@@ -134,13 +127,10 @@ impl Door {
         let invokers = ids
             .iter()
             .map(|id| {
-                Command::new(&binary)
-                    .args(["--id", &id.to_string(), "--uniqueName", &id.to_string()])
-                    .envs(common.iter().map(|(k, v)| (k, v)))
-                    .env("PORT", free_port().to_string())
+                InvokerCommand::new(&binary, &stack, *id, &id.to_string())
+                    .envs(common.iter().map(|(k, v)| (k, v.clone())))
+                    .port(free_port())
                     .env("CONFIG_whisk_containerPool_userMemory", user_memory)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
                     .spawn()
                     .expect("start the invoker")
             })
@@ -552,7 +542,11 @@ async fn the_rest_api_answers_like_the_controller() {
     {
         assert_eq!((s, v), (200, json!({"i": i})));
     }
-    let docker = invoker::docker::connect().await.unwrap();
+    let docker = bollard::Docker::connect_with_local_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap();
     for id in [base, base + 1] {
         let prefix = format!("wsk{id}{id}_");
         let filters = std::collections::HashMap::from([("name", vec![prefix.clone()])]);

@@ -7,7 +7,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use invoker::stack::Stack;
+pub use openwhisk::errors::chain;
+pub use testkit::stack::Stack;
 
 /// A name no other test or run uses: `<prefix>-<pid>-<millis>-<n>`.
 pub fn unique(prefix: &str) -> String {
@@ -26,16 +27,4 @@ pub fn unique(prefix: &str) -> String {
 /// The panic message for a component that does not answer.
 pub fn down(component: &str, detail: impl std::fmt::Display) -> String {
     format!("{component} is not reachable ({detail}); start the stack with `scripts/stack.sh up`")
-}
-
-/// An error with its whole chain of causes, for panic messages.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }

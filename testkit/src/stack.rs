@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::couchdb::{CouchDbConfig, DEFAULT_REQUEST_TIMEOUT};
+use openwhisk::couchdb::{CouchDbConfig, DEFAULT_REQUEST_TIMEOUT};
 
 /// The endpoints of a running local stack.
 #[derive(Clone, Debug)]

@@ -1,0 +1,450 @@
+//! The invoker as a service: contract §1.6 start-up, activations until `shutdown` is cancelled,
+//! then a graceful shutdown (drain the activations in flight, remove our containers, pause
+//! containers and namespaces).
+//!
+//! [`run`] owns everything it creates: a start-up step that fails undoes the steps before it,
+//! and the shutdown keeps going past a failed step and reports each one in the log.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use openwhisk::couchdb::{CouchDb, CouchDbError};
+use openwhisk::kafka::{self, KafkaSetupError, TopicKind};
+use openwhisk::manifest::{Manifest, ManifestError};
+use openwhisk::messages::InvokerInstanceId;
+use openwhisk::settings::{NetworkMode, Settings};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::action::ActionStore;
+use crate::container::docker::{DockerFactory, Networking};
+use crate::container::proxy::ProxyClient;
+use crate::container::runc::RuncFactory;
+use crate::container::{BackendError, ContainerFactory};
+use crate::docker::DockerConnectError;
+use crate::invoke::Invoker;
+use crate::pool::{ContainerPool, PoolConfig};
+
+/// Who this invoker is and how it is configured.
+#[derive(Debug)]
+pub struct ServiceConfig {
+    pub settings: Settings,
+    /// `--id`: the invoker's instance number (`invoker<N>`).
+    pub id: u32,
+    /// `--uniqueName` (defaults to the id).
+    pub unique_name: Option<String>,
+    /// `--displayedName`.
+    pub displayed_name: Option<String>,
+    /// Serves `/metrics` when set (the recorder is process-global: the binary installs it).
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// Why the invoker could not start (or stopped with an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot listen on port {port} (PORT)")]
+    Listen {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the runtimes manifest file {path} (RUNTIMES_MANIFEST)")]
+    ManifestFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the runtimes manifest is invalid")]
+    Manifest(#[from] ManifestError),
+    #[error("kafka at {hosts}")]
+    KafkaSetup {
+        hosts: String,
+        #[source]
+        source: KafkaSetupError,
+    },
+    #[error("kafka client")]
+    Kafka(#[from] KafkaError),
+    #[error("couchdb at {url}")]
+    CouchDb {
+        url: String,
+        #[source]
+        source: CouchDbError,
+    },
+    #[error("docker engine")]
+    DockerConnect(#[from] DockerConnectError),
+    #[error("docker engine")]
+    Docker(#[from] bollard::errors::Error),
+    #[error("starting the pcpm pool of pause containers")]
+    Pcpm(#[from] pcpm::PcpmError),
+    #[error("starting the netpool of network namespaces (needs root)")]
+    Netpool(#[from] netpool::PoolError),
+    #[error("removing leftover action containers")]
+    Leftovers(#[source] BackendError),
+}
+
+/// The network pools a mode needs; shut down in reverse order of creation.
+#[derive(Debug, Default)]
+struct Pools {
+    pcpm: Option<pcpm::Pcpm>,
+    netpool: Option<netpool::NetPool>,
+}
+
+impl Pools {
+    /// Removes every pause container and namespace; logs each failure and goes on.
+    async fn shutdown(self) {
+        if let Some(p) = self.pcpm
+            && let Err(e) = p.shutdown().await
+        {
+            tracing::warn!(error = %openwhisk::errors::chain(&e), "removing the pause containers");
+        }
+        if let Some(np) = self.netpool
+            && let Err(e) = np.shutdown().await
+        {
+            tracing::warn!(error = %openwhisk::errors::chain(&e), "removing the network namespaces");
+        }
+    }
+}
+
+/// What start-up made, before activations flow.
+#[derive(Debug)]
+struct Started {
+    instance: InvokerInstanceId,
+    topic: String,
+    name_prefix: String,
+    manifest: Arc<Manifest>,
+    db: CouchDb,
+    factory: Arc<dyn ContainerFactory>,
+    pools: Pools,
+}
+
+/// Runs the start-up checks (Kafka topic, CouchDB, Docker, the pools of the network mode,
+/// leftovers removed), then undoes them; returns the invoker's topic.
+pub async fn check(config: ServiceConfig) -> Result<String, ServiceError> {
+    let started = start(&config).await?;
+    started.pools.shutdown().await;
+    Ok(started.topic)
+}
+
+/// Runs the invoker until `shutdown` is cancelled, then drains and removes what it created.
+pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    // Bound before any container or pause container exists: a taken port stops start-up with
+    // nothing to undo.
+    let port = config.settings.port;
+    let listener = TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|source| ServiceError::Listen { port, source })?;
+    let started = start(&config).await?;
+    let Started {
+        instance,
+        topic,
+        name_prefix,
+        manifest,
+        db,
+        factory,
+        pools,
+    } = started;
+    let ServiceConfig {
+        settings, metrics, ..
+    } = config;
+
+    let wired = (|| {
+        let mut producer_config = kafka::producer_config(&settings.kafka_hosts);
+        producer_config.set(
+            "message.max.bytes",
+            (settings.payload_max + 6068)
+                .max(kafka::MAX_MESSAGE_BYTES)
+                .to_string(),
+        );
+        let producer: FutureProducer = producer_config.create()?;
+        let consumer: StreamConsumer =
+            kafka::consumer_config(&settings.kafka_hosts, &topic).create()?;
+        consumer.subscribe(&[&topic])?;
+        Ok::<_, KafkaError>((producer, consumer))
+    })();
+    let (producer, consumer) = match wired {
+        Ok(c) => c,
+        Err(e) => {
+            pools.shutdown().await;
+            return Err(e.into());
+        }
+    };
+
+    let pool = ContainerPool::new(factory, pool_config(&settings, &manifest, &name_prefix));
+    let max_peek = settings.max_peek();
+    let actions = ActionStore::new(
+        db.clone(),
+        &settings.db_whisks,
+        manifest.clone(),
+        &settings.runtimes_registry,
+    );
+    let records = crate::store::RecordStore::start(db.clone(), settings.db_activations.clone());
+    let invoker = Arc::new(Invoker {
+        settings,
+        instance,
+        actions,
+        pool: pool.clone(),
+        proxy: ProxyClient::new(),
+        producer,
+        db,
+        records,
+        enabled: AtomicBool::new(true),
+    });
+    let cancel = shutdown.child_token();
+
+    let prewarm = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.prewarm().await }
+    });
+    let pinger = tokio::spawn(ping_every_second(invoker.clone(), cancel.clone()));
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        invoker.clone(),
+        metrics,
+        cancel.clone(),
+    ));
+    let feed = tokio::spawn(crate::feed::run(
+        invoker.clone(),
+        Arc::new(consumer),
+        topic.clone(),
+        max_peek,
+        cancel.clone(),
+    ));
+    tracing::info!(topic, port, max_peek, "invoker ready");
+
+    cancel.cancelled().await;
+    tracing::info!("shutting down: draining activations in flight");
+    for (task, result) in [
+        ("feed", feed.await),
+        ("pinger", pinger.await),
+        ("server", server.await),
+    ] {
+        if let Err(e) = result {
+            tracing::error!(task, error = %e, "task failed");
+        }
+    }
+    prewarm.abort();
+    let removed = pool.shutdown().await;
+    tracing::info!(?removed, "containers removed");
+    pools.shutdown().await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// Announces the invoker on `health` every second while it is enabled.
+async fn ping_every_second(invoker: Arc<Invoker>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        if invoker.is_enabled() {
+            invoker.ping(true).await;
+        }
+    }
+}
+
+/// Start-up in contract §1.6 order; a failure after the pools exist shuts them down.
+async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
+    let settings = &config.settings;
+    let manifest = Arc::new(load_manifest(&settings.runtimes_manifest)?);
+    let id = config.id;
+    let unique = config.unique_name.clone().unwrap_or_else(|| id.to_string());
+    let instance = InvokerInstanceId::new(
+        id,
+        settings.user_memory_bytes,
+        Some(unique.clone()),
+        config.displayed_name.clone(),
+    );
+    tracing::info!(id, unique, kafka = %settings.kafka_hosts, user_memory_mb = settings.user_memory_mb(), "invoker starting");
+
+    let kafka_error = |source| ServiceError::KafkaSetup {
+        hosts: settings.kafka_hosts.clone(),
+        source,
+    };
+    let admin = kafka::admin_client(&settings.kafka_hosts).map_err(kafka_error)?;
+    let topic = settings.topic(&format!("invoker{id}"));
+    kafka::ensure_topic(&admin, &topic, &TopicKind::Invoker.default_config())
+        .await
+        .map_err(kafka_error)?;
+
+    let couch_error = |source| ServiceError::CouchDb {
+        url: settings.couchdb.url.clone(),
+        source,
+    };
+    let db = CouchDb::new(&settings.couchdb).map_err(couch_error)?;
+    db.server_info().await.map_err(couch_error)?;
+
+    let docker = crate::docker::connect().await?;
+    let version = docker.version().await?;
+    let name_prefix: String = format!("wsk{unique}{id}")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .collect();
+    let key = pcpm::NetworkKey {
+        network: settings.network.clone(),
+        dns: settings.dns_servers.clone(),
+        dns_search: settings.dns_search.clone(),
+        dns_options: settings.dns_options.clone(),
+        exposed_ports: Vec::new(),
+    };
+
+    let mut pools = Pools::default();
+    let made = async {
+        match settings.network_mode {
+            NetworkMode::Bridge => {}
+            NetworkMode::Pcpm => {
+                pools.pcpm = Some(start_pcpm(settings, &docker, &name_prefix, &key).await?);
+            }
+            NetworkMode::Netns => pools.netpool = Some(start_netpool(settings, id).await?),
+        }
+        let factory: Arc<dyn ContainerFactory> = match (&pools.netpool, &pools.pcpm) {
+            (Some(np), _) => {
+                let runc = RuncFactory::new(
+                    docker.clone(),
+                    Arc::new(np.clone()),
+                    &settings.runc_dir.join("images"),
+                    &settings.runc_dir.join("bundles").join(&name_prefix),
+                    &Path::new("/run/wsk-runc").join(&name_prefix),
+                );
+                // Unpack the managed runtimes' images before the first cold start needs them.
+                for image in manifest.images(&settings.runtimes_registry) {
+                    if let Err(e) = runc.prepare(&image).await {
+                        tracing::warn!(image, error = %openwhisk::errors::chain(&e), "cannot unpack a runtime image");
+                    }
+                }
+                Arc::new(runc)
+            }
+            (None, Some(p)) => Arc::new(DockerFactory::new(
+                docker.clone(),
+                Networking::Pcpm(p.clone(), key),
+                settings.parallel_runs,
+            )),
+            (None, None) => Arc::new(DockerFactory::new(
+                docker.clone(),
+                Networking::Bridge(key),
+                settings.parallel_runs,
+            )),
+        };
+        let leftovers = factory
+            .remove_all(&format!("{name_prefix}_"))
+            .await
+            .map_err(ServiceError::Leftovers)?;
+        tracing::info!(
+            docker = version.version.as_deref().unwrap_or("?"),
+            leftovers,
+            "docker engine ready"
+        );
+        Ok::<_, ServiceError>(factory)
+    }
+    .await;
+    match made {
+        Ok(factory) => Ok(Started {
+            instance,
+            topic,
+            name_prefix,
+            manifest,
+            db,
+            factory,
+            pools,
+        }),
+        Err(e) => {
+            pools.shutdown().await;
+            Err(e)
+        }
+    }
+}
+
+/// `RUNTIMES_MANIFEST` is the JSON itself or a file holding it.
+fn load_manifest(value: &str) -> Result<Manifest, ServiceError> {
+    let text = if value.trim_start().starts_with('{') {
+        value.to_owned()
+    } else {
+        std::fs::read_to_string(value).map_err(|source| ServiceError::ManifestFile {
+            path: value.to_owned(),
+            source,
+        })?
+    };
+    Ok(Manifest::parse(&text)?)
+}
+
+/// The pause-container pool, filled before anything (stem cells first) asks for an endpoint.
+async fn start_pcpm(
+    settings: &Settings,
+    docker: &bollard::Docker,
+    name_prefix: &str,
+    key: &pcpm::NetworkKey,
+) -> Result<pcpm::Pcpm, ServiceError> {
+    let np = settings.network_pool;
+    let mut config = pcpm::PcpmConfig::new(&format!("{name_prefix}-pcpm"));
+    config.low_watermark = np.low_watermark;
+    config.high_watermark = np.high_watermark;
+    config.max_per_pool = np.max;
+    config.max_concurrent_creates = np.max_concurrent_creates;
+    config.on_empty = if np.fallback {
+        pcpm::OnEmpty::Fallback
+    } else {
+        pcpm::OnEmpty::Wait(Duration::from_millis(settings.time_ms.max))
+    };
+    config.keys = vec![key.clone()];
+    let p = pcpm::Pcpm::new(docker.clone(), config).await?;
+    let r = p.reconciled();
+    if let Err(e) = p
+        .wait_idle(key, np.high_watermark, Duration::from_secs(60))
+        .await
+    {
+        tracing::warn!(error = %e, "the pcpm pool is not full yet; starting anyway");
+    }
+    tracing::info!(adopted = r.adopted, removed = r.removed, "pcpm pool ready");
+    Ok(p)
+}
+
+/// The pool of network namespaces for the OCI runtime, filled before the first cold start.
+async fn start_netpool(settings: &Settings, id: u32) -> Result<netpool::NetPool, ServiceError> {
+    let np = settings.network_pool;
+    let (subnet, len) = settings.netns_subnet;
+    // netpool names are 1 to 5 of [a-z0-9]: the invoker id keeps them apart.
+    let mut config = netpool::PoolConfig::new(&format!("w{}", id % 10_000), subnet, len);
+    config.low_watermark = np.low_watermark;
+    config.high_watermark = np.high_watermark;
+    config.max_slots = np.max;
+    config.max_concurrent_creates = np.max_concurrent_creates;
+    let pool = netpool::NetPool::new(config).await?;
+    if let Err(e) = pool
+        .wait_idle(np.high_watermark, Duration::from_secs(60))
+        .await
+    {
+        tracing::warn!(error = %e, "the netpool is not full yet; starting anyway");
+    }
+    Ok(pool)
+}
+
+/// The container pool's settings: user memory, timers, names, environment and stem cells.
+fn pool_config(settings: &Settings, manifest: &Manifest, name_prefix: &str) -> PoolConfig {
+    let mut env = vec![format!("__OW_API_HOST={}", settings.api_host)];
+    env.extend(settings.extra_env.iter().cloned());
+    let stem_cells = manifest
+        .stem_cells
+        .iter()
+        .filter_map(|c| {
+            manifest
+                .resolve(&c.kind)
+                .map(|k| (c.clone(), k.image.reference(&settings.runtimes_registry)))
+        })
+        .collect();
+    PoolConfig {
+        user_memory_mb: settings.user_memory_mb(),
+        pause_grace: settings.pause_grace,
+        idle_timeout: settings.idle_container,
+        name_prefix: name_prefix.to_owned(),
+        env,
+        user_cpus: settings.user_cpus,
+        stem_cells,
+    }
+}
