@@ -9,9 +9,10 @@
 //! so only those are looked up.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
@@ -126,7 +127,7 @@ pub async fn run(
         let (partition, offset) = (msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or_default().to_vec();
         drop(msg);
-        lock(&offsets).start(partition, offset);
+        offsets.lock().start(partition, offset);
         metrics::gauge!(crate::metrics::IN_FLIGHT).increment(1.0);
         let maybe_redelivered = redelivery_below.is_none_or(|high| offset < high);
         let (invoker, offsets) = (invoker.clone(), offsets.clone());
@@ -149,7 +150,7 @@ pub async fn run(
                     metrics::counter!(crate::metrics::MALFORMED_TOTAL).increment(1);
                 }
             }
-            lock(&offsets).done(partition, offset);
+            offsets.lock().done(partition, offset);
             metrics::gauge!(crate::metrics::IN_FLIGHT).decrement(1.0);
             drop(permit);
         });
@@ -160,16 +161,12 @@ pub async fn run(
     commit_with(&consumer, &offsets, &topic, CommitMode::Sync);
 }
 
-fn lock(m: &Mutex<Offsets>) -> std::sync::MutexGuard<'_, Offsets> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn commit(consumer: &StreamConsumer, offsets: &Mutex<Offsets>, topic: &str) {
     commit_with(consumer, offsets, topic, CommitMode::Async);
 }
 
 fn commit_with(consumer: &StreamConsumer, offsets: &Mutex<Offsets>, topic: &str, mode: CommitMode) {
-    let moves = lock(offsets).take_commits();
+    let moves = offsets.lock().take_commits();
     if moves.is_empty() {
         return;
     }

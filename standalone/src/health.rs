@@ -8,7 +8,6 @@
 //! invoker: its first ping makes it `up`. Lower instances never seen are listed as `down`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use openwhisk::messages::{InvokerInstanceId, PingMessage};
@@ -63,7 +62,7 @@ impl Entry {
 /// The invokers seen so far.
 #[derive(Debug, Default)]
 pub struct Health {
-    invokers: Mutex<BTreeMap<u32, Entry>>,
+    invokers: parking_lot::Mutex<BTreeMap<u32, Entry>>,
 }
 
 impl Health {
@@ -71,8 +70,8 @@ impl Health {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Entry>> {
-        self.invokers.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, BTreeMap<u32, Entry>> {
+        self.invokers.lock()
     }
 
     /// Records a ping from `health`.
