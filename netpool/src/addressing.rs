@@ -260,4 +260,34 @@ mod tests {
         assert_eq!(al.allocate(), Some(ids[1]));
         assert_eq!(al.allocate(), None);
     }
+
+    #[test]
+    fn every_id_of_a_pool_has_its_own_address_names_and_mac() {
+        let mut c = PoolConfig::new("np1", Ipv4Addr::new(10, 98, 0, 0), 20);
+        c.bridge_prefix_len = 24;
+        c.slots_per_bridge = 253;
+        let a = Addressing::new(&c);
+        let mut al = Allocator::new(c.slots_per_bridge, c.bridge_count() as u16);
+        let slots: Vec<SlotAddress> = std::iter::from_fn(|| al.allocate())
+            .map(|id| a.slot(id))
+            .collect();
+        assert_eq!(slots.len(), 16 * 253);
+        let gateways: BTreeSet<Ipv4Addr> = (0..16).map(|b| a.bridge(b).1).collect();
+        let distinct =
+            |f: &dyn Fn(&SlotAddress) -> String| slots.iter().map(f).collect::<BTreeSet<_>>().len();
+        assert_eq!(distinct(&|s| s.ip.to_string()), slots.len());
+        assert_eq!(distinct(&|s| format!("{:?}", s.mac)), slots.len());
+        assert_eq!(distinct(&|s| s.host_if.clone()), slots.len());
+        assert_eq!(distinct(&|s| s.ns_path.display().to_string()), slots.len());
+        for s in &slots {
+            assert!(!gateways.contains(&s.ip), "{} is a gateway", s.ip);
+            let host = u32::from(s.ip) & 0xff;
+            assert!(
+                (2..255).contains(&host),
+                "{} is a network or broadcast address",
+                s.ip
+            );
+            assert_eq!(s.gateway, a.bridge(s.id.bridge).1);
+        }
+    }
 }

@@ -26,6 +26,8 @@
 
 mod addressing;
 mod config;
+#[cfg(test)]
+mod fake;
 pub mod metrics;
 mod pool;
 mod probe;

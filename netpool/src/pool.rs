@@ -3,9 +3,11 @@
 //! # Behavior
 //! - [`NetPool::lease`] pops an idle slot (no syscall, no RTNL: microseconds). When none is
 //!   idle it waits for the refill up to the deadline, or creates one inline, as configured;
-//!   either way it fails with an error rather than silently.
+//!   either way it fails with an error rather than silently. Waiting leases are served in the
+//!   order they came: a slot that becomes idle goes to the oldest one, never to a newcomer.
 //! - A background task refills between the watermarks: when fewer than `low_watermark` slots
 //!   are idle it creates up to `high_watermark`, at most `max_concurrent_creates` at once.
+//!   After a failed creation it pauses, 100 ms doubling with each failure in a row up to 5 s.
 //! - [`Lease::release`] scrubs and verifies the slot ([`crate::slot`]) and returns it to the
 //!   idle queue, or destroys it and lets the refill replace it; [`Lease::release_nowait`] does
 //!   the same in the background, so a teardown path does not wait for it. A lease dropped
@@ -16,6 +18,8 @@
 //!   namespace mounts, veths, bridges and their conntrack entries. [`NetPool::shutdown`]
 //!   removes everything the pool made, leased slots included.
 //!
+//! All host work goes through [`Sys`] ([`Kernel`] outside unit tests).
+//!
 //! # Limitations
 //! - Slots of an earlier run are destroyed, not adopted: their tenants' state is unknown.
 //! - Counters of a recycled slot (`/proc/net/snmp`, link statistics) cannot be reset; the next
@@ -24,22 +28,28 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::addressing::{Addressing, Allocator, SlotAddress, SlotId};
 use crate::config::{OnEmpty, PoolConfig, PoolConfigError};
 use crate::metrics as m;
 use crate::slot::{ScrubFailure, Slot};
-use crate::sys::net::{self, Netlink};
-use crate::sys::{SysError, conntrack, firewall, ns};
+use crate::sys::kernel::Kernel;
+use crate::sys::{Sys, SysError};
 
 /// How long a destroyed slot's host veth may take to disappear before it is deleted by hand.
 const VETH_GONE_TIMEOUT: Duration = Duration::from_secs(5);
 const VETH_POLL: Duration = Duration::from_millis(20);
+/// The refill's pause after the first failed creation; it doubles with each further failure
+/// in a row, up to [`CREATE_BACKOFF_MAX`], so a broken host is not hammered in a loop.
+const CREATE_BACKOFF_BASE: Duration = Duration::from_millis(100);
+const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Errors of the pool.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +106,9 @@ pub struct PoolStats {
 #[derive(Debug)]
 struct State {
     idle: VecDeque<Slot>,
+    /// Leases waiting for a slot, oldest first; a slot that becomes idle goes to the first one
+    /// still waiting. While one waits, `idle` is empty.
+    waiters: VecDeque<oneshot::Sender<Slot>>,
     leased: usize,
     creating: usize,
     filling: bool,
@@ -103,6 +116,9 @@ struct State {
     allocator: Allocator,
     /// Every live slot's address, idle or leased, so shutdown can reach leased ones too.
     live: HashMap<SlotId, SlotAddress>,
+    /// Creations failed in a row, and until when the refill starts no new one.
+    create_failures: u32,
+    retry_at: Option<Instant>,
 }
 
 /// A slot coming back to the background task.
@@ -118,9 +134,7 @@ enum Returned {
 struct Inner {
     config: PoolConfig,
     addressing: Addressing,
-    host: Netlink,
-    /// The namespace slots are created from (see `sys::ns::create_parent_netns`).
-    parent_ns: Option<Arc<std::fs::File>>,
+    sys: Box<dyn Sys>,
     state: Mutex<State>,
     /// Woken whenever a slot becomes idle or the pool closes.
     available: Notify,
@@ -146,31 +160,35 @@ impl NetPool {
     /// background refill. Must be called inside a tokio runtime.
     pub async fn new(config: PoolConfig) -> Result<Self, PoolError> {
         config.validate()?;
+        let sys = Kernel::new()?;
+        Self::with_sys(config, Box::new(sys)).await
+    }
+
+    /// [`NetPool::new`] on any [`Sys`]: the kernel, or a fake in unit tests.
+    pub(crate) async fn with_sys(config: PoolConfig, sys: Box<dyn Sys>) -> Result<Self, PoolError> {
+        config.validate()?;
         m::describe();
         let addressing = Addressing::new(&config);
-        let host = Netlink::host()?;
-        reconcile(&config, &addressing, &host).await?;
-        ns::prepare_ns_dir(&config.ns_dir)?;
-        let parent_ns = tokio::task::spawn_blocking(ns::create_parent_netns)
-            .await
-            .map_err(|_| SysError::ThreadPanicked)??
-            .map(Arc::new);
+        reconcile(&config, &addressing, &*sys).await?;
+        sys.prepare(&config.ns_dir).await?;
         let (returns, returns_rx) = mpsc::unbounded_channel();
         let bridges = u16::try_from(config.bridge_count()).unwrap_or(u16::MAX);
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 idle: VecDeque::new(),
+                waiters: VecDeque::new(),
                 leased: 0,
                 creating: 0,
                 filling: false,
                 closed: false,
                 allocator: Allocator::new(config.slots_per_bridge, bridges),
                 live: HashMap::new(),
+                create_failures: 0,
+                retry_at: None,
             }),
             create_permits: Semaphore::new(config.max_concurrent_creates),
             addressing,
-            host,
-            parent_ns,
+            sys,
             available: Notify::new(),
             wake: Notify::new(),
             bridges: tokio::sync::Mutex::new(HashMap::new()),
@@ -192,58 +210,56 @@ impl NetPool {
         self.lease_within(self.inner.config.lease_timeout).await
     }
 
-    /// Leases a slot, waiting at most `timeout`.
+    /// Leases a slot, waiting at most `timeout`. Callers that wait are served in the order they
+    /// came.
     #[tracing::instrument(name = "netpool.lease", skip_all, fields(pool = %self.inner.config.name))]
     pub async fn lease_within(&self, timeout: Duration) -> Result<Lease, PoolError> {
         let inner = &self.inner;
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = inner.available.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = inner.lock();
-                if st.closed {
-                    return Err(PoolError::ShutDown(inner.config.name.clone()));
+        let deadline = started + timeout;
+        if let Some(slot) = inner.take_idle()? {
+            return Ok(self.leased(slot, started));
+        }
+        inner.wake.notify_one();
+        if inner.config.on_empty == OnEmpty::CreateInline
+            && let Some(slot) = inner.create_one().await?
+        {
+            inner.count_lease();
+            return Ok(self.leased(slot, started));
+        }
+        // Queued behind earlier callers, unless a slot came back meanwhile.
+        let mut waiter = match inner.take_or_queue()? {
+            Ok(slot) => return Ok(self.leased(slot, started)),
+            Err(waiter) => waiter,
+        };
+        match tokio::time::timeout_at(deadline, &mut waiter.rx).await {
+            Ok(Ok(slot)) => Ok(self.leased(slot, started)),
+            Ok(Err(_)) => Err(PoolError::ShutDown(inner.config.name.clone())),
+            Err(_) => {
+                // A slot handed over just as the deadline passed is this caller's.
+                waiter.rx.close();
+                if let Ok(slot) = waiter.rx.try_recv() {
+                    return Ok(self.leased(slot, started));
                 }
-                if let Some(slot) = st.idle.pop_front() {
-                    st.leased += 1;
-                    inner.publish(&st);
-                    if st.idle.len() < inner.config.low_watermark {
-                        inner.wake.notify_one();
-                    }
-                    drop(st);
-                    histogram!(m::LEASE_WAIT_SECONDS, "pool" => inner.config.name.clone())
-                        .record(started.elapsed().as_secs_f64());
-                    return Ok(Lease::new(slot, inner.clone()));
-                }
-            }
-            inner.wake.notify_one();
-            if inner.config.on_empty == OnEmpty::CreateInline
-                && let Some(slot) = inner.create_one().await?
-            {
-                let mut st = inner.lock();
-                st.leased += 1;
-                inner.publish(&st);
-                drop(st);
-                histogram!(m::LEASE_WAIT_SECONDS, "pool" => inner.config.name.clone())
-                    .record(started.elapsed().as_secs_f64());
-                return Ok(Lease::new(slot, inner.clone()));
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 counter!(m::LEASE_TIMEOUTS_TOTAL, "pool" => inner.config.name.clone()).increment(1);
-                return Err(PoolError::Timeout {
+                Err(PoolError::Timeout {
                     pool: inner.config.name.clone(),
                     waited: started.elapsed(),
-                });
+                })
             }
         }
     }
 
+    /// A lease on `slot`, which is already counted as leased.
+    fn leased(&self, slot: Slot, started: Instant) -> Lease {
+        histogram!(m::LEASE_WAIT_SECONDS, "pool" => self.inner.config.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        Lease::new(slot, self.inner.clone())
+    }
+
     /// Current counts.
     pub fn stats(&self) -> PoolStats {
-        let st = self.inner.lock();
+        let st = self.inner.state.lock();
         PoolStats {
             idle: st.idle.len(),
             leased: st.leased,
@@ -260,12 +276,12 @@ impl NetPool {
 
     /// Waits until at least `n` slots are idle (for warm-up), or the timeout passes.
     pub async fn wait_idle(&self, n: usize, timeout: Duration) -> Result<(), PoolError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let notified = self.inner.available.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.inner.lock().idle.len() >= n {
+            if self.inner.state.lock().idle.len() >= n {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -283,9 +299,12 @@ impl NetPool {
     #[tracing::instrument(name = "netpool.shutdown", skip_all, fields(pool = %self.inner.config.name))]
     pub async fn shutdown(self) -> Result<(), PoolError> {
         let inner = &self.inner;
+        let sys = &*inner.sys;
         let (idle, leased): (Vec<Slot>, Vec<SlotAddress>) = {
-            let mut st = inner.lock();
+            let mut st = inner.state.lock();
             st.closed = true;
+            // Dropping the senders tells every waiting lease that the pool is shut down.
+            st.waiters.clear();
             let idle: Vec<Slot> = st.idle.drain(..).collect();
             for s in &idle {
                 st.live.remove(&s.addr.id);
@@ -295,7 +314,7 @@ impl NetPool {
             (idle, leased)
         };
         inner.available.notify_waiters();
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let task = self.task.lock().take();
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
@@ -309,14 +328,14 @@ impl NetPool {
         let mut gone = Vec::new();
         for slot in idle {
             gone.push(slot.addr.clone());
-            if let Err(e) = slot.destroy() {
+            if let Err(e) = slot.destroy(sys) {
                 errors.push(e);
             }
             counter!(m::SLOTS_DESTROYED_TOTAL, "pool" => inner.config.name.clone(), "reason" => "shutdown").increment(1);
         }
         for addr in leased {
             // The lease holder's fd keeps its namespace until it lets go; the mount goes now.
-            if let Err(e) = ns::remove_netns(&addr.ns_path) {
+            if let Err(e) = sys.remove_netns(&addr.ns_path) {
                 errors.push(e);
             }
             gone.push(addr);
@@ -326,24 +345,24 @@ impl NetPool {
         while frees.join_next().await.is_some() {}
         drop(frees);
         for addr in &gone {
-            if let Err(e) = wait_veth_gone(&inner.host, &addr.host_if).await {
+            if let Err(e) = wait_veth_gone(sys, &addr.host_if).await {
                 errors.push(e);
             }
-            if let Err(e) = conntrack::flush(addr.ip).await {
+            if let Err(e) = sys.flush_conntrack(addr.ip).await {
                 errors.push(e);
             }
         }
         let bridges: Vec<(u16, u32)> = inner.bridges.lock().await.drain().collect();
         for (b, index) in bridges {
             let (name, _) = inner.addressing.bridge(b);
-            if let Err(e) = net::delete_link(&inner.host.handle, index, &name).await {
+            if let Err(e) = sys.delete_host_link(index, &name).await {
                 errors.push(e);
             }
-            if let Err(e) = firewall::remove_intra_bridge(&name).await {
+            if let Err(e) = sys.remove_intra_bridge(&name).await {
                 errors.push(e);
             }
         }
-        if let Err(e) = ns::remove_ns_dir(&inner.config.ns_dir) {
+        if let Err(e) = sys.remove_ns_dir(&inner.config.ns_dir) {
             errors.push(e);
         }
         tracing::info!(pool = %inner.config.name, errors = errors.len(), "netpool shut down");
@@ -358,16 +377,117 @@ impl NetPool {
     }
 }
 
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding this lock leaves counts that are still consistent (each
-        // critical section is a few assignments), so a poisoned lock is used as is.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// A lease's place in the queue. Dropped before it was served (the caller gave up, or its
+/// future was dropped), it puts back a slot handed to it meanwhile, so none is lost.
+struct Waiter {
+    rx: oneshot::Receiver<Slot>,
+    pool: Arc<Inner>,
+}
 
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(slot) = self.rx.try_recv() {
+            self.pool.state.lock().leased -= 1;
+            if !self.pool.push_idle(slot) {
+                tracing::debug!(pool = %self.pool.config.name, "pool closed while a slot was handed over");
+            }
+        }
+    }
+}
+
+/// What the refill does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RefillPlan {
+    /// Creations to start now.
+    start: usize,
+    /// Whether the refill is between the watermarks (it keeps going until `high_watermark`
+    /// slots are idle or being created).
+    filling: bool,
+}
+
+/// The refill's decision: it starts when fewer than `low_watermark` slots are idle, creates up
+/// to `high_watermark` idle-or-creating slots without exceeding `max_slots` allocated ids, and
+/// starts nothing while backing off after failures.
+fn plan_refill(
+    config: &PoolConfig,
+    idle: usize,
+    creating: usize,
+    allocated: usize,
+    filling: bool,
+    backing_off: bool,
+) -> RefillPlan {
+    let filling = filling || idle < config.low_watermark;
+    let have = idle + creating;
+    let room = config.max_slots.saturating_sub(allocated);
+    let start = if filling && !backing_off && have < config.high_watermark {
+        (config.high_watermark - have).min(room)
+    } else {
+        0
+    };
+    RefillPlan {
+        start,
+        filling: filling && have < config.high_watermark,
+    }
+}
+
+/// The refill's pause after `failures` failed creations in a row.
+fn create_backoff(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => CREATE_BACKOFF_BASE
+            .saturating_mul(1u32 << (n - 1).min(16))
+            .min(CREATE_BACKOFF_MAX),
+    }
+}
+
+impl Inner {
     fn publish(&self, st: &State) {
         gauge!(m::SLOTS_IDLE, "pool" => self.config.name.clone()).set(st.idle.len() as f64);
         gauge!(m::SLOTS_LEASED, "pool" => self.config.name.clone()).set(st.leased as f64);
+    }
+
+    fn count_lease(&self) {
+        let mut st = self.state.lock();
+        st.leased += 1;
+        self.publish(&st);
+    }
+
+    /// Takes the oldest idle slot, counted as leased. Fails when the pool is shut down.
+    fn take_idle(&self) -> Result<Option<Slot>, PoolError> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(PoolError::ShutDown(self.config.name.clone()));
+        }
+        Ok(self.pop_idle(&mut st))
+    }
+
+    /// Like [`Inner::take_idle`], but when no slot is idle the caller joins the queue of
+    /// waiting leases.
+    fn take_or_queue(self: &Arc<Self>) -> Result<Result<Slot, Waiter>, PoolError> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(PoolError::ShutDown(self.config.name.clone()));
+        }
+        if let Some(slot) = self.pop_idle(&mut st) {
+            return Ok(Ok(slot));
+        }
+        let (tx, rx) = oneshot::channel();
+        st.waiters.push_back(tx);
+        Ok(Err(Waiter {
+            rx,
+            pool: self.clone(),
+        }))
+    }
+
+    fn pop_idle(&self, st: &mut State) -> Option<Slot> {
+        let slot = st.idle.pop_front()?;
+        st.leased += 1;
+        self.publish(st);
+        if st.idle.len() < self.config.low_watermark {
+            self.wake.notify_one();
+        }
+        Some(slot)
     }
 
     /// Creates one slot, respecting `max_slots` and the creation bound. `Ok(None)` when the pool
@@ -379,7 +499,7 @@ impl Inner {
             .await
             .map_err(|_| PoolError::ShutDown(self.config.name.clone()))?;
         let id = {
-            let mut st = self.lock();
+            let mut st = self.state.lock();
             if st.closed || st.allocator.in_use() >= self.config.max_slots {
                 return Ok(None);
             }
@@ -391,15 +511,14 @@ impl Inner {
         let started = Instant::now();
         let result = async {
             let bridge = self.bridge(id.bridge).await?;
-            Slot::create(
-                &self.host,
-                self.parent_ns.clone(),
-                self.addressing.slot(id),
-                bridge,
-                self.config.kind,
-                self.config.isolate_slots,
-            )
-            .await
+            self.sys
+                .create_slot(
+                    self.addressing.slot(id),
+                    bridge,
+                    self.config.kind,
+                    self.config.isolate_slots,
+                )
+                .await
         }
         .await;
         match result {
@@ -407,11 +526,13 @@ impl Inner {
                 counter!(m::SLOTS_CREATED_TOTAL, "pool" => self.config.name.clone()).increment(1);
                 histogram!(m::SLOT_CREATE_SECONDS, "pool" => self.config.name.clone())
                     .record(started.elapsed().as_secs_f64());
-                let mut st = self.lock();
+                let mut st = self.state.lock();
+                st.create_failures = 0;
+                st.retry_at = None;
                 st.live.insert(id, slot.addr.clone());
                 if st.closed {
                     drop(st);
-                    let _ = slot.destroy();
+                    let _ = slot.destroy(&*self.sys);
                     return Ok(None);
                 }
                 Ok(Some(slot))
@@ -419,7 +540,14 @@ impl Inner {
             Err(e) => {
                 counter!(m::SLOT_CREATE_FAILURES_TOTAL, "pool" => self.config.name.clone())
                     .increment(1);
-                tracing::warn!(pool = %self.config.name, slot = %id, error = %e, "slot creation failed");
+                let pause = {
+                    let mut st = self.state.lock();
+                    st.create_failures = st.create_failures.saturating_add(1);
+                    let pause = create_backoff(st.create_failures);
+                    st.retry_at = Some(Instant::now() + pause);
+                    pause
+                };
+                tracing::warn!(pool = %self.config.name, slot = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "slot creation failed");
                 self.free_when_gone(self.addressing.slot(id)).await;
                 Err(e.into())
             }
@@ -433,18 +561,19 @@ impl Inner {
             return Ok(index);
         }
         let (name, gateway) = self.addressing.bridge(b);
-        let index = net::create_bridge(
-            &self.host.handle,
-            &name,
-            gateway,
-            self.addressing.bridge_prefix_len(),
-            self.addressing.bridge_mac(b),
-        )
-        .await?;
+        let index = self
+            .sys
+            .create_bridge(
+                &name,
+                gateway,
+                self.addressing.bridge_prefix_len(),
+                self.addressing.bridge_mac(b),
+            )
+            .await?;
         if !self.config.isolate_slots
-            && let Err(e) = firewall::allow_intra_bridge(&name).await
+            && let Err(e) = self.sys.allow_intra_bridge(&name).await
         {
-            let _ = net::delete_link(&self.host.handle, index, &name).await;
+            let _ = self.sys.delete_host_link(index, &name).await;
             return Err(e);
         }
         tracing::info!(pool = %self.config.name, bridge = %name, %gateway, "bridge created");
@@ -474,10 +603,23 @@ impl Inner {
         }
     }
 
-    fn push_idle(&self, slot: Slot) -> bool {
-        let mut st = self.lock();
+    /// Hands `slot` to the oldest waiting lease, or puts it in the idle queue. False when the
+    /// pool is shut down.
+    fn push_idle(&self, mut slot: Slot) -> bool {
+        let mut st = self.state.lock();
         if st.closed {
             return false;
+        }
+        // Senders whose lease gave up fail and give the slot back.
+        while let Some(waiter) = st.waiters.pop_front() {
+            match waiter.send(slot) {
+                Ok(()) => {
+                    st.leased += 1;
+                    self.publish(&st);
+                    return true;
+                }
+                Err(back) => slot = back,
+            }
         }
         st.idle.push_back(slot);
         self.publish(&st);
@@ -489,11 +631,8 @@ impl Inner {
     /// Destroys a slot and frees its id once the kernel has removed its host veth.
     async fn destroy(self: &Arc<Self>, slot: Slot, reason: &'static str) {
         let addr = slot.addr.clone();
-        {
-            let mut st = self.lock();
-            st.live.remove(&addr.id);
-        }
-        if let Err(e) = slot.destroy() {
+        self.state.lock().live.remove(&addr.id);
+        if let Err(e) = slot.destroy(&*self.sys) {
             tracing::error!(pool = %self.config.name, slot = %addr.id, error = %e, "slot destroy failed");
         }
         counter!(m::SLOTS_DESTROYED_TOTAL, "pool" => self.config.name.clone(), "reason" => reason)
@@ -507,15 +646,15 @@ impl Inner {
         let mut frees = self.pending_frees.lock().await;
         frees.spawn(async move {
             let Some(inner) = weak.upgrade() else { return };
-            if let Err(e) = wait_veth_gone(&inner.host, &addr.host_if).await {
+            if let Err(e) = wait_veth_gone(&*inner.sys, &addr.host_if).await {
                 // The id stays allocated: reusing it could clash with what still exists.
                 tracing::error!(pool = %inner.config.name, slot = %addr.id, error = %e, "slot id quarantined");
                 return;
             }
-            if let Err(e) = conntrack::flush(addr.ip).await {
+            if let Err(e) = inner.sys.flush_conntrack(addr.ip).await {
                 tracing::warn!(pool = %inner.config.name, slot = %addr.id, error = %e, "conntrack flush failed");
             }
-            inner.lock().allocator.free(addr.id);
+            inner.state.lock().allocator.free(addr.id);
             inner.wake.notify_one();
         });
         // Reap finished ones so the set stays small.
@@ -525,14 +664,14 @@ impl Inner {
 
 /// Waits until host link `name` is gone; deletes it when the kernel has not removed it in time
 /// (something still pins the namespace).
-async fn wait_veth_gone(host: &Netlink, name: &str) -> Result<(), SysError> {
+async fn wait_veth_gone(sys: &dyn Sys, name: &str) -> Result<(), SysError> {
     let deadline = Instant::now() + VETH_GONE_TIMEOUT;
     loop {
-        match net::link_index(&host.handle, name).await? {
+        match sys.host_link_index(name).await? {
             None => return Ok(()),
             Some(index) if Instant::now() >= deadline => {
                 tracing::warn!(veth = name, "host veth outlived its namespace; deleting it");
-                return net::delete_link(&host.handle, index, name).await;
+                return sys.delete_host_link(index, name).await;
             }
             Some(_) => tokio::time::sleep(VETH_POLL).await,
         }
@@ -543,10 +682,18 @@ async fn wait_veth_gone(host: &Netlink, name: &str) -> Result<(), SysError> {
 async fn background(weak: std::sync::Weak<Inner>, mut returns: mpsc::UnboundedReceiver<Returned>) {
     loop {
         let Some(inner) = weak.upgrade() else { return };
+        let retry_at = inner.state.lock().retry_at;
         let wake = async {
             tokio::select! {
                 r = returns.recv() => r,
                 () = inner.wake.notified() => None,
+                // The end of a back-off: the refill resumes by itself.
+                () = async {
+                    match retry_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => None,
             }
         };
         match wake.await {
@@ -558,44 +705,36 @@ async fn background(weak: std::sync::Weak<Inner>, mut returns: mpsc::UnboundedRe
             None => {}
         }
         let to_start = {
-            let mut st = inner.lock();
+            let mut st = inner.state.lock();
             if st.closed {
                 return;
             }
-            let idle = st.idle.len();
-            if idle < inner.config.low_watermark {
-                st.filling = true;
+            let now = Instant::now();
+            if st.retry_at.is_some_and(|at| at <= now) {
+                st.retry_at = None;
             }
-            let have = idle + st.creating;
-            let room = inner.config.max_slots.saturating_sub(st.allocator.in_use());
-            let n = if st.filling && have < inner.config.high_watermark {
-                (inner.config.high_watermark - have).min(room)
-            } else {
-                0
-            };
-            if have >= inner.config.high_watermark {
-                st.filling = false;
-            }
-            st.creating += n;
-            n
+            let plan = plan_refill(
+                &inner.config,
+                st.idle.len(),
+                st.creating,
+                st.allocator.in_use(),
+                st.filling,
+                st.retry_at.is_some(),
+            );
+            st.filling = plan.filling;
+            st.creating += plan.start;
+            plan.start
         };
         for _ in 0..to_start {
             let inner = inner.clone();
             tokio::spawn(async move {
+                // Failures are logged, counted and turned into a back-off in create_one.
                 let created = inner.create_one().await;
+                inner.state.lock().creating -= 1;
+                if let Ok(Some(slot)) = created
+                    && !inner.push_idle(slot)
                 {
-                    let mut st = inner.lock();
-                    st.creating -= 1;
-                }
-                match created {
-                    Ok(Some(slot)) => {
-                        if !inner.push_idle(slot) {
-                            tracing::debug!("pool closed while a slot was being created");
-                        }
-                    }
-                    Ok(None) => {}
-                    // Logged and counted in create_one; back off before the next attempt.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    tracing::debug!("pool closed while a slot was being created");
                 }
                 inner.wake.notify_one();
             });
@@ -608,42 +747,53 @@ async fn background(weak: std::sync::Weak<Inner>, mut returns: mpsc::UnboundedRe
 async fn reconcile(
     config: &PoolConfig,
     addressing: &Addressing,
-    host: &Netlink,
+    sys: &dyn Sys,
 ) -> Result<(), PoolError> {
     let mut errors = Vec::new();
     let mut found = 0usize;
+    // Slots found by their mount or their veth: the host's conntrack entries of their addresses
+    // go too, even when the veth went with the mount before the links were listed.
+    let mut ids = std::collections::BTreeSet::new();
     // Namespace mounts: unmounting lets the kernel free each namespace with its veth.
-    if let Ok(entries) = std::fs::read_dir(&config.ns_dir) {
-        for entry in entries.flatten() {
-            found += 1;
-            if let Err(e) = ns::remove_netns(&entry.path()) {
-                errors.push(e);
-            }
+    for path in sys.ns_files(&config.ns_dir) {
+        found += 1;
+        if let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| addressing.parse_id(n))
+        {
+            ids.insert(id);
+        }
+        if let Err(e) = sys.remove_netns(&path) {
+            errors.push(e);
         }
     }
-    let links = net::links(&host.handle).await?;
+    let links = sys.host_links().await?;
     let veth_prefix = addressing.veth_prefix();
     let bridge_prefix = addressing.bridge_prefix();
     for (_, name) in links.iter().filter(|(_, n)| n.starts_with(&veth_prefix)) {
         if let Some(id) = addressing.parse_id(name) {
             found += 1;
+            ids.insert(id);
             // Usually gone with its namespace by now; deleted when something pins it.
-            if let Err(e) = wait_veth_gone(host, name).await {
+            if let Err(e) = wait_veth_gone(sys, name).await {
                 errors.push(e);
             }
-            if let Err(e) = conntrack::flush(addressing.slot(id).ip).await {
-                errors.push(e);
-            }
+        }
+    }
+    for id in ids {
+        if let Err(e) = sys.flush_conntrack(addressing.slot(id).ip).await {
+            errors.push(e);
         }
     }
     for (index, name) in links.iter().filter(|(_, n)| n.starts_with(&bridge_prefix)) {
         let suffix = &name[bridge_prefix.len()..];
         if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
             found += 1;
-            if let Err(e) = net::delete_link(&host.handle, *index, name).await {
+            if let Err(e) = sys.delete_host_link(*index, name).await {
                 errors.push(e);
             }
-            if let Err(e) = firewall::remove_intra_bridge(name).await {
+            if let Err(e) = sys.remove_intra_bridge(name).await {
                 errors.push(e);
             }
         }
@@ -653,7 +803,7 @@ async fn reconcile(
         counter!(m::SLOTS_DESTROYED_TOTAL, "pool" => config.name.clone(), "reason" => "reconcile")
             .increment(found as u64);
     }
-    if let Err(e) = ns::remove_ns_dir(&config.ns_dir) {
+    if let Err(e) = sys.remove_ns_dir(&config.ns_dir) {
         errors.push(e);
     }
     if errors.is_empty() {
@@ -697,7 +847,7 @@ impl Lease {
 
     /// The namespace, as an fd (valid while the lease lives).
     pub fn netns_fd(&self) -> BorrowedFd<'_> {
-        self.slot().ns.as_fd()
+        self.slot().ns.file().as_fd()
     }
 
     /// The namespace's bind mount: what an OCI runtime takes as `linux.namespaces[].path`, or
@@ -746,15 +896,7 @@ impl Lease {
         let Some(tap) = self.slot().tap else {
             return Ok(None);
         };
-        let ns_file = self
-            .slot()
-            .ns
-            .try_clone()
-            .map_err(SysError::io("duplicate fd of", "namespace"))?;
-        tokio::task::spawn_blocking(move || ns::open_tap(&ns_file, tap))
-            .await
-            .map_err(|_| SysError::ThreadPanicked)?
-            .map(Some)
+        self.slot().ns.open_tap(tap).await.map(Some)
     }
 
     /// Makes `cmd` start its process inside the slot's namespace (a `setns` between fork and
@@ -764,7 +906,7 @@ impl Lease {
         cmd: &'c mut std::process::Command,
     ) -> &'c mut std::process::Command {
         use std::os::unix::process::CommandExt;
-        let fd = self.slot().ns.as_raw_fd();
+        let fd = self.slot().ns.file().as_raw_fd();
         // SAFETY: the closure runs in the forked child before exec and calls only `setns`,
         // which is async-signal-safe; `fd` stays open in the child until exec (the lease,
         // which owns it, outlives the spawn call that borrows it through `cmd`).
@@ -782,7 +924,7 @@ impl Lease {
         // Only `release*` and `drop` take the slot, and they consume the lease.
         #[allow(clippy::expect_used)]
         let slot = self.slot.take().expect("a live lease holds its slot");
-        let mut st = self.pool.lock();
+        let mut st = self.pool.state.lock();
         st.leased -= 1;
         self.pool.publish(&st);
         drop(st);
@@ -805,7 +947,7 @@ impl Lease {
             self.pool.returns.send(Returned::Released(slot))
         {
             // The background task is gone (shutdown): destroy right here.
-            let _ = slot.destroy();
+            let _ = slot.destroy(&*self.pool.sys);
         }
     }
 }
@@ -813,7 +955,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            let mut st = self.pool.lock();
+            let mut st = self.pool.state.lock();
             st.leased -= 1;
             self.pool.publish(&st);
             drop(st);
@@ -822,8 +964,614 @@ impl Drop for Lease {
                 self.pool.returns.send(Returned::Tainted(slot))
             {
                 // The background task is gone (shutdown): destroy right here.
-                let _ = slot.destroy();
+                let _ = slot.destroy(&*self.pool.sys);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::fake::{FakeSys, Op, ScrubOutcome};
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    /// A small pool: 16 bridges of 4 slots; the fake never touches `ns_dir`.
+    fn config(name: &str, low: usize, high: usize, max_slots: usize) -> PoolConfig {
+        let mut c = PoolConfig::new(name, Ipv4Addr::new(10, 50, 0, 0), 20);
+        c.bridge_prefix_len = 24;
+        c.slots_per_bridge = 4;
+        c.low_watermark = low;
+        c.high_watermark = high;
+        c.max_slots = max_slots;
+        c.max_concurrent_creates = 2;
+        c
+    }
+
+    async fn start(config: PoolConfig, fake: &FakeSys) -> NetPool {
+        NetPool::with_sys(config, Box::new(fake.clone()))
+            .await
+            .expect("a pool on the fake starts")
+    }
+
+    /// Lets every task that can run, run, and lets paused time pass.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+
+    fn host_if(lease: &Lease) -> String {
+        lease.slot().addr.host_if.clone()
+    }
+
+    fn assert_no_violations(fake: &FakeSys) {
+        let h = fake.host.lock();
+        assert!(h.violations.is_empty(), "{:#?}", h.violations);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn initial_fill_reaches_the_high_watermark_within_the_creation_bound() {
+        let fake = FakeSys::default();
+        fake.host.lock().create_delay = Duration::from_millis(10);
+        let pool = start(config("fi", 2, 5, 8), &fake).await;
+        pool.wait_idle(5, LONG).await.unwrap();
+        settle().await;
+        let st = pool.stats();
+        assert_eq!((st.idle, st.leased, st.creating), (5, 0, 0));
+        let h = fake.host.lock();
+        assert_eq!(h.creates(), 5, "filled past the high watermark");
+        assert_eq!(
+            h.max_creating, 2,
+            "max_concurrent_creates not used or exceeded"
+        );
+        assert_eq!(h.count(&Op::CreateBridge("fibr0".into())), 1);
+        assert_eq!(h.count(&Op::CreateBridge("fibr1".into())), 1);
+        drop(h);
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refill_starts_below_the_low_watermark_and_stops_at_the_high_one() {
+        let fake = FakeSys::default();
+        let pool = start(config("rf", 2, 4, 8), &fake).await;
+        pool.wait_idle(4, LONG).await.unwrap();
+        let a = pool.lease().await.unwrap();
+        let b = pool.lease().await.unwrap();
+        settle().await;
+        assert_eq!(pool.stats().idle, 2);
+        assert_eq!(
+            fake.host.lock().creates(),
+            4,
+            "refilled at the low watermark"
+        );
+        let c = pool.lease().await.unwrap();
+        pool.wait_idle(4, LONG).await.unwrap();
+        settle().await;
+        assert_eq!(pool.stats().idle, 4);
+        assert_eq!(pool.stats().leased, 3);
+        assert_eq!(
+            fake.host.lock().creates(),
+            7,
+            "refill overshot the high watermark"
+        );
+        drop((a, b, c));
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clean_released_slot_is_scrubbed_and_leased_again() {
+        let fake = FakeSys::default();
+        let pool = start(config("rr", 1, 1, 1), &fake).await;
+        let lease = pool.lease().await.unwrap();
+        let (id, ns_path) = (lease.id(), lease.netns_path().to_owned());
+        assert!(matches!(lease.release().await, Released::Recycled));
+        assert_eq!(pool.stats().idle, 1);
+        let again = pool.lease().await.unwrap();
+        assert_eq!(again.id(), id);
+        assert_eq!(again.netns_path(), ns_path);
+        let h = fake.host.lock();
+        assert_eq!(h.count(&Op::Scrub(id)), 1, "the release did not scrub");
+        assert_eq!(
+            h.count(&Op::RemoveNetns(ns_path)),
+            0,
+            "a clean slot was destroyed"
+        );
+        assert_eq!(h.creates(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_failing_a_scrub_check_is_destroyed_and_replaced() {
+        for outcome in [
+            ScrubOutcome::Process,
+            ScrubOutcome::Socket,
+            ScrubOutcome::State,
+        ] {
+            let fake = FakeSys::default();
+            let pool = start(config("sf", 1, 1, 2), &fake).await;
+            let lease = pool.lease().await.unwrap();
+            let (id, ns_path) = (lease.id(), lease.netns_path().to_owned());
+            pool.wait_idle(1, LONG).await.unwrap();
+            fake.host.lock().scrub_plan.insert(id, outcome);
+            let released = lease.release().await;
+            let check = match &released {
+                Released::Destroyed(f) => f.check(),
+                Released::Recycled => panic!("{outcome:?}: a dirty slot was recycled"),
+            };
+            assert_eq!(
+                check,
+                match outcome {
+                    ScrubOutcome::Process => "process",
+                    ScrubOutcome::Socket => "socket",
+                    ScrubOutcome::State => "state",
+                }
+            );
+            // The pool had one idle slot besides; it now leases that one, then a replacement.
+            let other = pool.lease().await.unwrap();
+            assert_ne!(other.id(), id);
+            let replacement = pool.lease().await.unwrap();
+            let h = fake.host.lock();
+            let scrubbed = h.position(&Op::Scrub(id)).unwrap();
+            let removed = h
+                .position(&Op::RemoveNetns(ns_path.clone()))
+                .expect("the dirty slot was not destroyed");
+            assert!(scrubbed < removed);
+            assert!(!h.ns_files.contains(&ns_path) || replacement.id() == id);
+            assert_eq!(h.creates(), 3, "{outcome:?}: no replacement was created");
+            drop(h);
+            assert_no_violations(&fake);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_nowait_and_a_dropped_lease_are_handled_in_the_background() {
+        let fake = FakeSys::default();
+        let pool = start(config("bg", 2, 2, 4), &fake).await;
+        pool.wait_idle(2, LONG).await.unwrap();
+        let clean = pool.lease().await.unwrap();
+        let dirty = pool.lease().await.unwrap();
+        pool.wait_idle(2, LONG).await.unwrap();
+        let clean_id = clean.id();
+        let (dirty_id, dirty_path) = (dirty.id(), dirty.netns_path().to_owned());
+        clean.release_nowait();
+        // Dropped without release: tainted, destroyed without a scrub.
+        drop(dirty);
+        settle().await;
+        let h = fake.host.lock();
+        assert_eq!(h.count(&Op::Scrub(clean_id)), 1);
+        assert_eq!(
+            h.count(&Op::Scrub(dirty_id)),
+            0,
+            "a tainted slot was scrubbed"
+        );
+        assert_eq!(h.count(&Op::RemoveNetns(dirty_path.clone())), 1);
+        assert!(!h.ns_files.contains(&dirty_path));
+        assert_eq!(
+            h.creates(),
+            4,
+            "idle stayed above the low watermark, yet the pool created"
+        );
+        drop(h);
+        let st = pool.stats();
+        assert_eq!(
+            (st.idle, st.leased),
+            (3, 0),
+            "the clean slot did not come back"
+        );
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_on_an_empty_pool_waits_until_its_deadline() {
+        let fake = FakeSys::default();
+        let pool = start(config("em", 0, 0, 1), &fake).await;
+        let started = Instant::now();
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.lease_within(Duration::from_secs(3)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(2999)).await;
+        assert!(!waiting.is_finished(), "gave up before its deadline");
+        let err = waiting.await.unwrap().unwrap_err();
+        assert!(matches!(err, PoolError::Timeout { .. }), "{err}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(3) && waited < Duration::from_millis(3010),
+            "{waited:?}"
+        );
+        assert_eq!(fake.host.lock().creates(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_leases_are_served_in_the_order_they_came() {
+        let fake = FakeSys::default();
+        let pool = start(config("fo", 1, 1, 1), &fake).await;
+        let held = pool.lease().await.unwrap();
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for who in ["a", "b", "c"] {
+            let (pool, served) = (pool.clone(), served.clone());
+            tasks.push(tokio::spawn(async move {
+                let lease = pool.lease_within(LONG).await.unwrap();
+                served.lock().push(who);
+                lease.release().await;
+            }));
+            // Each one queues before the next arrives.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(matches!(held.release().await, Released::Recycled));
+        // A newcomer does not take the slot from those already waiting.
+        let late = pool.lease_within(Duration::ZERO).await;
+        assert!(
+            matches!(late, Err(PoolError::Timeout { .. })),
+            "a newcomer jumped the queue"
+        );
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*served.lock(), ["a", "b", "c"]);
+        assert_eq!(pool.stats().idle, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_lease_that_is_dropped_gives_back_the_slot_handed_to_it() {
+        let fake = FakeSys::default();
+        let pool = start(config("gv", 1, 1, 1), &fake).await;
+        let held = pool.lease().await.unwrap();
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.lease_within(LONG).await.map(|l| l.id()) }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.lease_within(LONG).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // The slot goes to the first waiter, which is dropped before it runs.
+        held.release().await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        let lease = second
+            .await
+            .unwrap()
+            .expect("the slot was lost with the dropped waiter");
+        let st = pool.stats();
+        assert_eq!((st.idle, st.leased), (0, 1));
+        drop(lease);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_fails_waiting_leases() {
+        let fake = FakeSys::default();
+        let pool = start(config("sw", 0, 0, 1), &fake).await;
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.lease_within(LONG).await }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        pool.clone().shutdown().await.unwrap();
+        let err = waiting.await.unwrap().unwrap_err();
+        assert!(matches!(err, PoolError::ShutDown(_)), "{err}");
+        assert!(matches!(pool.lease().await, Err(PoolError::ShutDown(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconcile_removes_an_earlier_runs_leftovers_and_nothing_foreign() {
+        let fake = FakeSys::default();
+        let dir = PathBuf::from("/run/netpool/rc");
+        {
+            let mut h = fake.host.lock();
+            h.leftover_slot(&dir.join("0-1"), "rcv0-1", false);
+            // Something pins this one: its veth must be deleted by hand.
+            h.leftover_slot(&dir.join("1-0"), "rcv1-0", true);
+            h.foreign_link("rcbr0");
+            h.foreign_link("rcbr1");
+            h.firewall.extend(["rcbr0".to_owned(), "rcbr1".to_owned()]);
+            // Another pool's, and the host's own.
+            h.leftover_slot(Path::new("/run/netpool/rc2/0-1"), "rc2v0-1", false);
+            for name in ["lo", "eth0", "docker0", "rcbr", "rcbrx", "rcvx", "rcx0-1"] {
+                h.foreign_link(name);
+            }
+            h.firewall.insert("docker0".to_owned());
+        }
+        let pool = start(config("rc", 0, 0, 4), &fake).await;
+        {
+            let h = fake.host.lock();
+            let links: Vec<&str> = h.links.keys().map(String::as_str).collect();
+            assert_eq!(
+                links,
+                [
+                    "docker0", "eth0", "lo", "rc2v0-1", "rcbr", "rcbrx", "rcvx", "rcx0-1"
+                ]
+            );
+            assert_eq!(
+                h.ns_files.iter().collect::<Vec<_>>(),
+                [Path::new("/run/netpool/rc2/0-1")]
+            );
+            assert_eq!(h.firewall.iter().collect::<Vec<_>>(), ["docker0"]);
+            let addressing = Addressing::new(&config("rc", 0, 0, 4));
+            for (bridge, index) in [(0, 1), (1, 0)] {
+                let ip = addressing.slot(SlotId { bridge, index }).ip;
+                assert_eq!(
+                    h.count(&Op::FlushConntrack(ip)),
+                    1,
+                    "conntrack of {ip} kept"
+                );
+            }
+            // The folder is removed, then made again for this run.
+            let removed = h.position(&Op::RemoveNsDir).unwrap();
+            assert!(removed < h.position(&Op::Prepare).unwrap());
+        }
+        pool.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconcile_keeps_going_past_failures_and_reports_them_all() {
+        let fake = FakeSys::default();
+        let dir = PathBuf::from("/run/netpool/rk");
+        {
+            let mut h = fake.host.lock();
+            h.leftover_slot(&dir.join("0-0"), "rkv0-0", false);
+            h.leftover_slot(&dir.join("0-1"), "rkv0-1", false);
+            h.foreign_link("rkbr0");
+            h.foreign_link("rkbr1");
+            h.fail_remove_netns.insert(dir.join("0-0"));
+            h.fail_delete_link.insert("rkbr0".into());
+        }
+        let err = NetPool::with_sys(config("rk", 0, 0, 4), Box::new(fake.clone()))
+            .await
+            .unwrap_err();
+        let PoolError::Teardown { errors, .. } = err else {
+            panic!("{err}");
+        };
+        let targets: Vec<String> = errors
+            .iter()
+            .map(|e| match e {
+                SysError::Io { target, .. } => target.clone(),
+                other => panic!("unexpected error {other}"),
+            })
+            .collect();
+        assert_eq!(targets, ["/run/netpool/rk/0-0", "rkbr0"]);
+        let h = fake.host.lock();
+        assert!(!h.ns_files.contains(&dir.join("0-1")));
+        assert!(!h.links.contains_key("rkv0-1"));
+        assert!(
+            !h.links.contains_key("rkbr1"),
+            "stopped at the first failure"
+        );
+        // The veth of the namespace that could not be unmounted was deleted by hand.
+        assert!(!h.links.contains_key("rkv0-0"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_removes_every_slot_bridge_and_rule() {
+        let fake = FakeSys::default();
+        let mut c = config("sd", 1, 5, 8);
+        c.isolate_slots = false;
+        let pool = start(c, &fake).await;
+        pool.wait_idle(5, LONG).await.unwrap();
+        let leased = pool.lease().await.unwrap();
+        // The tenant's fd keeps the leased namespace, and so its veth, alive.
+        fake.host.lock().pinned.insert(host_if(&leased));
+        assert_eq!(fake.host.lock().firewall.len(), 2);
+        pool.shutdown().await.unwrap();
+        let h = fake.host.lock();
+        assert!(h.ns_files.is_empty(), "{:?}", h.ns_files);
+        assert!(h.links.is_empty(), "{:?}", h.links);
+        assert!(h.firewall.is_empty(), "{:?}", h.firewall);
+        assert_eq!(
+            h.log
+                .iter()
+                .filter(|o| matches!(o, Op::FlushConntrack(_)))
+                .count(),
+            5
+        );
+        assert_eq!(h.log.last(), Some(&Op::RemoveNsDir));
+        drop(h);
+        drop(leased);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_keeps_going_past_failures_and_reports_them_all() {
+        let fake = FakeSys::default();
+        let mut c = config("sk", 1, 3, 8);
+        c.isolate_slots = false;
+        let pool = start(c, &fake).await;
+        pool.wait_idle(3, LONG).await.unwrap();
+        let leased = pool.lease().await.unwrap();
+        let stuck = PathBuf::from("/run/netpool/sk/0-1");
+        assert_ne!(leased.netns_path(), stuck, "the test needs 0-1 idle");
+        {
+            let mut h = fake.host.lock();
+            h.fail_remove_netns.insert(stuck.clone());
+            h.fail_delete_link.insert("skbr0".into());
+        }
+        let err = pool.shutdown().await.unwrap_err();
+        let PoolError::Teardown { errors, .. } = err else {
+            panic!("{err}");
+        };
+        let mut targets: Vec<String> = errors
+            .iter()
+            .map(|e| match e {
+                SysError::Io { target, .. } => target.clone(),
+                other => panic!("unexpected error {other}"),
+            })
+            .collect();
+        targets.sort();
+        assert_eq!(targets, ["/run/netpool/sk/0-1", "skbr0"]);
+        let h = fake.host.lock();
+        // Everything else went: the other namespaces, every veth (the stuck one's by hand),
+        // the firewall rule of the bridge that could not be deleted, the folder.
+        assert_eq!(h.ns_files.iter().collect::<Vec<_>>(), [&stuck]);
+        assert_eq!(h.links.keys().collect::<Vec<_>>(), ["skbr0"]);
+        assert!(h.firewall.is_empty());
+        assert_eq!(
+            h.log
+                .iter()
+                .filter(|o| matches!(o, Op::FlushConntrack(_)))
+                .count(),
+            3
+        );
+        assert_eq!(h.log.last(), Some(&Op::RemoveNsDir));
+        drop(h);
+        drop(leased);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_creations_back_off_and_the_refill_recovers() {
+        let fake = FakeSys::default();
+        fake.host.lock().fail_creates = usize::MAX;
+        let pool = start(config("bo", 1, 2, 4), &fake).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let times = fake.host.lock().create_times.clone();
+        assert!(
+            (4..=12).contains(&times.len()),
+            "{} creations in 10 s",
+            times.len()
+        );
+        // Attempts come in rounds (one per free creation permit); rounds get further apart,
+        // from the base pause up to the cap.
+        let mut rounds: Vec<Instant> = times.clone();
+        rounds.dedup();
+        let gaps: Vec<Duration> = rounds.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.len() >= 3, "{gaps:?}");
+        assert!(gaps[0] >= CREATE_BACKOFF_BASE, "{gaps:?}");
+        assert!(gaps.windows(2).all(|g| g[0] <= g[1]), "{gaps:?}");
+        assert!(gaps.iter().all(|g| *g <= CREATE_BACKOFF_MAX), "{gaps:?}");
+        fake.host.lock().fail_creates = 0;
+        pool.wait_idle(2, CREATE_BACKOFF_MAX + Duration::from_millis(1))
+            .await
+            .expect("the refill did not resume after the back-off");
+        // Every failed attempt gave its id back.
+        assert_eq!(pool.stats().allocated, 2);
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bridge_whose_firewall_rule_fails_is_deleted_again() {
+        let fake = FakeSys::default();
+        fake.host.lock().fail_allow_intra = 1;
+        let mut c = config("fw", 1, 1, 2);
+        c.isolate_slots = false;
+        let pool = start(c, &fake).await;
+        pool.wait_idle(1, LONG).await.unwrap();
+        let h = fake.host.lock();
+        assert_eq!(h.count(&Op::CreateBridge("fwbr0".into())), 2);
+        let deleted = h.position(&Op::DeleteLink("fwbr0".into())).unwrap();
+        assert!(
+            deleted
+                < h.log
+                    .iter()
+                    .rposition(|o| *o == Op::CreateBridge("fwbr0".into()))
+                    .unwrap()
+        );
+        assert!(h.firewall.contains("fwbr0"));
+        drop(h);
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_address_is_handed_out_twice_while_its_veth_exists() {
+        let fake = FakeSys::default();
+        let pool = start(config("ad", 3, 3, 8), &fake).await;
+        pool.wait_idle(3, LONG).await.unwrap();
+        let mut leases = Vec::new();
+        for _ in 0..3 {
+            leases.push(pool.lease().await.unwrap());
+        }
+        pool.wait_idle(3, LONG).await.unwrap();
+        // A tenant process pins this slot: its veth outlives the mount.
+        let gone = leases.remove(0);
+        let (gone_id, gone_if) = (gone.id(), host_if(&gone));
+        fake.host.lock().pinned.insert(gone_if.clone());
+        drop(gone);
+        // The refill creates two more, reaching max_slots with the quarantined id.
+        for _ in 0..2 {
+            leases.push(pool.lease().await.unwrap());
+        }
+        // Until the pinned veth is deleted (after VETH_GONE_TIMEOUT), its id is not reused.
+        tokio::time::sleep(VETH_GONE_TIMEOUT - Duration::from_millis(100)).await;
+        assert!(fake.host.lock().links.contains_key(&gone_if));
+        assert!(leases.iter().all(|l| l.id() != gone_id));
+        assert_eq!(pool.stats().allocated, 8);
+        // Then it is deleted by hand, the id comes back, and the refill uses it again: the
+        // three idle slots go first, the fourth lease waits for it.
+        for _ in 0..4 {
+            leases.push(pool.lease().await.unwrap());
+        }
+        let h = fake.host.lock();
+        let deleted = h.position(&Op::DeleteLink(gone_if.clone())).unwrap();
+        let reused = h.log.iter().rposition(|o| *o == Op::CreateSlot(gone_id));
+        assert!(
+            reused.is_some_and(|r| r > deleted),
+            "id {gone_id} reused while its veth existed, or never"
+        );
+        let mut ips = h.slot_ips();
+        let n = ips.len();
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), n, "two live slots share an address");
+        drop(h);
+        let mut leased: Vec<Ipv4Addr> = leases.iter().map(Lease::ip).collect();
+        leased.sort();
+        leased.dedup();
+        assert_eq!(leased.len(), leases.len());
+        assert_no_violations(&fake);
+    }
+
+    #[test]
+    fn the_refill_plan_follows_the_watermarks() {
+        let c = config("pl", 2, 5, 8);
+        // idle, creating, allocated, filling, backing off -> start, filling
+        let cases = [
+            ((5, 0, 5, false, false), (0, false)),
+            ((2, 0, 5, false, false), (0, false)),
+            ((1, 0, 4, false, false), (4, true)),
+            ((1, 0, 5, false, false), (3, true)),
+            ((1, 4, 9, true, false), (0, false)),
+            ((3, 1, 6, true, false), (1, true)),
+            ((3, 0, 7, true, false), (1, true)),
+            ((0, 0, 0, false, true), (0, true)),
+            ((0, 0, 0, true, false), (5, true)),
+        ];
+        for ((idle, creating, allocated, filling, backing_off), (start, still)) in cases {
+            let plan = plan_refill(&c, idle, creating, allocated, filling, backing_off);
+            assert_eq!(
+                plan,
+                RefillPlan {
+                    start,
+                    filling: still
+                },
+                "idle={idle} creating={creating} allocated={allocated} filling={filling} backing_off={backing_off}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_refill_plan_never_exceeds_max_slots() {
+        let c = config("pl", 4, 8, 8);
+        for allocated in 0..=10 {
+            let plan = plan_refill(&c, 0, 0, allocated, false, false);
+            assert_eq!(
+                plan.start,
+                8usize.saturating_sub(allocated),
+                "allocated={allocated}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_creation_back_off_doubles_up_to_its_cap() {
+        let delays: Vec<Duration> = (0..10).map(create_backoff).collect();
+        assert_eq!(delays[0], Duration::ZERO);
+        assert_eq!(delays[1], CREATE_BACKOFF_BASE);
+        assert_eq!(delays[2], CREATE_BACKOFF_BASE * 2);
+        assert_eq!(delays[3], CREATE_BACKOFF_BASE * 4);
+        assert!(delays.windows(2).all(|d| d[0] <= d[1]));
+        assert_eq!(create_backoff(9), CREATE_BACKOFF_MAX);
+        assert_eq!(create_backoff(u32::MAX), CREATE_BACKOFF_MAX);
     }
 }

@@ -8,21 +8,26 @@
 //! If a step fails, the namespace is unmounted (the kernel then frees the veth with it) and the
 //! host end is deleted, so nothing is left half-built.
 //!
+//! The pool sees a [`Slot`]: the address, and the namespace behind [`SlotNs`], here a
+//! kernel namespace (a fake one in unit tests).
+//!
 //! # Behavior on release
-//! [`scrub`] fails the slot, and the pool destroys it, when a process or a live socket is still
-//! in the namespace, when the host conntrack entries of its address cannot be flushed, or when
-//! its links, addresses, routes or qdiscs differ from the baseline after learned neighbours are
-//! flushed. Destroying means unmounting: the caller does not wait for the kernel's teardown.
+//! [`Slot::scrub`] fails a kernel slot, and the pool destroys it, when a process or a live
+//! socket is still in the namespace, when the host conntrack entries of its address cannot be
+//! flushed, or when its links, addresses, routes or qdiscs differ from the baseline after
+//! learned neighbours are flushed. Destroying means unmounting: the caller does not wait for
+//! the kernel's teardown.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use crate::addressing::SlotAddress;
 use crate::config::SlotKind;
 use crate::sys::net::{self, NetState, Netlink};
-use crate::sys::{SysError, conntrack, ns};
+use crate::sys::{BoxFuture, SlotNs, Sys, SysError, conntrack, ns};
 
 /// The TAP device of VM slots.
 pub const TAP_NAME: &str = "tap0";
@@ -31,10 +36,33 @@ pub const TAP_NAME: &str = "tap0";
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) addr: SlotAddress,
-    pub(crate) ns: File,
-    pub(crate) ns_inode: u64,
-    pub(crate) netlink: Netlink,
     pub(crate) tap: Option<&'static str>,
+    pub(crate) ns: Box<dyn SlotNs>,
+}
+
+impl Slot {
+    /// Checks and cleans the slot after a tenant; `Ok` means it can serve the next one.
+    #[tracing::instrument(name = "netpool.scrub", skip_all, fields(slot = %self.addr.id))]
+    pub(crate) async fn scrub(&self) -> Result<(), ScrubFailure> {
+        self.ns.scrub(&self.addr).await
+    }
+
+    /// Closes the pool's fds on the namespace, then unmounts it; the kernel frees the
+    /// namespace and its devices once nothing else holds it.
+    pub(crate) fn destroy(self, sys: &dyn Sys) -> Result<(), SysError> {
+        let path = self.addr.ns_path.clone();
+        drop(self);
+        sys.remove_netns(&path)
+    }
+}
+
+/// A kernel slot's namespace: its file, its inode, the netlink socket opened inside it, and
+/// the state read right after creation.
+#[derive(Debug)]
+struct KernelSlot {
+    ns: File,
+    ns_inode: u64,
+    netlink: Netlink,
     baseline: NetState,
 }
 
@@ -66,98 +94,96 @@ impl ScrubFailure {
     }
 }
 
-impl Slot {
-    /// Creates a slot at `addr` whose host end joins bridge `bridge_index`.
-    #[tracing::instrument(name = "netpool.create", skip_all, fields(slot = %addr.id, ip = %addr.ip))]
-    pub(crate) async fn create(
-        host: &Netlink,
-        parent: Option<Arc<File>>,
-        addr: SlotAddress,
-        bridge_index: u32,
-        kind: SlotKind,
-        isolate: bool,
-    ) -> Result<Self, SysError> {
-        let started = Instant::now();
-        let path = addr.ns_path.clone();
-        let created =
-            tokio::task::spawn_blocking(move || ns::create_netns(&path, parent.as_deref()))
-                .await
-                .map_err(|_| SysError::ThreadPanicked)??;
-        let result = Self::configure(host, &addr, bridge_index, kind, isolate, created).await;
-        match result {
-            Ok(slot) => {
-                tracing::debug!(slot = %slot.addr.id, ip = %slot.addr.ip, elapsed_us = started.elapsed().as_micros() as u64, "slot created");
-                Ok(slot)
+/// Creates a slot at `addr` whose host end joins bridge `bridge_index`.
+#[tracing::instrument(name = "netpool.create", skip_all, fields(slot = %addr.id, ip = %addr.ip))]
+pub(crate) async fn create(
+    host: &Netlink,
+    parent: Option<Arc<File>>,
+    addr: SlotAddress,
+    bridge_index: u32,
+    kind: SlotKind,
+    isolate: bool,
+) -> Result<Slot, SysError> {
+    let started = Instant::now();
+    let path = addr.ns_path.clone();
+    let created = tokio::task::spawn_blocking(move || ns::create_netns(&path, parent.as_deref()))
+        .await
+        .map_err(|_| SysError::ThreadPanicked)??;
+    let result = configure(host, &addr, bridge_index, kind, isolate, created).await;
+    match result {
+        Ok(slot) => {
+            tracing::debug!(slot = %slot.addr.id, ip = %slot.addr.ip, elapsed_us = started.elapsed().as_micros() as u64, "slot created");
+            Ok(slot)
+        }
+        Err(e) => {
+            // Undo: unmounting frees the namespace and eth0 with it; the host end goes with its
+            // peer, and is deleted here in case something else pins the namespace.
+            let mut cleanup = Vec::new();
+            if let Err(c) = ns::remove_netns(&addr.ns_path) {
+                cleanup.push(c.to_string());
             }
-            Err(e) => {
-                // Undo: unmounting frees the namespace and eth0 with it; the host end goes
-                // with its peer, and is deleted here in case something else pins the namespace.
-                let mut cleanup = Vec::new();
-                if let Err(c) = ns::remove_netns(&addr.ns_path) {
-                    cleanup.push(c.to_string());
-                }
-                if let Ok(Some(index)) = net::link_index(&host.handle, &addr.host_if).await
-                    && let Err(c) = net::delete_link(&host.handle, index, &addr.host_if).await
-                {
-                    cleanup.push(c.to_string());
-                }
-                if !cleanup.is_empty() {
-                    tracing::error!(slot = %addr.id, error = %e, cleanup = ?cleanup, "slot creation failed and its cleanup failed too");
-                }
-                Err(e)
+            if let Ok(Some(index)) = net::link_index(&host.handle, &addr.host_if).await
+                && let Err(c) = net::delete_link(&host.handle, index, &addr.host_if).await
+            {
+                cleanup.push(c.to_string());
             }
+            if !cleanup.is_empty() {
+                tracing::error!(slot = %addr.id, error = %e, cleanup = ?cleanup, "slot creation failed and its cleanup failed too");
+            }
+            Err(e)
         }
     }
+}
 
-    async fn configure(
-        host: &Netlink,
-        addr: &SlotAddress,
-        bridge_index: u32,
-        kind: SlotKind,
-        isolate: bool,
-        created: ns::NewNamespace,
-    ) -> Result<Self, SysError> {
-        let ns_inode = ns::ns_inode(&created.ns)?;
-        let netlink = Netlink::from_socket(created.netlink);
-        net::create_veth(
-            &host.handle,
-            &addr.host_if,
-            bridge_index,
-            created.ns.as_raw_fd(),
-            addr.mac,
-            isolate,
-        )
-        .await?;
-        let eth0 =
-            net::configure_slot(&netlink.handle, addr.ip, addr.prefix_len, addr.gateway).await?;
-        let tap = match kind {
-            SlotKind::Container => None,
-            SlotKind::Vm => {
-                let ns_file = created
-                    .ns
-                    .try_clone()
-                    .map_err(SysError::io("duplicate fd of", "namespace"))?;
-                tokio::task::spawn_blocking(move || ns::create_tap(&ns_file, TAP_NAME))
-                    .await
-                    .map_err(|_| SysError::ThreadPanicked)??;
-                net::wire_tap(&netlink.handle, eth0, TAP_NAME).await?;
-                Some(TAP_NAME)
-            }
-        };
-        let baseline = net::net_state(&netlink.handle).await?;
-        Ok(Self {
-            addr: addr.clone(),
+async fn configure(
+    host: &Netlink,
+    addr: &SlotAddress,
+    bridge_index: u32,
+    kind: SlotKind,
+    isolate: bool,
+    created: ns::NewNamespace,
+) -> Result<Slot, SysError> {
+    let ns_inode = ns::ns_inode(&created.ns)?;
+    let netlink = Netlink::from_socket(created.netlink);
+    net::create_veth(
+        &host.handle,
+        &addr.host_if,
+        bridge_index,
+        created.ns.as_raw_fd(),
+        addr.mac,
+        isolate,
+    )
+    .await?;
+    let eth0 = net::configure_slot(&netlink.handle, addr.ip, addr.prefix_len, addr.gateway).await?;
+    let tap = match kind {
+        SlotKind::Container => None,
+        SlotKind::Vm => {
+            let ns_file = created
+                .ns
+                .try_clone()
+                .map_err(SysError::io("duplicate fd of", "namespace"))?;
+            tokio::task::spawn_blocking(move || ns::create_tap(&ns_file, TAP_NAME))
+                .await
+                .map_err(|_| SysError::ThreadPanicked)??;
+            net::wire_tap(&netlink.handle, eth0, TAP_NAME).await?;
+            Some(TAP_NAME)
+        }
+    };
+    let baseline = net::net_state(&netlink.handle).await?;
+    Ok(Slot {
+        addr: addr.clone(),
+        tap,
+        ns: Box::new(KernelSlot {
             ns: created.ns,
             ns_inode,
             netlink,
-            tap,
             baseline,
-        })
-    }
+        }),
+    })
+}
 
-    /// Checks and cleans the slot after a tenant; `Ok` means it can serve the next one.
-    #[tracing::instrument(name = "netpool.scrub", skip_all, fields(slot = %self.addr.id))]
-    pub(crate) async fn scrub(&self) -> Result<(), ScrubFailure> {
+impl KernelSlot {
+    async fn scrub(&self, addr: &SlotAddress) -> Result<(), ScrubFailure> {
         let inode = self.ns_inode;
         let procs = tokio::task::spawn_blocking(move || ns::processes_in(inode))
             .await
@@ -180,7 +206,7 @@ impl Slot {
         net::flush_neighbours(&self.netlink.handle)
             .await
             .map_err(ScrubFailure::Error)?;
-        conntrack::flush(self.addr.ip)
+        conntrack::flush(addr.ip)
             .await
             .map_err(ScrubFailure::Conntrack)?;
         let now = net::net_state(&self.netlink.handle)
@@ -192,11 +218,27 @@ impl Slot {
         Ok(())
     }
 
-    /// Unmounts the namespace and closes the pool's fds on it; the kernel frees the namespace
-    /// and its devices once nothing else holds it.
-    pub(crate) fn destroy(self) -> Result<(), SysError> {
-        let path = self.addr.ns_path.clone();
-        drop(self);
-        ns::remove_netns(&path)
+    async fn open_tap(&self, name: &'static str) -> Result<OwnedFd, SysError> {
+        let ns_file = self
+            .ns
+            .try_clone()
+            .map_err(SysError::io("duplicate fd of", "namespace"))?;
+        tokio::task::spawn_blocking(move || ns::open_tap(&ns_file, name))
+            .await
+            .map_err(|_| SysError::ThreadPanicked)?
+    }
+}
+
+impl SlotNs for KernelSlot {
+    fn file(&self) -> &File {
+        &self.ns
+    }
+
+    fn scrub<'a>(&'a self, addr: &'a SlotAddress) -> BoxFuture<'a, Result<(), ScrubFailure>> {
+        Box::pin(KernelSlot::scrub(self, addr))
+    }
+
+    fn open_tap(&self, name: &'static str) -> BoxFuture<'_, Result<OwnedFd, SysError>> {
+        Box::pin(KernelSlot::open_tap(self, name))
     }
 }

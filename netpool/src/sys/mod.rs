@@ -7,11 +7,88 @@
 //! `netpool-ns` that this module spawns and joins; a tokio worker never changes namespace.
 //! A namespace's netlink socket is opened on such a thread while it is inside the namespace,
 //! then driven from async code.
+//!
+//! The pool reaches all of this through the [`Sys`] trait, whose real implementation is
+//! [`kernel::Kernel`]; unit tests put a fake behind it (`crate::fake`) to drive the pool's
+//! refill, recycle, reconcile and shutdown decisions without root.
 
 pub(crate) mod conntrack;
 pub(crate) mod firewall;
+pub(crate) mod kernel;
 pub(crate) mod net;
 pub(crate) mod ns;
+
+use std::fs::File;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use crate::addressing::SlotAddress;
+use crate::config::SlotKind;
+use crate::slot::{ScrubFailure, Slot};
+
+/// A boxed future, so that [`Sys`] can be used as a trait object.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Every host operation the pool performs. Methods that return a future do their blocking
+/// work off the tokio workers (on `netpool-ns` threads or through `spawn_blocking`); the
+/// synchronous ones are single non-blocking syscalls or directory reads.
+pub(crate) trait Sys: Send + Sync + std::fmt::Debug + 'static {
+    /// Creates the pool's namespace folder and whatever slots are created from.
+    fn prepare<'a>(&'a self, ns_dir: &'a Path) -> BoxFuture<'a, Result<(), SysError>>;
+    /// Unmounts and removes the pool's namespace folder.
+    fn remove_ns_dir(&self, ns_dir: &Path) -> Result<(), SysError>;
+    /// The entries of the pool's namespace folder (empty when it does not exist).
+    fn ns_files(&self, ns_dir: &Path) -> Vec<PathBuf>;
+    /// Unmounts and removes a namespace's bind mount; a missing one is not an error.
+    fn remove_netns(&self, path: &Path) -> Result<(), SysError>;
+    /// Every host link, as (index, name).
+    fn host_links(&self) -> BoxFuture<'_, Result<Vec<(u32, String)>, SysError>>;
+    /// The index of host link `name`, if it exists.
+    fn host_link_index<'a>(&'a self, name: &'a str)
+    -> BoxFuture<'a, Result<Option<u32>, SysError>>;
+    /// Deletes host link `index`; a missing one is not an error.
+    fn delete_host_link<'a>(
+        &'a self,
+        index: u32,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), SysError>>;
+    /// Deletes the host's conntrack entries of `ip`.
+    fn flush_conntrack(&self, ip: Ipv4Addr) -> BoxFuture<'_, Result<(), SysError>>;
+    /// Creates bridge `name` with its gateway address and MAC; returns its index.
+    fn create_bridge<'a>(
+        &'a self,
+        name: &'a str,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+        mac: [u8; 6],
+    ) -> BoxFuture<'a, Result<u32, SysError>>;
+    /// Lets the ports of bridge `name` reach each other through the host's firewall.
+    fn allow_intra_bridge<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), SysError>>;
+    /// Removes what [`Sys::allow_intra_bridge`] added; a missing rule is not an error.
+    fn remove_intra_bridge<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), SysError>>;
+    /// Creates a slot at `addr` whose host end joins bridge `bridge_index`; undoes itself on
+    /// failure.
+    fn create_slot(
+        &self,
+        addr: SlotAddress,
+        bridge_index: u32,
+        kind: SlotKind,
+        isolate: bool,
+    ) -> BoxFuture<'_, Result<Slot, SysError>>;
+}
+
+/// A created slot's namespace, as the [`Sys`] that created it holds it.
+pub(crate) trait SlotNs: Send + Sync + std::fmt::Debug {
+    /// The namespace's nsfs file; valid as long as the slot lives.
+    fn file(&self) -> &File;
+    /// Checks and cleans the namespace after a tenant; `Ok` means it can serve the next one.
+    fn scrub<'a>(&'a self, addr: &'a SlotAddress) -> BoxFuture<'a, Result<(), ScrubFailure>>;
+    /// Opens an fd on TAP device `name` inside the namespace.
+    fn open_tap(&self, name: &'static str) -> BoxFuture<'_, Result<OwnedFd, SysError>>;
+}
 
 /// A failed kernel operation; each variant names the operation and its target.
 #[derive(Debug, thiserror::Error)]
@@ -44,10 +121,7 @@ pub enum SysError {
     #[error("{0} not found")]
     NotFound(String),
     #[error("cannot flush conntrack entries of {ip}: {detail}")]
-    Conntrack {
-        ip: std::net::Ipv4Addr,
-        detail: String,
-    },
+    Conntrack { ip: Ipv4Addr, detail: String },
 }
 
 impl SysError {
