@@ -1,10 +1,15 @@
 //! The Docker calls the pool makes, in one place: create and start a pause container, inspect
-//! it, list a manager's containers, remove one. Everything goes through the Engine API
-//! (bollard); no docker CLI.
+//! it, list a manager's containers, remove one; and opening a pause container's network
+//! namespace for the release checks. Everything goes through the Engine API (bollard); no
+//! docker CLI.
+//!
+//! The pool reaches all of it through the [`Engine`] trait, so its state machine runs against a
+//! fake in unit tests; [`DockerEngine`] is the real one.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
@@ -12,6 +17,8 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder,
 };
+use futures::future::BoxFuture;
+use netpool::{NamespaceProbe, NamespaceState, SysError};
 
 use crate::config::NetworkKey;
 
@@ -26,33 +33,161 @@ pub const LABEL_RUN: &str = "pcpm.run";
 
 /// A Docker call that failed, with what was being done.
 #[derive(Debug, thiserror::Error)]
-#[error("docker: {action} {target}")]
-pub struct EngineError {
-    action: &'static str,
-    target: String,
-    #[source]
-    source: bollard::errors::Error,
+pub enum EngineError {
+    /// Docker has no such container (it answered 404).
+    #[error("docker: {action} {target}: no such container")]
+    NotFound {
+        action: &'static str,
+        target: String,
+    },
+    #[error("docker: {action} {target}")]
+    Docker {
+        action: &'static str,
+        target: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
 }
 
 impl EngineError {
     fn new(action: &'static str, target: &str) -> impl FnOnce(bollard::errors::Error) -> Self {
         let target = target.to_owned();
-        move |source| Self {
-            action,
-            target,
-            source,
+        move |source| match source {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => Self::NotFound { action, target },
+            source => Self::Docker {
+                action,
+                target,
+                source,
+            },
         }
     }
 
     /// Whether Docker answered 404 (no such container).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.source,
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404,
-                ..
-            }
-        )
+        matches!(self, Self::NotFound { .. })
+    }
+}
+
+/// What the pool needs of the container engine and of the host's namespaces. [`DockerEngine`]
+/// is the real one; the pool's unit tests use a fake.
+pub(crate) trait Engine: Debug + Send + Sync {
+    /// Creates and starts a pause container and returns its id; a container created but not
+    /// started is removed again.
+    fn create_pause<'a>(
+        &'a self,
+        name: &'a str,
+        image: &'a str,
+        key: &'a NetworkKey,
+        labels: HashMap<String, String>,
+    ) -> BoxFuture<'a, Result<String, EngineError>>;
+
+    /// The container's state, namespace pid, address on `network` and shared files.
+    fn inspect<'a>(
+        &'a self,
+        id: &'a str,
+        network: &'a str,
+    ) -> BoxFuture<'a, Result<Inspected, EngineError>>;
+
+    /// Every container, running or not, labelled by the manager `manager`.
+    fn list<'a>(&'a self, manager: &'a str) -> BoxFuture<'a, Result<Vec<Listed>, EngineError>>;
+
+    /// Removes a container (force: a running one is killed). A container already gone is fine.
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// Opens the network namespace of the process `pid` (a pause container's).
+    fn open_namespace(&self, pid: u32) -> BoxFuture<'_, Result<Box<dyn Namespace>, SysError>>;
+}
+
+/// An open network namespace: what the release checks read of it.
+pub(crate) trait Namespace: Debug + Send + Sync {
+    /// Deletes the neighbour entries the kernel learned from traffic.
+    fn flush_learned_neighbours(&self) -> BoxFuture<'_, Result<(), SysError>>;
+    /// The links, addresses, routes and qdiscs.
+    fn state(&self) -> BoxFuture<'_, Result<NetState, SysError>>;
+    /// Sockets some fd still holds.
+    fn live_sockets(&self) -> BoxFuture<'_, Result<Vec<String>, SysError>>;
+    /// Processes with a thread in the namespace.
+    fn processes(&self) -> BoxFuture<'_, Result<Vec<u32>, SysError>>;
+}
+
+/// A namespace's state as the release check compares it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum NetState {
+    /// Read by [`netpool::NamespaceProbe`].
+    Probed(NamespaceState),
+    /// Made up by a unit test's fake (netpool's state cannot be built outside netpool).
+    #[cfg(test)]
+    Fake(String),
+}
+
+impl NetState {
+    /// What differs from `before`.
+    pub fn diff(&self, before: &Self) -> String {
+        match (self, before) {
+            (Self::Probed(now), Self::Probed(before)) => now.diff(before),
+            #[cfg(test)]
+            (now, before) => format!("{before:?} -> {now:?}"),
+        }
+    }
+}
+
+/// The real engine: Docker through bollard, namespaces through [`netpool::NamespaceProbe`].
+#[derive(Debug, Clone)]
+pub(crate) struct DockerEngine(pub Docker);
+
+impl Engine for DockerEngine {
+    fn create_pause<'a>(
+        &'a self,
+        name: &'a str,
+        image: &'a str,
+        key: &'a NetworkKey,
+        labels: HashMap<String, String>,
+    ) -> BoxFuture<'a, Result<String, EngineError>> {
+        Box::pin(create_pause(&self.0, name, image, key, labels))
+    }
+
+    fn inspect<'a>(
+        &'a self,
+        id: &'a str,
+        network: &'a str,
+    ) -> BoxFuture<'a, Result<Inspected, EngineError>> {
+        Box::pin(inspect(&self.0, id, network))
+    }
+
+    fn list<'a>(&'a self, manager: &'a str) -> BoxFuture<'a, Result<Vec<Listed>, EngineError>> {
+        Box::pin(list(&self.0, manager))
+    }
+
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(remove(&self.0, id))
+    }
+
+    fn open_namespace(&self, pid: u32) -> BoxFuture<'_, Result<Box<dyn Namespace>, SysError>> {
+        Box::pin(async move {
+            let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            let probe = NamespaceProbe::open(Path::new(&path)).await?;
+            Ok(Box::new(probe) as Box<dyn Namespace>)
+        })
+    }
+}
+
+impl Namespace for NamespaceProbe {
+    fn flush_learned_neighbours(&self) -> BoxFuture<'_, Result<(), SysError>> {
+        Box::pin(NamespaceProbe::flush_learned_neighbours(self))
+    }
+
+    fn state(&self) -> BoxFuture<'_, Result<NetState, SysError>> {
+        Box::pin(async move { NamespaceProbe::state(self).await.map(NetState::Probed) })
+    }
+
+    fn live_sockets(&self) -> BoxFuture<'_, Result<Vec<String>, SysError>> {
+        Box::pin(NamespaceProbe::live_sockets(self))
+    }
+
+    fn processes(&self) -> BoxFuture<'_, Result<Vec<u32>, SysError>> {
+        Box::pin(NamespaceProbe::processes(self))
     }
 }
 
@@ -112,7 +247,7 @@ fn pause_body(
 }
 
 /// Creates and starts a pause container; a container created but not started is removed again.
-pub(crate) async fn create_pause(
+async fn create_pause(
     docker: &Docker,
     name: &str,
     image: &str,
@@ -133,11 +268,7 @@ pub(crate) async fn create_pause(
 }
 
 /// The container's state, namespace pid, address on `network` and shared files.
-pub(crate) async fn inspect(
-    docker: &Docker,
-    id: &str,
-    network: &str,
-) -> Result<Inspected, EngineError> {
+async fn inspect(docker: &Docker, id: &str, network: &str) -> Result<Inspected, EngineError> {
     let info = docker
         .inspect_container(id, None::<InspectContainerOptions>)
         .await
@@ -169,7 +300,7 @@ pub(crate) async fn inspect(
 }
 
 /// Every container, running or not, labelled by the manager `manager`.
-pub(crate) async fn list(docker: &Docker, manager: &str) -> Result<Vec<Listed>, EngineError> {
+async fn list(docker: &Docker, manager: &str) -> Result<Vec<Listed>, EngineError> {
     let filters = HashMap::from([("label", vec![format!("{LABEL_MANAGER}={manager}")])]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
@@ -195,13 +326,14 @@ pub(crate) async fn list(docker: &Docker, manager: &str) -> Result<Vec<Listed>, 
 }
 
 /// Removes a container (force: a running one is killed). A container already gone is fine.
-pub(crate) async fn remove(docker: &Docker, id: &str) -> Result<(), EngineError> {
+async fn remove(docker: &Docker, id: &str) -> Result<(), EngineError> {
     let options = RemoveContainerOptionsBuilder::new().force(true).build();
-    match docker.remove_container(id, Some(options)).await {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let e = EngineError::new("remove", id)(e);
-            if e.is_not_found() { Ok(()) } else { Err(e) }
-        }
+    match docker
+        .remove_container(id, Some(options))
+        .await
+        .map_err(EngineError::new("remove", id))
+    {
+        Err(EngineError::NotFound { .. }) => Ok(()),
+        other => other,
     }
 }

@@ -14,7 +14,7 @@
 //!   nothing behind.
 //! - [`Endpoint`] / [`PauseHandle`]: the network mode for the function container, the pause
 //!   container's id and IP; [`PauseHandle::release`] checks the namespace is as it was new
-//!   before reuse ([`Released`]).
+//!   before reuse ([`Released`], [`ReplaceReason`]).
 //! - [`metrics`]: the metric names this crate records.
 //!
 //! The pause process itself is `src/bin/pause.rs` (binary `pcpm-pause`), linked statically by
@@ -27,9 +27,13 @@
 
 mod config;
 mod engine;
+#[cfg(test)]
+mod fake;
 pub mod metrics;
 mod pool;
 
 pub use config::{ConfigError, DEFAULT_PAUSE_IMAGE, NetworkKey, OnEmpty, PcpmConfig};
 pub use engine::{EngineError, LABEL_KEY, LABEL_KEY_SPEC, LABEL_MANAGER, LABEL_RUN};
-pub use pool::{Endpoint, PauseHandle, Pcpm, PcpmError, PoolStats, Reconciled, Released};
+pub use pool::{
+    Endpoint, PauseHandle, Pcpm, PcpmError, PoolStats, Reconciled, Released, ReplaceReason,
+};

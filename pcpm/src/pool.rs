@@ -1,23 +1,26 @@
 //! The pools: pause containers created ahead of need, handed out, checked on return.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::error::Error;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use futures::StreamExt;
-use netpool::{NamespaceProbe, NamespaceState, SysError};
-use tokio::sync::{Notify, Semaphore};
+use netpool::SysError;
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{ConfigError, NetworkKey, OnEmpty, PcpmConfig};
-use crate::engine::{self, EngineError};
+use crate::engine::{self, DockerEngine, Engine, EngineError, Namespace, NetState};
 use crate::metrics as m;
 
 /// Errors of the pool manager.
@@ -43,27 +46,73 @@ pub enum PcpmError {
     #[error("pause container {id} is not running")]
     NotRunning { id: String },
     #[error(
+        "pause container {id} has more than its pause process or open sockets in its namespace"
+    )]
+    Dirty { id: String },
+    /// The source is the last creation failure the pool saw, if any (a later success does not
+    /// clear it).
+    #[error(
         "pcpm pool {pool} had no pause container within {waited:?}{}",
-        last_error.as_ref().map(|e| format!(" (last creation failed: {e})")).unwrap_or_default()
+        if last_error.is_some() { " (its last creation failed)" } else { "" }
     )]
     Exhausted {
         pool: String,
         waited: Duration,
-        last_error: Option<String>,
+        #[source]
+        last_error: Option<Arc<PcpmError>>,
     },
     #[error("the pool manager is shut down")]
     Closed,
-    #[error("{} pause container(s) could not be removed: {}", .0.len(), .0.join("; "))]
-    Teardown(Vec<String>),
+    /// Each removal's error is also logged, with its sources, where it happened.
+    #[error("{} pause container(s) could not be removed: {}", .0.len(), join(.0))]
+    Teardown(Vec<EngineError>),
+}
+
+fn join(errors: &[EngineError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What became of a released pause container.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Released {
     /// It passed every check and is idle in its pool again.
     Recycled,
-    /// It failed a check (the reason); it was removed and the refill replaces it.
-    Replaced(String),
+    /// It failed a check; it was removed and the refill replaces it.
+    Replaced(ReplaceReason),
+}
+
+impl Released {
+    /// Whether the pause container went back to its pool.
+    pub fn is_recycled(&self) -> bool {
+        matches!(self, Self::Recycled)
+    }
+}
+
+/// Why a released pause container was not reused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceReason {
+    #[error("the pool manager is gone")]
+    ManagerGone,
+    #[error("the pool is shut down")]
+    ShutDown,
+    #[error("the pause container is not running")]
+    NotRunning,
+    #[error("the pause process changed (pid {before} -> {after})")]
+    PidChanged { before: u32, after: u32 },
+    #[error("processes other than the pause process in the namespace: {0:?}")]
+    Processes(Vec<u32>),
+    #[error("sockets left open: {}", .0.join(", "))]
+    Sockets(Vec<String>),
+    #[error("network state changed: {0}")]
+    NetworkChanged(String),
+    #[error("{} changed", .0.display())]
+    FileChanged(PathBuf),
+    #[error("a release check failed")]
+    Check(#[source] PcpmError),
 }
 
 /// A pool's counters and occupancy.
@@ -170,7 +219,7 @@ pub struct Pcpm {
 
 #[derive(Debug)]
 struct Shared {
-    docker: Docker,
+    engine: Arc<dyn Engine>,
     config: PcpmConfig,
     run: String,
     seq: AtomicU64,
@@ -186,12 +235,20 @@ impl Pcpm {
     /// running, clean ones of configured keys, removing the rest) and starts the configured
     /// pools, which fill to their high watermark in the background.
     pub async fn new(docker: Docker, config: PcpmConfig) -> Result<Self, PcpmError> {
+        Self::with_engine(Arc::new(DockerEngine(docker)), config).await
+    }
+
+    /// [`Pcpm::new`] on any engine: the unit tests' fake.
+    pub(crate) async fn with_engine(
+        engine: Arc<dyn Engine>,
+        config: PcpmConfig,
+    ) -> Result<Self, PcpmError> {
         config.validate()?;
         m::describe();
         let run = run_id();
         let mut shared = Shared {
             creates: Semaphore::new(config.max_concurrent_creates),
-            docker,
+            engine,
             config,
             run,
             seq: AtomicU64::new(0),
@@ -237,7 +294,7 @@ impl Pcpm {
 
     /// The counters of the pool for `key`, if it has started.
     pub fn stats(&self, key: &NetworkKey) -> Option<PoolStats> {
-        let pools = lock(&self.shared.pools);
+        let pools = self.shared.pools.lock();
         pools.get(key).map(|p| p.stats())
     }
 
@@ -249,7 +306,7 @@ impl Pcpm {
         timeout: Duration,
     ) -> Result<(), PcpmError> {
         let pool = self.pool(key);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
             let notified = pool.idle_ready.notified();
             let (idle, last_error) = {
@@ -278,24 +335,31 @@ impl Pcpm {
         shared.cancel.cancel();
         shared.tasks.close();
         shared.tasks.wait().await;
-        let pools: Vec<_> = lock(&shared.pools).values().cloned().collect();
+        let pools: Vec<_> = shared.pools.lock().values().cloned().collect();
         for pool in &pools {
             let mut s = pool.lock();
             s.closed = true;
             s.idle.clear();
+            // Dropped senders tell the waiters the pool is closed.
+            s.waiters.clear();
             pool.gauges(&s);
             pool.idle_ready.notify_waiters();
         }
-        let listed = engine::list(&shared.docker, &shared.config.name).await?;
-        let errors: Vec<String> = futures::stream::iter(listed)
+        let listed = shared.engine.list(&shared.config.name).await?;
+        let errors: Vec<EngineError> = futures::stream::iter(listed)
             .map(|c| async move {
                 let pool = c.labels.get(engine::LABEL_KEY).cloned().unwrap_or_default();
-                let result = engine::remove(&shared.docker, &c.id).await;
-                if result.is_ok() {
-                    metrics::counter!(m::REMOVED_TOTAL, "pool" => pool, "reason" => "shutdown")
-                        .increment(1);
+                let result = shared.engine.remove(&c.id).await;
+                match &result {
+                    Ok(()) => {
+                        metrics::counter!(m::REMOVED_TOTAL, "pool" => pool, "reason" => "shutdown")
+                            .increment(1);
+                    }
+                    Err(e) => {
+                        warn!(container = %c.id, error = e as &dyn Error, "removing a pause container at shutdown failed");
+                    }
                 }
-                result.map_err(|e| error_chain(&e))
+                result
             })
             .buffer_unordered(shared.config.max_concurrent_creates)
             .filter_map(|r| async move { r.err() })
@@ -316,7 +380,7 @@ impl Pcpm {
 
     /// The pool for `key`; a new one starts with `adopted` idle, then its refill task.
     fn start_pool(&self, key: &NetworkKey, adopted: Vec<PauseContainer>) -> Arc<Pool> {
-        let mut pools = lock(&self.shared.pools);
+        let mut pools = self.shared.pools.lock();
         if let Some(pool) = pools.get(key) {
             return pool.clone();
         }
@@ -355,7 +419,7 @@ struct PauseContainer {
     name: String,
     pid: u32,
     ip: Option<IpAddr>,
-    probe: NamespaceProbe,
+    probe: Box<dyn Namespace>,
     fingerprint: Fingerprint,
     uses: u64,
 }
@@ -365,12 +429,12 @@ struct PauseContainer {
 /// `/etc/resolv.conf`, `/etc/hostname`, writable by a root process in the joining container).
 #[derive(Debug, PartialEq, Eq)]
 struct Fingerprint {
-    net: NamespaceState,
+    net: NetState,
     files: Vec<(PathBuf, Vec<u8>)>,
 }
 
 impl Fingerprint {
-    async fn take(probe: &NamespaceProbe, id: &str, files: &[PathBuf]) -> Result<Self, PcpmError> {
+    async fn take(probe: &dyn Namespace, id: &str, files: &[PathBuf]) -> Result<Self, PcpmError> {
         let ns_err = |action| namespace_error(id, action);
         probe
             .flush_learned_neighbours()
@@ -394,16 +458,13 @@ impl Fingerprint {
     }
 
     /// Why `now` differs from this fingerprint, or `None`.
-    fn differs(&self, now: &Self) -> Option<String> {
+    fn differs(&self, now: &Self) -> Option<ReplaceReason> {
         if now.net != self.net {
-            return Some(format!(
-                "network state changed: {}",
-                now.net.diff(&self.net)
-            ));
+            return Some(ReplaceReason::NetworkChanged(now.net.diff(&self.net)));
         }
         for ((path, before), (_, after)) in self.files.iter().zip(&now.files) {
             if before != after {
-                return Some(format!("{} changed", path.display()));
+                return Some(ReplaceReason::FileChanged(path.clone()));
             }
         }
         None
@@ -466,9 +527,10 @@ impl PauseHandle {
     /// was new: no other process, no socket, the same links, addresses, routes and qdiscs, the
     /// same shared files. Otherwise it is removed and the refill replaces it.
     pub async fn release(mut self) -> Released {
-        let Some(mut container) = self.container.take() else {
-            return Released::Replaced("handle already released".into());
-        };
+        let mut container = self
+            .container
+            .take()
+            .expect("only release and drop take the container, and release consumes the handle");
         let pool = self.pool.clone();
         let span = info_span!("pcpm_release", pool = %pool.id, container = %container.name);
         async move {
@@ -483,7 +545,7 @@ impl PauseHandle {
                     Released::Recycled
                 }
                 Err(reason) => {
-                    info!(%reason, "pause container replaced");
+                    info!(reason = &reason as &dyn Error, "pause container replaced");
                     pool.discard(container, "dirty");
                     Released::Replaced(reason)
                 }
@@ -506,13 +568,15 @@ impl Drop for PauseHandle {
 #[derive(Debug, Default)]
 struct State {
     idle: Vec<PauseContainer>,
+    /// Callers waiting on an empty pool, longest-waiting first. A sender whose receiver is gone
+    /// (its caller gave up) is skipped and pruned.
+    waiters: VecDeque<oneshot::Sender<PauseContainer>>,
     leased: usize,
     creating: usize,
-    waiting: usize,
     closed: bool,
     failures: u32,
     not_before: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<Arc<PcpmError>>,
     created: u64,
     adopted: u64,
     recycled: u64,
@@ -520,6 +584,12 @@ struct State {
     create_failures: u64,
     fallbacks: u64,
     exhausted: u64,
+}
+
+impl State {
+    fn waiting(&self) -> usize {
+        self.waiters.iter().filter(|w| !w.is_closed()).count()
+    }
 }
 
 #[derive(Debug)]
@@ -536,9 +606,34 @@ struct Pool {
     wake: Notify,
 }
 
+/// A caller's place in the queue of an empty pool. Dropped before it received its container
+/// (the caller's future was dropped, or the deadline passed just as a container was handed
+/// over), it gives the container back.
+struct Waiter<'a> {
+    pool: &'a Pool,
+    rx: Option<oneshot::Receiver<PauseContainer>>,
+}
+
+impl Waiter<'_> {
+    /// Stops waiting; a container handed over meanwhile is the caller's.
+    fn give_up(&mut self) -> Option<PauseContainer> {
+        let mut rx = self.rx.take()?;
+        rx.close();
+        rx.try_recv().ok()
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.give_up() {
+            self.pool.unlease(c);
+        }
+    }
+}
+
 impl Pool {
     fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        self.state.lock()
     }
 
     fn gauges(&self, s: &State) {
@@ -552,7 +647,7 @@ impl Pool {
             idle: s.idle.len(),
             leased: s.leased,
             creating: s.creating,
-            waiting: s.waiting,
+            waiting: s.waiting(),
             created: s.created,
             adopted: s.adopted,
             recycled: s.recycled,
@@ -567,24 +662,41 @@ impl Pool {
         self.shared.upgrade().map_or(0, |s| s.config.low_watermark)
     }
 
-    /// Takes an idle pause container, if any; wakes the refill when below the low watermark.
-    fn try_take(self: &Arc<Self>) -> Result<Option<PauseHandle>, PcpmError> {
-        let mut s = self.lock();
-        if s.closed {
-            return Err(PcpmError::Closed);
-        }
-        let container = s.idle.pop();
-        if container.is_some() {
-            s.leased += 1;
-        }
-        if s.idle.len() < self.low_watermark() {
-            self.wake.notify_one();
-        }
-        self.gauges(&s);
-        Ok(container.map(|c| PauseHandle {
+    fn handle(self: &Arc<Self>, c: PauseContainer) -> PauseHandle {
+        PauseHandle {
             container: Some(c),
             pool: self.clone(),
-        }))
+        }
+    }
+
+    /// Gives `c` to the longest-waiting caller, or makes it idle. Callers that wait are served
+    /// in the order they came, and a new caller finds an idle container only when nobody waits.
+    fn hand_over(&self, s: &mut State, mut c: PauseContainer) {
+        while let Some(waiter) = s.waiters.pop_front() {
+            match waiter.send(c) {
+                Ok(()) => {
+                    s.leased += 1;
+                    return;
+                }
+                Err(back) => c = back,
+            }
+        }
+        s.idle.push(c);
+    }
+
+    /// Takes back a container handed to a caller that never received it.
+    fn unlease(&self, c: PauseContainer) {
+        let mut s = self.lock();
+        s.leased -= 1;
+        if s.closed {
+            drop(s);
+            self.discard_unleased(c, "shutdown");
+            return;
+        }
+        self.hand_over(&mut s, c);
+        self.gauges(&s);
+        drop(s);
+        self.idle_ready.notify_waiters();
     }
 
     async fn acquire(self: &Arc<Self>) -> Result<Endpoint, PcpmError> {
@@ -599,88 +711,117 @@ impl Pool {
             metrics::histogram!(m::ACQUIRE_SECONDS, "pool" => self.id.clone(), "outcome" => outcome)
                 .record(started.elapsed().as_secs_f64());
         };
-        if let Some(handle) = self.try_take()? {
-            record("hit");
-            return Ok(Endpoint::Pause(handle));
-        }
-        let timeout = match on_empty {
-            OnEmpty::Fallback => {
-                self.lock().fallbacks += 1;
-                self.wake.notify_one();
-                metrics::counter!(m::FALLBACKS_TOTAL, "pool" => self.id.clone()).increment(1);
-                record("fallback");
-                debug!(pool = %self.id, "pool empty; falling back to ordinary networking");
-                return Ok(Endpoint::Fallback(self.key.clone()));
+        let (tx, rx) = oneshot::channel();
+        let timeout = {
+            let mut s = self.lock();
+            if s.closed {
+                return Err(PcpmError::Closed);
             }
-            OnEmpty::Wait(timeout) => timeout,
+            if let Some(c) = s.idle.pop() {
+                s.leased += 1;
+                if s.idle.len() < self.low_watermark() {
+                    self.wake.notify_one();
+                }
+                self.gauges(&s);
+                drop(s);
+                record("hit");
+                return Ok(Endpoint::Pause(self.handle(c)));
+            }
+            match on_empty {
+                OnEmpty::Fallback => {
+                    s.fallbacks += 1;
+                    drop(s);
+                    self.wake.notify_one();
+                    metrics::counter!(m::FALLBACKS_TOTAL, "pool" => self.id.clone()).increment(1);
+                    record("fallback");
+                    debug!(pool = %self.id, "pool empty; falling back to ordinary networking");
+                    return Ok(Endpoint::Fallback(self.key.clone()));
+                }
+                OnEmpty::Wait(timeout) => {
+                    s.waiters.retain(|w| !w.is_closed());
+                    s.waiters.push_back(tx);
+                    timeout
+                }
+            }
         };
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.lock().waiting += 1;
-        let _waiting = scopeguard(|| self.lock().waiting -= 1);
-        loop {
-            let notified = self.idle_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Some(handle) = self.try_take()? {
-                record("waited");
-                return Ok(Endpoint::Pause(handle));
+        self.wake.notify_one();
+        let mut waiter = Waiter {
+            pool: self,
+            rx: Some(rx),
+        };
+        let rx = waiter.rx.as_mut().expect("set just above");
+        let container = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(c)) => {
+                waiter.rx = None;
+                Some(c)
             }
-            self.wake.notify_one();
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let last_error = {
-                    let mut s = self.lock();
-                    s.exhausted += 1;
-                    s.last_error.clone()
-                };
-                metrics::counter!(m::EXHAUSTED_TOTAL, "pool" => self.id.clone()).increment(1);
-                record("exhausted");
-                return Err(PcpmError::Exhausted {
-                    pool: self.id.clone(),
-                    waited: timeout,
-                    last_error,
-                });
-            }
+            // The sender was dropped: only shutdown drops a waiter's sender.
+            Ok(Err(_)) => return Err(PcpmError::Closed),
+            Err(_) => waiter.give_up(),
+        };
+        if let Some(c) = container {
+            record("waited");
+            return Ok(Endpoint::Pause(self.handle(c)));
         }
+        let last_error = {
+            let mut s = self.lock();
+            s.exhausted += 1;
+            s.last_error.clone()
+        };
+        metrics::counter!(m::EXHAUSTED_TOTAL, "pool" => self.id.clone()).increment(1);
+        record("exhausted");
+        Err(PcpmError::Exhausted {
+            pool: self.id.clone(),
+            waited: timeout,
+            last_error,
+        })
     }
 
     /// The release checks; `Err` is the reason the container cannot be reused.
-    async fn check(&self, c: &PauseContainer) -> Result<(), String> {
+    async fn check(&self, c: &PauseContainer) -> Result<(), ReplaceReason> {
         let Some(shared) = self.shared.upgrade() else {
-            return Err("the pool manager is gone".into());
+            return Err(ReplaceReason::ManagerGone);
         };
         if self.lock().closed {
-            return Err("the pool is shut down".into());
+            return Err(ReplaceReason::ShutDown);
         }
-        let now = engine::inspect(&shared.docker, &c.id, &self.key.network)
+        let failed = |e: PcpmError| ReplaceReason::Check(e);
+        let now = shared
+            .engine
+            .inspect(&c.id, &self.key.network)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| failed(e.into()))?;
         if !now.running {
-            return Err("the pause container is not running".into());
+            return Err(ReplaceReason::NotRunning);
         }
         if now.pid != c.pid {
-            return Err(format!(
-                "the pause process changed (pid {} -> {})",
-                c.pid, now.pid
-            ));
+            return Err(ReplaceReason::PidChanged {
+                before: c.pid,
+                after: now.pid,
+            });
         }
-        let processes = c.probe.processes().await.map_err(|e| error_chain(&e))?;
+        let processes = c
+            .probe
+            .processes()
+            .await
+            .map_err(|e| failed(namespace_error(&c.id, "list processes")(e)))?;
         if processes != [c.pid] {
-            return Err(format!(
-                "processes other than the pause process in the namespace: {:?}",
-                processes
-                    .iter()
-                    .filter(|&&p| p != c.pid)
-                    .collect::<Vec<_>>()
+            return Err(ReplaceReason::Processes(
+                processes.into_iter().filter(|&p| p != c.pid).collect(),
             ));
         }
-        let sockets = c.probe.live_sockets().await.map_err(|e| error_chain(&e))?;
+        let sockets = c
+            .probe
+            .live_sockets()
+            .await
+            .map_err(|e| failed(namespace_error(&c.id, "list sockets")(e)))?;
         if !sockets.is_empty() {
-            return Err(format!("sockets left open: {}", sockets.join(", ")));
+            return Err(ReplaceReason::Sockets(sockets));
         }
         let paths: Vec<PathBuf> = c.fingerprint.files.iter().map(|(p, _)| p.clone()).collect();
-        let fingerprint = Fingerprint::take(&c.probe, &c.id, &paths)
+        let fingerprint = Fingerprint::take(&*c.probe, &c.id, &paths)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(failed)?;
         match c.fingerprint.differs(&fingerprint) {
             Some(reason) => Err(reason),
             None => Ok(()),
@@ -696,7 +837,7 @@ impl Pool {
             return;
         }
         s.recycled += 1;
-        s.idle.push(c);
+        self.hand_over(&mut s, c);
         self.gauges(&s);
         drop(s);
         metrics::counter!(m::RECYCLED_TOTAL, "pool" => self.id.clone()).increment(1);
@@ -725,16 +866,16 @@ impl Pool {
             return;
         };
         let pool = self.id.clone();
-        let docker = shared.docker.clone();
+        let engine = shared.engine.clone();
         // Not on the task tracker once it is closed: shutdown removes by label anyway.
         let removal = async move {
-            match engine::remove(&docker, &c.id).await {
+            match engine.remove(&c.id).await {
                 Ok(()) => {
                     metrics::counter!(m::REMOVED_TOTAL, "pool" => pool, "reason" => reason)
                         .increment(1);
                 }
                 Err(e) => {
-                    warn!(container = %c.name, error = %error_chain(&e), "removing a pause container failed; the next reconcile removes it");
+                    warn!(container = %c.name, error = &e as &dyn Error, "removing a pause container failed; the next reconcile removes it");
                 }
             }
         };
@@ -769,7 +910,7 @@ impl Pool {
                 s.not_before = None;
                 s.created += 1;
                 debug!(container = %c.name, ip = ?c.ip, "pause container ready");
-                s.idle.push(c);
+                self.hand_over(&mut s, c);
                 self.gauges(&s);
                 drop(s);
                 metrics::counter!(m::CREATED_TOTAL, "pool" => self.id.clone()).increment(1);
@@ -778,19 +919,30 @@ impl Pool {
                 self.idle_ready.notify_waiters();
             }
             Err(e) => {
-                let chain = error_chain(&e);
                 s.failures += 1;
                 s.create_failures += 1;
-                let backoff = Duration::from_millis(200 << s.failures.min(5));
+                let backoff = backoff(s.failures);
                 s.not_before = Some(Instant::now() + backoff);
-                s.last_error = Some(chain.clone());
+                let e = Arc::new(e);
+                s.last_error = Some(e.clone());
                 drop(s);
                 metrics::counter!(m::CREATE_FAILURES_TOTAL, "pool" => self.id.clone()).increment(1);
-                warn!(error = %chain, ?backoff, "creating a pause container failed");
+                warn!(
+                    error = &*e as &dyn Error,
+                    ?backoff,
+                    "creating a pause container failed"
+                );
                 self.wake.notify_one();
             }
         }
     }
+}
+
+/// The pause before the next creation after `failures` failures in a row: doubling from
+/// 400 ms, at most 6.4 s, so a broken engine or image is retried slowly but soon recovered
+/// from.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(200 << failures.clamp(1, 5))
 }
 
 /// Keeps a pool between its watermarks: when fewer than the low watermark are idle (or callers
@@ -804,15 +956,18 @@ async fn refill(pool: Arc<Pool>, cancel: CancellationToken, config: PcpmConfig) 
             if s.closed {
                 return;
             }
+            // A back-off that ends now is over: waiting zero would spin without a creation.
             let backoff = s
                 .not_before
-                .and_then(|t| t.checked_duration_since(Instant::now()));
+                .and_then(|t| t.checked_duration_since(Instant::now()))
+                .filter(|d| !d.is_zero());
             let ready = s.idle.len() + s.creating;
             let total = ready + s.leased;
+            let waiting = s.waiting();
             let want = if backoff.is_some() {
                 0
-            } else if ready < config.low_watermark || s.waiting > 0 || total == 0 {
-                (config.high_watermark + s.waiting).saturating_sub(ready)
+            } else if ready < config.low_watermark || waiting > 0 || total == 0 {
+                (config.high_watermark + waiting).saturating_sub(ready)
             } else {
                 0
             };
@@ -859,12 +1014,15 @@ async fn create(
         ),
         (engine::LABEL_RUN.to_owned(), shared.run.clone()),
     ]);
-    let id = engine::create_pause(&shared.docker, &name, &shared.config.image, key, labels).await?;
+    let id = shared
+        .engine
+        .create_pause(&name, &shared.config.image, key, labels)
+        .await?;
     match take_in(shared, key, &id, &name, false).await {
         Ok(c) => Ok(c),
         Err(e) => {
-            if let Err(undo) = engine::remove(&shared.docker, &id).await {
-                warn!(container = %name, error = %error_chain(&undo), "undoing a failed creation failed");
+            if let Err(undo) = shared.engine.remove(&id).await {
+                warn!(container = %name, error = &undo as &dyn Error, "undoing a failed creation failed");
             }
             Err(e)
         }
@@ -881,23 +1039,24 @@ async fn take_in(
     name: &str,
     adopting: bool,
 ) -> Result<PauseContainer, PcpmError> {
-    let info = engine::inspect(&shared.docker, id, &key.network).await?;
+    let info = shared.engine.inspect(id, &key.network).await?;
     if !info.running || info.pid == 0 {
         return Err(PcpmError::NotRunning { id: id.to_owned() });
     }
     let ns_err = |action| namespace_error(id, action);
-    let path = PathBuf::from(format!("/proc/{}/ns/net", info.pid));
-    let probe = NamespaceProbe::open(Path::new(&path))
+    let probe = shared
+        .engine
+        .open_namespace(info.pid)
         .await
         .map_err(ns_err("open namespace"))?;
     if adopting {
         let processes = probe.processes().await.map_err(ns_err("list processes"))?;
         let sockets = probe.live_sockets().await.map_err(ns_err("list sockets"))?;
         if processes != [info.pid] || !sockets.is_empty() {
-            return Err(PcpmError::NotRunning { id: id.to_owned() });
+            return Err(PcpmError::Dirty { id: id.to_owned() });
         }
     }
-    let fingerprint = Fingerprint::take(&probe, id, &info.shared_files).await?;
+    let fingerprint = Fingerprint::take(&*probe, id, &info.shared_files).await?;
     Ok(PauseContainer {
         id: id.to_owned(),
         name: name.to_owned(),
@@ -917,7 +1076,7 @@ type Adopted = HashMap<NetworkKey, Vec<PauseContainer>>;
 /// the earlier run that changed them without leaving a process or socket behind is not
 /// detectable after the fact, which is why a dirty-looking one is removed rather than adopted.
 async fn reconcile(shared: &Shared) -> Result<(Adopted, Reconciled), PcpmError> {
-    let listed = engine::list(&shared.docker, &shared.config.name).await?;
+    let listed = shared.engine.list(&shared.config.name).await?;
     let mut adopted: Adopted = HashMap::new();
     let mut report = Reconciled::default();
     let mut errors = Vec::new();
@@ -948,18 +1107,23 @@ async fn reconcile(shared: &Shared) -> Result<(Adopted, Reconciled), PcpmError> 
                         report.adopted += 1;
                         continue;
                     }
-                    Err(e) => debug!(container = %c.id, reason = %error_chain(&e), "not adopting"),
+                    Err(e) => {
+                        debug!(container = %c.id, reason = &e as &dyn Error, "not adopting");
+                    }
                 }
             }
         }
-        match engine::remove(&shared.docker, &c.id).await {
+        match shared.engine.remove(&c.id).await {
             Ok(()) => {
                 report.removed += 1;
                 let pool = c.labels.get(engine::LABEL_KEY).cloned().unwrap_or_default();
                 metrics::counter!(m::REMOVED_TOTAL, "pool" => pool, "reason" => "reconcile")
                     .increment(1);
             }
-            Err(e) => errors.push(error_chain(&e)),
+            Err(e) => {
+                warn!(container = %c.id, error = &e as &dyn Error, "removing an earlier run's container failed");
+                errors.push(e);
+            }
         }
     }
     if errors.is_empty() {
@@ -982,11 +1146,6 @@ fn run_id() -> String {
     )
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a pool's lock leaves counters that are still usable.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Wraps a namespace error of pause container `id` while doing `action`.
 fn namespace_error(id: &str, action: &'static str) -> impl FnOnce(SysError) -> PcpmError {
     let id = id.to_owned();
@@ -997,25 +1156,5 @@ fn namespace_error(id: &str, action: &'static str) -> impl FnOnce(SysError) -> P
     }
 }
 
-/// The error and its sources, `: `-joined.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
-    struct Guard<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            (self.0)();
-        }
-    }
-    Guard(f)
-}
+#[cfg(test)]
+mod tests;

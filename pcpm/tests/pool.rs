@@ -20,7 +20,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, WaitContainerOptions,
 };
 use futures::StreamExt;
-use pcpm::{Endpoint, NetworkKey, OnEmpty, Pcpm, PcpmConfig, PcpmError, Released};
+use pcpm::{Endpoint, NetworkKey, OnEmpty, Pcpm, PcpmConfig, PcpmError, Released, ReplaceReason};
 
 const NATIVE_IMAGE: &str = "openwhisk/dockerskeleton:nightly";
 const NODE_IMAGE: &str = "openwhisk/action-nodejs-v18:nightly";
@@ -230,7 +230,9 @@ async fn fifty_function_containers_join_pause_containers_concurrently() {
         }))
         .await;
         assert!(
-            outcomes.iter().all(|o| *o == Some(Released::Recycled)),
+            outcomes
+                .iter()
+                .all(|o| o.as_ref().is_some_and(Released::is_recycled)),
             "wave {wave}: {outcomes:?}"
         );
     }
@@ -306,7 +308,7 @@ async fn released_pause_container_serves_the_next_function_clean() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     remove(&docker, &a).await;
-    assert_eq!(first.release().await, Some(Released::Recycled));
+    assert_recycled(first.release().await);
 
     let second = pcpm.acquire(&bridge()).await.unwrap();
     let Endpoint::Pause(handle) = &second else {
@@ -333,7 +335,7 @@ async fn released_pause_container_serves_the_next_function_clean() {
         "the second function found a trace of the first"
     );
     remove(&docker, &b).await;
-    assert_eq!(second.release().await, Some(Released::Recycled));
+    assert_recycled(second.release().await);
     pcpm.shutdown().await.unwrap();
     assert!(labelled(&docker, name).await.is_empty());
 }
@@ -367,7 +369,9 @@ async fn dirty_or_dropped_pause_containers_are_replaced() {
     assert_eq!(exit_code(&docker, &f).await, 0);
     remove(&docker, &f).await;
     match endpoint.release().await {
-        Some(Released::Replaced(reason)) => assert!(reason.contains("hosts changed"), "{reason}"),
+        Some(Released::Replaced(ReplaceReason::FileChanged(path))) => {
+            assert_eq!(path.file_name(), Some("hosts".as_ref()), "{path:?}");
+        }
         other => panic!("a rewritten /etc/hosts was recycled: {other:?}"),
     }
     assert_gone(&docker, &pause).await;
@@ -385,7 +389,7 @@ async fn dirty_or_dropped_pause_containers_are_replaced() {
     .await;
     cleanup.track(&f);
     match endpoint.release().await {
-        Some(Released::Replaced(reason)) => assert!(reason.contains("processes"), "{reason}"),
+        Some(Released::Replaced(ReplaceReason::Processes(_))) => {}
         other => panic!("a namespace with a live process was recycled: {other:?}"),
     }
     remove(&docker, &f).await;
@@ -405,6 +409,13 @@ async fn dirty_or_dropped_pause_containers_are_replaced() {
     assert_eq!((stats.replaced, stats.recycled), (3, 0), "{stats:?}");
     pcpm.shutdown().await.unwrap();
     assert!(labelled(&docker, name).await.is_empty());
+}
+
+fn assert_recycled(released: Option<Released>) {
+    match released {
+        Some(Released::Recycled) => {}
+        other => panic!("not recycled: {other:?}"),
+    }
 }
 
 fn endpoint_id(e: &Endpoint) -> String {
@@ -429,33 +440,42 @@ async fn assert_gone(docker: &Docker, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_pool_waits_to_its_deadline_and_a_release_serves_the_waiter() {
+    const WAIT: Duration = Duration::from_secs(1);
     let docker = docker().await;
     let name = "pcpm-t-wait";
-    let pcpm = Pcpm::new(
-        docker.clone(),
-        config(name, 1, 1, OnEmpty::Wait(Duration::from_secs(1))),
-    )
-    .await
-    .unwrap();
+    let pcpm = Pcpm::new(docker.clone(), config(name, 1, 1, OnEmpty::Wait(WAIT)))
+        .await
+        .unwrap();
     let held = pcpm.acquire(&bridge()).await.unwrap();
     let pause = endpoint_id(&held);
 
     let started = Instant::now();
     match pcpm.acquire(&bridge()).await {
-        Err(PcpmError::Exhausted { waited, .. }) => assert_eq!(waited, Duration::from_secs(1)),
+        Err(PcpmError::Exhausted { waited, .. }) => assert_eq!(waited, WAIT),
         other => panic!("expected exhaustion, got {other:?}"),
     }
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_secs(1), "gave up after {waited:?}");
+    assert!(waited >= WAIT, "gave up after {waited:?}");
 
-    // A waiter is served by the next release.
-    let waiter = tokio::spawn({
-        let pcpm = pcpm.clone();
-        async move { pcpm.acquire(&bridge()).await.map(|e| endpoint_id(&e)) }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(held.release().await, Some(Released::Recycled));
-    assert_eq!(waiter.await.unwrap().unwrap(), pause);
+    // A waiter is served by the next release. Polled once, the acquire has queued as a waiter
+    // (the pool is empty and at its maximum); the release then hands it the very container.
+    // Its deadline cannot win even if the release checks outlast it: the waiter is not polled
+    // meanwhile, and a timeout polls the future it bounds before its timer.
+    let key = bridge();
+    let mut waiter = std::pin::pin!(pcpm.acquire(&key));
+    assert!(
+        futures::poll!(waiter.as_mut()).is_pending(),
+        "an acquire on an empty pool did not wait"
+    );
+    assert_eq!(pcpm.stats(&bridge()).unwrap().waiting, 1);
+    assert_recycled(held.release().await);
+    // A bound only against hanging: the handed-over container is ready at the next poll.
+    let served = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiter was not served by the release")
+        .unwrap();
+    assert_eq!(endpoint_id(&served), pause);
+    assert_recycled(served.release().await);
     let stats = pcpm.stats(&bridge()).unwrap();
     assert_eq!(stats.exhausted, 1, "{stats:?}");
     assert_eq!(stats.fallbacks, 0, "{stats:?}");
@@ -498,7 +518,7 @@ async fn an_empty_pool_falls_back_to_ordinary_networking() {
         404
     );
     remove(&docker, &f).await;
-    assert_eq!(fallback.release().await, None);
+    assert!(fallback.release().await.is_none());
     assert_eq!(pcpm.stats(&bridge()).unwrap().fallbacks, 1);
     drop(held);
     pcpm.shutdown().await.unwrap();
@@ -564,7 +584,7 @@ async fn a_killed_manager_is_reconciled_and_nothing_is_left() {
     assert_eq!(http_status(&client, endpoint.ip().unwrap()).await, 404);
     remove(&docker, &f).await;
     remove(&docker, &function).await;
-    assert_eq!(endpoint.release().await, Some(Released::Recycled));
+    assert_recycled(endpoint.release().await);
     pcpm.shutdown().await.unwrap();
     assert!(labelled(&docker, name).await.is_empty());
 }
