@@ -169,12 +169,11 @@ async fn netns_functions(
         async move {
             let spec = ContainerSpec {
                 name: format!("wskbm_{i}_sieve"),
-                image: NODE_IMAGE.to_owned(),
+                image: invoker::container::ImageRef::local(NODE_IMAGE),
                 memory_mb: 128,
                 cpu_shares: 128,
                 cpus: None,
                 env: Vec::new(),
-                pull: false,
             };
             let c = factory.create(&spec).await?;
             let ran = init_and_run(client, c.addr(), true).await;

@@ -1,13 +1,15 @@
 //! The runc backend against the real kernel, runc and the locally built images: a Node.js
 //! action container in a netpool namespace answers `/init` and `/run` on the lease's address,
-//! writes sentinelled logs in json-file format, pauses and resumes, and leaves nothing behind.
+//! writes sentinelled logs that arrive through its pipes, pauses and resumes, and leaves nothing
+//! behind; an image whose entry point is missing is refused as a developer error before runc
+//! runs.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use invoker::container::proxy::{self, ProxyClient};
 use invoker::container::runc::RuncFactory;
-use invoker::container::{ContainerFactory, ContainerSpec};
+use invoker::container::{ContainerFactory, ContainerSpec, CreateError, ImageRef};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,13 +38,22 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
     );
     let spec = ContainerSpec {
         name: "wskrb0_1_guest_sieve".into(),
-        image: "openwhisk/action-nodejs-v18:nightly".into(),
+        image: ImageRef::local("openwhisk/action-nodejs-v18:nightly"),
         memory_mb: 256,
         cpu_shares: 128,
-        cpus: None,
+        cpus: Some(0.5),
         env: vec!["__OW_API_HOST=http://127.0.0.1".into()],
-        pull: false,
     };
+    // An image that is not there is the developer's error, as under Docker.
+    let missing = ContainerSpec {
+        name: "wskrb0_0_guest_missing".into(),
+        image: ImageRef::local("wsk-no-such-image:none"),
+        ..spec.clone()
+    };
+    match factory.create(&missing).await {
+        Err(CreateError::NoExecutable { image, .. }) => assert_eq!(image, "wsk-no-such-image:none"),
+        other => panic!("expected NoExecutable, got {other:?}"),
+    }
     let c = factory.create(&spec).await.expect("runc create");
     let client = ProxyClient::new();
     let code = "function main(p) { console.log('counting to', p.n); return {n: p.n} }";
@@ -61,11 +72,9 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
         .await;
     let r = proxy::run_response(&answer, 30_000, 1 << 20, false);
     assert_eq!(r.result, Some(json!({"n": 7})), "{r:?}");
-    // Sentinelled logs in json-file format.
-    let mut offset = 0;
+    // Sentinelled logs, read from the container's pipes.
     let logs = invoker::container::logs::collect(
-        c.log_file().unwrap(),
-        &mut offset,
+        &mut **c.logs().expect("runc collects logs").lock().await,
         invoker::container::logs::Collect {
             limit_bytes: 1 << 20,
             wait: true,

@@ -1,11 +1,10 @@
 //! The Docker backend through the Engine API (bollard; no docker CLI): the flags of contract
 //! §5.1, the address on the configured network (or a pcpm pause container's), the `json-file`
-//! log, pause and unpause, removal of our leftovers by name prefix.
+//! log tailed with inotify, pause and unpause, removal of our leftovers by name prefix.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
 
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
@@ -17,7 +16,43 @@ use futures::StreamExt;
 use pcpm::{Endpoint, NetworkKey, Pcpm};
 use tokio::sync::Semaphore;
 
-use super::{BackendError, Container, ContainerFactory, ContainerSpec, CreateError};
+use super::logs::{FileWatcher, JsonFile, Logs};
+use super::{
+    BackendError, Container, ContainerFactory, ContainerSpec, CreateError, Errors, ImageOrigin,
+};
+
+/// A Docker backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The Engine API answered 404 (no such container or image).
+    #[error("docker {call}: not found")]
+    NotFound {
+        call: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("docker {call}")]
+    Api {
+        call: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("no pause container")]
+    Pcpm(#[source] pcpm::PcpmError),
+    #[error("container {id} has no address on network {network}")]
+    NoAddress { id: String, network: String },
+}
+
+impl DockerError {
+    fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> Self {
+        move |source| match source {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => Self::NotFound { call, source },
+            source => Self::Api { call, source },
+        }
+    }
+}
 
 /// Where function containers get their network.
 #[derive(Debug, Clone)]
@@ -35,6 +70,8 @@ pub struct DockerFactory {
     networking: Networking,
     /// `whisk.docker.client.parallel-runs`.
     runs: Semaphore,
+    /// Wakes the log collectors of every container of this factory.
+    log_watcher: FileWatcher,
 }
 
 impl DockerFactory {
@@ -43,6 +80,7 @@ impl DockerFactory {
             docker,
             networking,
             runs: Semaphore::new(parallel_runs.max(1)),
+            log_watcher: FileWatcher::default(),
         }
     }
 
@@ -50,6 +88,38 @@ impl DockerFactory {
         match &self.networking {
             Networking::Bridge(k) | Networking::Pcpm(_, k) => k,
         }
+    }
+
+    /// Starts a created container: its address, and its log file if Docker writes one.
+    async fn start(
+        &self,
+        id: &str,
+        endpoint: &Endpoint,
+        network: &str,
+    ) -> Result<(IpAddr, Option<String>), DockerError> {
+        self.docker
+            .start_container(id, None)
+            .await
+            .map_err(DockerError::api("start"))?;
+        let info = self
+            .docker
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(DockerError::api("inspect"))?;
+        let ip = match endpoint.ip() {
+            Some(ip) => ip,
+            None => info
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|mut n| n.remove(network))
+                .and_then(|n| n.ip_address)
+                .and_then(|ip| ip.parse::<IpAddr>().ok())
+                .ok_or_else(|| DockerError::NoAddress {
+                    id: id.to_owned(),
+                    network: network.to_owned(),
+                })?,
+        };
+        Ok((ip, info.log_path.filter(|p| !p.is_empty())))
     }
 
     async fn pull(&self, image: &str) -> Result<(), CreateError> {
@@ -64,7 +134,10 @@ impl DockerFactory {
                     tracing::warn!(image, error = %e, "pull failed; using the local image");
                     return Ok(());
                 }
-                return Err(CreateError::ImagePull(image.to_owned()));
+                return Err(CreateError::ImagePull {
+                    image: image.to_owned(),
+                    source: Box::new(DockerError::api("pull")(e)),
+                });
             }
         }
         Ok(())
@@ -74,19 +147,20 @@ impl DockerFactory {
 #[async_trait::async_trait]
 impl ContainerFactory for DockerFactory {
     async fn create(&self, spec: &ContainerSpec) -> Result<Box<dyn Container>, CreateError> {
-        if spec.pull {
-            self.pull(&spec.image).await?;
+        let image = &spec.image.name;
+        if spec.image.origin == ImageOrigin::Registry {
+            self.pull(image).await?;
         }
         let endpoint = match &self.networking {
             Networking::Bridge(key) => Endpoint::Fallback(key.clone()),
             Networking::Pcpm(pcpm, key) => pcpm
                 .acquire(key)
                 .await
-                .map_err(|e| CreateError::Provision(e.to_string()))?,
+                .map_err(|e| CreateError::provision(DockerError::Pcpm(e)))?,
         };
         let memory = i64::try_from(spec.memory_mb << 20).unwrap_or(i64::MAX);
         let mut body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
+            image: Some(image.clone()),
             env: Some(spec.env.clone()),
             host_config: Some(HostConfig {
                 cpu_shares: i64::try_from(spec.cpu_shares).ok(),
@@ -115,70 +189,55 @@ impl ContainerFactory for DockerFactory {
             .name(&spec.name)
             .build();
         let created = self.docker.create_container(Some(options), body).await;
-        let id = match created {
+        let id = match created.map_err(DockerError::api("create")) {
             Ok(c) => c.id,
             Err(e) => {
                 release(endpoint).await;
-                let text = e.to_string();
-                if text.contains("No such image") {
-                    return Err(CreateError::NoExecutable(spec.image.clone()));
-                }
-                return Err(CreateError::Provision(text));
+                // The only 404 of a create: no such image.
+                return Err(match e {
+                    e @ DockerError::NotFound { .. } => CreateError::NoExecutable {
+                        image: image.clone(),
+                        source: Some(Box::new(e)),
+                    },
+                    e => CreateError::provision(e),
+                });
             }
         };
-        let started = async {
-            self.docker
-                .start_container(&id, None)
-                .await
-                .map_err(|e| e.to_string())?;
-            let info = self
-                .docker
-                .inspect_container(&id, None::<InspectContainerOptions>)
-                .await
-                .map_err(|e| e.to_string())?;
-            let ip = match endpoint.ip() {
-                Some(ip) => ip,
-                None => info
-                    .network_settings
-                    .and_then(|n| n.networks)
-                    .and_then(|mut n| n.remove(&network))
-                    .and_then(|n| n.ip_address)
-                    .and_then(|ip| ip.parse::<IpAddr>().ok())
-                    .ok_or_else(|| format!("no address on network {network}"))?,
-            };
-            Ok::<_, String>((
-                ip,
-                info.log_path.filter(|p| !p.is_empty()).map(PathBuf::from),
-            ))
-        }
-        .await;
-        match started {
+        match self.start(&id, &endpoint, &network).await {
             Ok((ip, log)) => Ok(Box::new(DockerContainer {
                 docker: self.docker.clone(),
                 id,
                 addr: SocketAddr::new(ip, 8080),
-                log,
-                endpoint: Mutex::new(Some(endpoint)),
+                logs: log
+                    .map(|p| Logs::new(JsonFile::new(Path::new(&p), self.log_watcher.clone()))),
+                endpoint: parking_lot::Mutex::new(Some(endpoint)),
             })),
-            Err(detail) => {
+            Err(e) => {
+                // Exit code 127 is Docker's verdict on an entry point it cannot find
+                // (contract §5.1), read before the container goes.
+                let exit_code = self
+                    .docker
+                    .inspect_container(&id, None::<InspectContainerOptions>)
+                    .await
+                    .ok()
+                    .and_then(|i| i.state)
+                    .and_then(|s| s.exit_code);
                 let options = RemoveContainerOptionsBuilder::new().force(true).build();
                 let _ = self.docker.remove_container(&id, Some(options)).await;
                 release(endpoint).await;
-                if detail.contains("executable file not found") {
-                    Err(CreateError::NoExecutable(spec.image.clone()))
+                if exit_code == Some(127) {
+                    Err(CreateError::NoExecutable {
+                        image: image.clone(),
+                        source: Some(Box::new(e)),
+                    })
                 } else {
-                    Err(CreateError::Provision(detail))
+                    Err(CreateError::provision(e))
                 }
             }
         }
     }
 
     async fn remove_all(&self, prefix: &str) -> Result<usize, BackendError> {
-        let err = |detail: String| BackendError {
-            action: "list",
-            id: prefix.to_owned(),
-            detail,
-        };
         let filters = HashMap::from([("name", vec![prefix.to_owned()])]);
         let options = ListContainersOptionsBuilder::new()
             .all(true)
@@ -188,7 +247,11 @@ impl ContainerFactory for DockerFactory {
             .docker
             .list_containers(Some(options))
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| BackendError {
+                action: "list",
+                id: prefix.to_owned(),
+                source: Box::new(DockerError::api("list")(e)),
+            })?;
         let mut removed = 0;
         let mut errors = Vec::new();
         for c in list {
@@ -205,7 +268,11 @@ impl ContainerFactory for DockerFactory {
             let options = RemoveContainerOptionsBuilder::new().force(true).build();
             match self.docker.remove_container(&id, Some(options)).await {
                 Ok(()) => removed += 1,
-                Err(e) => errors.push(format!("{id}: {e}")),
+                Err(e) => errors.push(Box::new(BackendError {
+                    action: "remove",
+                    id,
+                    source: Box::new(DockerError::api("remove")(e)),
+                }) as super::BoxError),
             }
         }
         if errors.is_empty() {
@@ -214,7 +281,7 @@ impl ContainerFactory for DockerFactory {
             Err(BackendError {
                 action: "remove",
                 id: prefix.to_owned(),
-                detail: errors.join("; "),
+                source: Box::new(Errors(errors)),
             })
         }
     }
@@ -231,8 +298,8 @@ struct DockerContainer {
     docker: Docker,
     id: String,
     addr: SocketAddr,
-    log: Option<PathBuf>,
-    endpoint: Mutex<Option<Endpoint>>,
+    logs: Option<Logs>,
+    endpoint: parking_lot::Mutex<Option<Endpoint>>,
 }
 
 impl DockerContainer {
@@ -243,7 +310,7 @@ impl DockerContainer {
         move |e| BackendError {
             action,
             id: self.id.clone(),
-            detail: e.to_string(),
+            source: Box::new(DockerError::api(action)(e)),
         }
     }
 }
@@ -258,8 +325,8 @@ impl Container for DockerContainer {
         self.addr
     }
 
-    fn log_file(&self) -> Option<&Path> {
-        self.log.as_deref()
+    fn logs(&self) -> Option<&Logs> {
+        self.logs.as_ref()
     }
 
     async fn pause(&self) -> Result<(), BackendError> {
@@ -289,18 +356,20 @@ impl Container for DockerContainer {
     async fn destroy(&self) -> Result<(), BackendError> {
         let _ = self.docker.unpause_container(&self.id).await;
         let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        let removed = match self.docker.remove_container(&self.id, Some(options)).await {
-            Ok(()) => Ok(()),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => Ok(()),
-            Err(e) => Err(self.err("remove")(e)),
+        let removed = match self
+            .docker
+            .remove_container(&self.id, Some(options))
+            .await
+            .map_err(DockerError::api("remove"))
+        {
+            Ok(()) | Err(DockerError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(BackendError {
+                action: "remove",
+                id: self.id.clone(),
+                source: Box::new(e),
+            }),
         };
-        let endpoint = self
-            .endpoint
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+        let endpoint = self.endpoint.lock().take();
         if let Some(endpoint) = endpoint {
             if removed.is_ok() {
                 release(endpoint).await;

@@ -2,23 +2,96 @@
 //! the cold path. The network namespace comes from a netpool lease (its path goes into the
 //! spec), the root filesystem is the locally built image unpacked once and mounted per container
 //! as an overlay, the cgroup limits match the Docker flags of contract §5.1, and the process's
-//! stdout and stderr are written to a log in Docker's `json-file` format, so log collection and
-//! its sentinels work unchanged.
+//! stdout and stderr are read from its pipes into the container's log source as they arrive.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::path::{Component, Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use futures::StreamExt;
 use netpool::{Lease, NetPool};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use super::{BackendError, Container, ContainerFactory, ContainerSpec, CreateError};
+use super::logs::{self, LineSender, LogLine, LogSource, Logs, Next, Stream};
+use super::{
+    BackendError, BoxError, Container, ContainerFactory, ContainerSpec, CreateError, Errors,
+};
+
+/// A `runc` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("cannot start {}", .runc.display())]
+    Spawn {
+        runc: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `stderr` is runc's own account of the failure.
+    #[error("runc {command} exited with {status}: {stderr}")]
+    Failed {
+        command: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+}
+
+/// A runc backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum RuncError {
+    #[error("cannot inspect image {image}")]
+    Inspect {
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot export image {image} (docker {call})")]
+    Export {
+        image: String,
+        call: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot unpack image {image} into {}", .path.display())]
+    Unpack {
+        image: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no network namespace")]
+    Lease(#[source] netpool::PoolError),
+    #[error("cannot prepare bundle {}", .path.display())]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot unmount {}", .path.display())]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("cannot remove bundle {}", .path.display())]
+    RemoveBundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a blocking task was lost")]
+    Join(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// The longest line read from a pipe at once (Docker splits longer lines the same way).
+const MAX_LINE: u64 = 16 << 10;
 
 /// Docker's default capabilities without `NET_RAW` and `NET_ADMIN` (contract §5.1).
 const CAPABILITIES: &[&str] = &[
@@ -94,21 +167,43 @@ impl RuncFactory {
         if let Some(c) = images.get(image) {
             return Ok(c.clone());
         }
-        let info = self
-            .docker
-            .inspect_image(image)
-            .await
-            .map_err(|_| CreateError::NoExecutable(image.to_owned()))?;
+        let info = match self.docker.inspect_image(image).await {
+            Ok(i) => i,
+            Err(
+                e @ bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                },
+            ) => {
+                return Err(CreateError::NoExecutable {
+                    image: image.to_owned(),
+                    source: Some(Box::new(RuncError::Inspect {
+                        image: image.to_owned(),
+                        source: e,
+                    })),
+                });
+            }
+            Err(e) => {
+                return Err(CreateError::provision(RuncError::Inspect {
+                    image: image.to_owned(),
+                    source: e,
+                }));
+            }
+        };
         let id = info.id.unwrap_or_default().replace("sha256:", "");
         let config = info.config.unwrap_or_default();
         let mut args = config.entrypoint.unwrap_or_default();
         args.extend(config.cmd.unwrap_or_default());
         if args.is_empty() {
-            return Err(CreateError::NoExecutable(image.to_owned()));
+            return Err(CreateError::NoExecutable {
+                image: image.to_owned(),
+                source: None,
+            });
         }
         let rootfs = self.images_dir.join(&id).join("rootfs");
         if !rootfs.exists() {
-            self.unpack(image, &rootfs).await?;
+            self.unpack(image, &rootfs)
+                .await
+                .map_err(CreateError::provision)?;
         }
         let c = ImageConfig {
             rootfs,
@@ -123,9 +218,14 @@ impl RuncFactory {
         Ok(c)
     }
 
-    async fn unpack(&self, image: &str, rootfs: &Path) -> Result<(), CreateError> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            CreateError::Provision(format!("unpacking {image}: {what}: {e}"))
+    async fn unpack(&self, image: &str, rootfs: &Path) -> Result<(), RuncError> {
+        let export = |call| {
+            let image = image.to_owned();
+            move |source| RuncError::Export {
+                image,
+                call,
+                source,
+            }
         };
         let body = bollard::models::ContainerCreateBody {
             image: Some(image.to_owned()),
@@ -138,7 +238,7 @@ impl RuncFactory {
                 body,
             )
             .await
-            .map_err(|e| fail("create", &e))?
+            .map_err(export("create"))?
             .id;
         let mut tar = Vec::new();
         let mut stream = self.docker.export_container(&id);
@@ -147,7 +247,7 @@ impl RuncFactory {
             match chunk {
                 Ok(b) => tar.extend_from_slice(&b),
                 Err(e) => {
-                    failed = Some(e.to_string());
+                    failed = Some(e);
                     break;
                 }
             }
@@ -155,13 +255,13 @@ impl RuncFactory {
         let options = RemoveContainerOptionsBuilder::new().force(true).build();
         let _ = self.docker.remove_container(&id, Some(options)).await;
         if let Some(e) = failed {
-            return Err(fail("export", &e));
+            return Err(export("export")(e));
         }
         // Unpacked beside the target and renamed into place: another invoker unpacking the
         // same image at the same time loses the rename and drops its copy.
         let tmp = rootfs.with_extension(format!("partial.{}", std::process::id()));
         let target = rootfs.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let unpacked = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
             let mut archive = tar::Archive::new(std::io::Cursor::new(tar));
@@ -174,11 +274,15 @@ impl RuncFactory {
             }
         })
         .await
-        .map_err(|e| fail("unpack", &e))?
-        .map_err(|e| fail("unpack", &e))
+        .map_err(RuncError::Join)?;
+        unpacked.map_err(|source| RuncError::Unpack {
+            image: image.to_owned(),
+            path: rootfs.to_owned(),
+            source,
+        })
     }
 
-    async fn runc(&self, args: &[&str]) -> Result<String, String> {
+    async fn runc(&self, args: &[&str]) -> Result<String, CommandError> {
         run_runc(&self.runc, &self.state, args).await
     }
 
@@ -186,6 +290,12 @@ impl RuncFactory {
         let mut env = image.env.clone();
         env.extend(spec.env.iter().cloned());
         let memory = spec.memory_mb << 20;
+        // Docker's `--cpus`: a CFS quota per 100 ms period.
+        let mut cpu = json!({"shares": spec.cpu_shares});
+        if let Some(cpus) = spec.cpus {
+            cpu["period"] = json!(100_000);
+            cpu["quota"] = json!((cpus * 100_000.0).round() as i64);
+        }
         let bind = |dest: &str, src: PathBuf| json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind", "ro"]});
         json!({
             "ociVersion": "1.0.2",
@@ -223,7 +333,7 @@ impl RuncFactory {
                 "cgroupsPath": format!("/wsk-runc/{}", spec.name),
                 "resources": {
                     "memory": {"limit": memory, "swap": memory},
-                    "cpu": {"shares": spec.cpu_shares},
+                    "cpu": cpu,
                     "pids": {"limit": 1024},
                     "devices": [{"allow": false, "access": "rwm"}],
                 },
@@ -261,109 +371,156 @@ impl RuncFactory {
 }
 
 /// Unmounts a bundle's overlay and removes the bundle; keeps going past errors.
-fn teardown_bundle(bundle: &Path) -> Vec<String> {
-    let mut errors = Vec::new();
+fn teardown_bundle(bundle: &Path) -> Vec<BoxError> {
+    let mut errors: Vec<BoxError> = Vec::new();
     let rootfs = bundle.join("rootfs");
     if let Err(e) = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH)
         && e != nix::errno::Errno::EINVAL
         && e != nix::errno::Errno::ENOENT
     {
-        errors.push(format!("umount {}: {e}", rootfs.display()));
+        errors.push(Box::new(RuncError::Unmount {
+            path: rootfs,
+            source: e,
+        }));
     }
     if let Err(e) = std::fs::remove_dir_all(bundle)
         && e.kind() != std::io::ErrorKind::NotFound
     {
-        errors.push(format!("remove {}: {e}", bundle.display()));
+        errors.push(Box::new(RuncError::RemoveBundle {
+            path: bundle.to_owned(),
+            source: e,
+        }));
     }
     errors
+}
+
+/// Whether `program` (the entry point) names an executable file in `rootfs`, found as runc
+/// finds it: a path with a `/` relative to `cwd`, a bare name through the `PATH` of `env`.
+fn entry_point_exists(rootfs: &Path, program: &str, cwd: &str, env: &[String]) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![Path::new(cwd).join(program)]
+    } else {
+        let path = env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| Path::new(d).join(program))
+            .collect()
+    };
+    candidates.iter().any(|c| {
+        resolve_in_root(rootfs, c)
+            .and_then(|p| std::fs::metadata(p).ok())
+            .is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// `path` inside `root` with symbolic links followed as if `root` were `/`.
+fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut todo: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut at = PathBuf::new();
+    let mut hops = 0;
+    while let Some(name) = todo.pop() {
+        if name == ".." {
+            at.pop();
+            continue;
+        }
+        let next = at.join(&name);
+        let full = root.join(&next);
+        match std::fs::symlink_metadata(&full) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&full).ok()?;
+                if target.is_absolute() {
+                    at = PathBuf::new();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => todo.push(n.to_owned()),
+                        Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(_) => at = next,
+            Err(_) => return None,
+        }
+    }
+    Some(root.join(at))
 }
 
 #[async_trait::async_trait]
 impl ContainerFactory for RuncFactory {
     async fn create(&self, spec: &ContainerSpec) -> Result<Box<dyn Container>, CreateError> {
-        let image = self.image(&spec.image).await?;
+        let image = self.image(&spec.image.name).await?;
+        let mut env = image.env.clone();
+        env.extend(spec.env.iter().cloned());
+        let program = image.args[0].clone();
+        let found = {
+            let (rootfs, cwd) = (image.rootfs.clone(), image.cwd.clone());
+            tokio::task::spawn_blocking(move || entry_point_exists(&rootfs, &program, &cwd, &env))
+                .await
+                .map_err(|e| CreateError::provision(RuncError::Join(e)))?
+        };
+        if !found {
+            return Err(CreateError::NoExecutable {
+                image: spec.image.name.clone(),
+                source: None,
+            });
+        }
         let lease = self
             .netpool
             .lease()
             .await
-            .map_err(|e| CreateError::Provision(format!("no network namespace: {e}")))?;
+            .map_err(|e| CreateError::provision(RuncError::Lease(e)))?;
         let bundle = self.bundles.join(&spec.name);
         let config = Self::spec_json(spec, &image, lease.netns_path(), &bundle);
         let prepared = {
-            let (bundle, image) = (bundle.clone(), image.clone());
-            tokio::task::spawn_blocking(move || Self::prepare_bundle(&bundle, &image, &config))
+            let (dir, image) = (bundle.clone(), image.clone());
+            tokio::task::spawn_blocking(move || Self::prepare_bundle(&dir, &image, &config))
                 .await
+                .map_err(RuncError::Join)
+                .and_then(|r| {
+                    r.map_err(|source| RuncError::Bundle {
+                        path: bundle.clone(),
+                        source,
+                    })
+                })
         };
-        if let Err(e) = prepared
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
+        if let Err(e) = prepared {
             teardown_bundle(&bundle);
             lease.release_nowait();
-            return Err(CreateError::Provision(format!(
-                "bundle {}: {e}",
-                bundle.display()
-            )));
+            return Err(CreateError::provision(e));
         }
-        let log = bundle.join(format!("{}-json.log", spec.name));
-        let started = async {
-            let file = tokio::fs::File::create(&log)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut child = tokio::process::Command::new(&self.runc)
-                .arg("--root")
-                .arg(&self.state)
-                .args(["run", "--detach", "--bundle"])
-                .arg(&bundle)
-                .arg(&spec.name)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("runc: {e}"))?;
-            let writer = Arc::new(tokio::sync::Mutex::new(file));
-            let stderr_text = Arc::new(Mutex::new(String::new()));
-            if let Some(out) = child.stdout.take() {
-                tokio::spawn(pump(out, "stdout", writer.clone(), None));
-            }
-            if let Some(err) = child.stderr.take() {
-                tokio::spawn(pump(
-                    err,
-                    "stderr",
-                    writer.clone(),
-                    Some(stderr_text.clone()),
-                ));
-            }
-            let status = child.wait().await.map_err(|e| e.to_string())?;
-            if status.success() {
-                Ok(())
-            } else {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                Err(format!(
-                    "runc run: {}",
-                    stderr_text.lock().map(|s| s.clone()).unwrap_or_default()
-                ))
-            }
-        }
-        .await;
-        if let Err(e) = started {
+        let (tx, rx) = logs::channel(logs::CHANNEL_CAPACITY);
+        if let Err(e) = self.start(&spec.name, &bundle, tx).await {
             let _ = self.runc(&["delete", "--force", &spec.name]).await;
             teardown_bundle(&bundle);
             lease.release_nowait();
-            return Err(if e.contains("executable file not found") {
-                CreateError::NoExecutable(spec.image.clone())
-            } else {
-                CreateError::Provision(e)
-            });
+            return Err(CreateError::provision(e));
         }
         Ok(Box::new(RuncContainer {
             id: spec.name.clone(),
             addr: SocketAddr::new(lease.ip().into(), 8080),
-            log,
+            logs: Logs::new(rx),
             bundle,
             runc: self.runc.clone(),
             state: self.state.clone(),
-            lease: Mutex::new(Some(lease)),
+            lease: parking_lot::Mutex::new(Some(lease)),
         }))
     }
 
@@ -375,7 +532,7 @@ impl ContainerFactory for RuncFactory {
                 let _ = self.runc(&["resume", id]).await;
                 match self.runc(&["delete", "--force", id]).await {
                     Ok(_) => removed += 1,
-                    Err(e) => errors.push(e),
+                    Err(e) => errors.push(Box::new(e) as BoxError),
                 }
             }
         }
@@ -399,33 +556,94 @@ impl ContainerFactory for RuncFactory {
             Err(BackendError {
                 action: "remove",
                 id: prefix.to_owned(),
-                detail: errors.join("; "),
+                source: Box::new(Errors(errors)),
             })
         }
     }
 }
 
-/// Copies one stream of the container into the json-file log, a line at a time.
+impl RuncFactory {
+    /// `runc run --detach`, with the container's stdout and stderr read into `logs` from then
+    /// on. runc writes its own errors to the same stderr before it detaches, which is where a
+    /// failure's account is read from.
+    async fn start(&self, name: &str, bundle: &Path, logs: LineSender) -> Result<(), RuncError> {
+        let spawn = |source| CommandError::Spawn {
+            runc: self.runc.clone(),
+            source,
+        };
+        let mut child = tokio::process::Command::new(&self.runc)
+            .arg("--root")
+            .arg(&self.state)
+            .args(["run", "--detach", "--bundle"])
+            .arg(bundle)
+            .arg(name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn)?;
+        // runc's own account of a failure, read from the same stderr (a second channel, so the
+        // container's source holds only the container's lines).
+        let (errors_tx, mut errors_rx) = logs::channel(4096);
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, Stream::Stdout, logs.clone(), None));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(err, Stream::Stderr, logs, Some(errors_tx)));
+        }
+        let status = child.wait().await.map_err(spawn)?;
+        if status.success() {
+            return Ok(());
+        }
+        // The pipes close when runc exits (no container process holds them): read to there.
+        let mut stderr = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(Next::Line(l)) = errors_rx.next(true).await {
+                stderr.push_str(&l.text);
+                stderr.push('\n');
+            }
+        })
+        .await;
+        Err(CommandError::Failed {
+            command: "run".into(),
+            status,
+            stderr: stderr.trim_end().to_owned(),
+        }
+        .into())
+    }
+}
+
+/// Reads one of the container's streams into its log source, a line at a time; `copy` gets
+/// the same lines until it is full (runc's error before it detached).
 async fn pump(
     stream: impl tokio::io::AsyncRead + Unpin,
-    name: &'static str,
-    log: Arc<tokio::sync::Mutex<tokio::fs::File>>,
-    keep: Option<Arc<Mutex<String>>>,
+    which: Stream,
+    logs: LineSender,
+    mut copy: Option<LineSender>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(k) = &keep
-            && let Ok(mut k) = k.lock()
-            && k.len() < 4096
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut buf)
+            .await
         {
-            k.push_str(&line);
-            k.push('\n');
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
         }
-        let entry =
-            json!({"log": format!("{line}\n"), "stream": name, "time": super::logs::rfc3339_now()});
-        let mut f = log.lock().await;
-        let _ = f.write_all(format!("{entry}\n").as_bytes()).await;
-        let _ = f.flush().await;
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        let line = LogLine::now(which, String::from_utf8_lossy(&buf).into_owned());
+        // The copy's reader goes once runc has detached or failed.
+        if let Some(c) = &copy
+            && !c.send(line.clone())
+        {
+            copy = None;
+        }
+        logs.send(line);
     }
 }
 
@@ -433,11 +651,11 @@ async fn pump(
 struct RuncContainer {
     id: String,
     addr: SocketAddr,
-    log: PathBuf,
+    logs: Logs,
     bundle: PathBuf,
     runc: PathBuf,
     state: PathBuf,
-    lease: Mutex<Option<Lease>>,
+    lease: parking_lot::Mutex<Option<Lease>>,
 }
 
 impl RuncContainer {
@@ -445,16 +663,16 @@ impl RuncContainer {
         run_runc(&self.runc, &self.state, args)
             .await
             .map(|_| ())
-            .map_err(|detail| BackendError {
+            .map_err(|e| BackendError {
                 action,
                 id: self.id.clone(),
-                detail,
+                source: Box::new(e),
             })
     }
 }
 
 /// `runc --root <state> <args>`: its stdout, or the error with its stderr.
-async fn run_runc(runc: &Path, state: &Path, args: &[&str]) -> Result<String, String> {
+async fn run_runc(runc: &Path, state: &Path, args: &[&str]) -> Result<String, CommandError> {
     let out = tokio::process::Command::new(runc)
         .arg("--root")
         .arg(state)
@@ -462,15 +680,18 @@ async fn run_runc(runc: &Path, state: &Path, args: &[&str]) -> Result<String, St
         .stdin(Stdio::null())
         .output()
         .await
-        .map_err(|e| format!("runc: {e}"))?;
+        .map_err(|source| CommandError::Spawn {
+            runc: runc.to_owned(),
+            source,
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "runc {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(CommandError::Failed {
+            command: args.join(" "),
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -484,8 +705,8 @@ impl Container for RuncContainer {
         self.addr
     }
 
-    fn log_file(&self) -> Option<&Path> {
-        Some(&self.log)
+    fn logs(&self) -> Option<&Logs> {
+        Some(&self.logs)
     }
 
     async fn pause(&self) -> Result<(), BackendError> {
@@ -507,7 +728,7 @@ impl Container for RuncContainer {
         let errors = tokio::task::spawn_blocking(move || teardown_bundle(&bundle))
             .await
             .unwrap_or_default();
-        let lease = self.lease.lock().ok().and_then(|mut l| l.take());
+        let lease = self.lease.lock().take();
         if let Some(lease) = lease {
             // Processes are gone: the slot's scrub decides whether it is reused.
             lease.release().await;
@@ -519,8 +740,47 @@ impl Container for RuncContainer {
             Err(BackendError {
                 action: "remove bundle",
                 id: self.id.clone(),
-                detail: errors.join("; "),
+                source: Box::new(Errors(errors)),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    fn executable(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// The entry point is found as runc finds it, with links resolved inside the root (an
+    /// absolute link target names the image's file, never the host's).
+    #[test]
+    fn entry_points_are_found_inside_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        executable(&root.join("usr/local/bin/node"));
+        executable(&root.join("action/proxy"));
+        std::fs::write(root.join("usr/local/bin/data"), "").unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        symlink("/usr/local/bin/node", root.join("usr/bin/nodejs")).unwrap();
+        symlink("../local/bin/node", root.join("usr/bin/relative")).unwrap();
+        symlink("/bin/sh", root.join("usr/bin/host-shell")).unwrap();
+        let env = ["PATH=/usr/bin:/usr/local/bin".to_owned()];
+        for found in ["node", "nodejs", "relative", "/action/proxy", "./proxy"] {
+            assert!(entry_point_exists(root, found, "/action", &env), "{found}");
+        }
+        for missing in ["nope", "data", "host-shell", "/action/nope", "sh"] {
+            assert!(
+                !entry_point_exists(root, missing, "/action", &env),
+                "{missing}"
+            );
+        }
+        // The default PATH when the image sets none.
+        assert!(entry_point_exists(root, "node", "/", &[]));
     }
 }
