@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use openwhisk::time::now_ms;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Map, Value, json};
 
@@ -17,13 +18,13 @@ use crate::action::{ActionStore, Exec, check_namespace_limits};
 use crate::container::CreateError;
 use crate::container::logs::{self, Collect};
 use crate::container::proxy::{self, Answer, ProxyClient};
-use crate::couchdb::{CouchDb, CouchDbError};
-use crate::messages::{
+use crate::pool::{ContainerPool, InitState};
+use openwhisk::couchdb::{CouchDb, CouchDbError};
+use openwhisk::messages::{
     Ack, AckResponse, ActivationMessage, ActivationResponse, InvokerInstanceId, KeyValue,
     PingMessage, WhiskActivation,
 };
-use crate::pool::{ContainerPool, InitState};
-use crate::settings::Settings;
+use openwhisk::settings::Settings;
 
 pub const PROVISION_ERROR: &str = "Failed to provision resources to run the action.";
 
@@ -47,13 +48,6 @@ impl std::fmt::Debug for Invoker {
             .field("pool", &self.pool)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -101,15 +95,20 @@ impl Invoker {
         let lease = match self.pool.acquire(&action, &msg.user.namespace.name).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "no container");
+                tracing::warn!(error = %openwhisk::errors::chain(&e), "no container");
                 let response = match &e {
-                    CreateError::Provision(_) => proxy::whisk_error(PROVISION_ERROR),
-                    CreateError::ImagePull(image) => proxy::developer_error(Value::String(
+                    CreateError::ImagePull { image, .. } => proxy::developer_error(Value::String(
                         format!("Failed to pull container image '{image}'."),
                     )),
-                    CreateError::NoExecutable(image) => proxy::developer_error(Value::String(
-                        format!("executable file not found in image {image}"),
-                    )),
+                    CreateError::NoExecutable { image, .. } => proxy::developer_error(
+                        Value::String(format!("executable file not found in image {image}")),
+                    ),
+                    CreateError::Provision(_)
+                    | CreateError::NotRunnable
+                    | CreateError::ShuttingDown
+                    | CreateError::TooBig { .. }
+                    | CreateError::JoinedFailed(_)
+                    | CreateError::Abandoned => proxy::whisk_error(PROVISION_ERROR),
                 };
                 return self.fallback_with(&msg, response, action.kind()).await;
             }
@@ -285,32 +284,27 @@ impl Invoker {
         };
         tracing::debug!(start = ?lease.start, status, "activation ran");
 
-        let collect = self.settings.collect_logs
-            && action.limits.logs_mb > 0
-            && !lease.shared
-            && lease.container.log_file().is_some();
+        let logs = lease
+            .container
+            .logs()
+            .filter(|_| self.settings.collect_logs && action.limits.logs_mb > 0 && !lease.shared);
         let mut healthy = status < 2;
-        if collect {
+        if let Some(logs) = logs {
             if msg.blocking {
                 self.send_ack(&msg, result_ack(&msg, &activation)).await;
             }
-            let path = lease.container.log_file().map(std::path::Path::to_path_buf);
-            if let Some(path) = path {
-                let mut offset = lease.log_offset.lock().await;
-                let collected = logs::collect(
-                    &path,
-                    &mut offset,
-                    Collect {
-                        limit_bytes: action.limits.logs_mb << 20,
-                        wait: *sentinelled && status < 2,
-                        developer_error: status == 2,
-                        idle_timeout: Duration::from_secs(2),
-                    },
-                )
-                .await;
-                healthy &= !collected.failed;
-                activation.logs = collected.lines;
-            }
+            let collected = logs::collect(
+                &mut **logs.lock().await,
+                Collect {
+                    limit_bytes: action.limits.logs_mb << 20,
+                    wait: *sentinelled && status < 2,
+                    developer_error: status == 2,
+                    idle_timeout: Duration::from_secs(2),
+                },
+            )
+            .await;
+            healthy &= !collected.failed;
+            activation.logs = collected.lines;
             lease.finish(healthy);
             self.store(&msg, &activation).await;
             self.send_ack(&msg, completion_ack(&msg, &activation, &self.instance))

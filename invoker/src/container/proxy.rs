@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use openwhisk::errors;
 use serde_json::Value;
 
-use crate::messages::ActivationResponse;
+use openwhisk::messages::ActivationResponse;
 
 pub const ABNORMAL_INIT: &str = "The action did not initialize and exited unexpectedly.";
 pub const ABNORMAL_RUN: &str =
@@ -37,7 +38,39 @@ pub enum Answer {
     /// The time limit passed first.
     Timeout,
     /// The connection failed or dropped.
-    Broken(String),
+    Broken(Broken),
+}
+
+/// How a connection to the proxy failed, from the I/O error under the HTTP client's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// Nothing listens yet (the runtime is starting).
+    Refused,
+    /// No route yet (the sandbox's network is coming up).
+    Unreachable,
+    /// The peer reset the connection.
+    Reset,
+    /// Anything else: closed mid-answer, a protocol error.
+    Other,
+}
+
+impl Broken {
+    fn of(e: &reqwest::Error) -> Self {
+        use std::io::ErrorKind;
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    ErrorKind::ConnectionRefused => Self::Refused,
+                    ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => Self::Unreachable,
+                    ErrorKind::ConnectionReset => Self::Reset,
+                    _ => Self::Other,
+                };
+            }
+            source = err.source();
+        }
+        Self::Other
+    }
 }
 
 /// A client for action proxies; cheap to clone.
@@ -79,12 +112,11 @@ impl ProxyClient {
                 return (Answer::Timeout, started.elapsed());
             }
             match self.post(addr, "/init", body, left, max_body).await {
-                Answer::Broken(e)
-                    if e.contains("refused")
-                        || e.contains("unreachable")
-                        || e.contains("reset")
-                            && started.elapsed() < Duration::from_millis(500) =>
-                {
+                Answer::Broken(Broken::Refused | Broken::Unreachable) => {
+                    tokio::time::sleep(Duration::from_millis(50).min(left)).await;
+                }
+                // A reset right after start: the proxy accepted before it was ready.
+                Answer::Broken(Broken::Reset) if started.elapsed() < Duration::from_millis(500) => {
                     tokio::time::sleep(Duration::from_millis(50).min(left)).await;
                 }
                 answer => return (answer, started.elapsed()),
@@ -123,7 +155,7 @@ impl ProxyClient {
         let mut resp = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Answer::Timeout,
-            Err(e) => return Answer::Broken(error_chain(&e)),
+            Err(e) => return broken(&e),
         };
         let status = resp.status().as_u16();
         let content_length = resp.content_length();
@@ -142,7 +174,7 @@ impl ProxyClient {
                 }
                 Ok(Ok(None)) => break,
                 Ok(Err(e)) if e.is_timeout() => return Answer::Timeout,
-                Ok(Err(e)) => return Answer::Broken(error_chain(&e)),
+                Ok(Err(e)) => return broken(&e),
             }
         }
         Answer::Http {
@@ -153,15 +185,10 @@ impl ProxyClient {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
+fn broken(e: &reqwest::Error) -> Answer {
+    let kind = Broken::of(e);
+    tracing::debug!(?kind, error = %errors::chain(e), "action proxy connection failed");
+    Answer::Broken(kind)
 }
 
 /// An init's verdict: `Ok` or the developer error to report (the container is destroyed).
@@ -310,7 +337,7 @@ mod tests {
             r.result.unwrap()["error"],
             "The action exceeded its time limits of 1500 milliseconds."
         );
-        let r = run_response(&Answer::Broken("eof".into()), 1, 1, true);
+        let r = run_response(&Answer::Broken(Broken::Other), 1, 1, true);
         assert_eq!(r.result.unwrap()["error"], MEMORY_EXHAUSTED);
         let big = Answer::Http {
             status: 200,
@@ -339,7 +366,7 @@ mod tests {
             e.result.unwrap()["error"],
             "The action exceeded its time limits of 300 milliseconds during initialization."
         );
-        let e = init_verdict(&Answer::Broken("x".into()), 1, false).unwrap_err();
+        let e = init_verdict(&Answer::Broken(Broken::Reset), 1, false).unwrap_err();
         assert_eq!(e.result.unwrap()["error"], ABNORMAL_INIT);
     }
 }
