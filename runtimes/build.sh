@@ -8,6 +8,10 @@
 #   openwhisk/action-python-v3.11:nightly  Debian 12 python3 (3.11) + proxy + launcher.py
 #   whisk-pcpm/pause:latest                pcpm's pause container: FROM scratch + pcpm-pause
 #
+# The three runtime images are also saved (`docker save`) into the image store the invoker's
+# netns mode reads without dockerd ($WHISK_IMAGE_STORE, default /var/lib/wsk-invoker/image-store,
+# the invoker's default `whisk.invoker.runc.image-store`), once per image id.
+#
 # The Debian root filesystems come from debootstrap (bookworm, minbase) and are cached as
 # tarballs under $WHISK_TOOLS_DIR/rootfs, keyed by suite and package list; the package versions
 # that went in are recorded in the image (/etc/whisk-packages).
@@ -140,3 +144,20 @@ EOF
 }
 lang_image openwhisk/action-nodejs-v18:nightly nodejs18 nodejs launcher.js index.js "node /launcher/launcher.js"
 lang_image openwhisk/action-python-v3.11:nightly python311 python3 launcher.py __main__.py "python3 /launcher/launcher.py"
+
+# 4. The image store of the OCI-runtime backend: one `docker save` archive per runtime image,
+#    named as invoker::container::image_store::archive_name names it, rewritten only when the
+#    image id changes.
+: "${WHISK_IMAGE_STORE:=/var/lib/wsk-invoker/image-store}"
+mkdir -p "$WHISK_IMAGE_STORE"
+for image in openwhisk/dockerskeleton:nightly openwhisk/action-nodejs-v18:nightly \
+    openwhisk/action-python-v3.11:nightly; do
+    file=$WHISK_IMAGE_STORE/$(printf '%s' "$image" | tr '/:@' '___').tar
+    id=$(docker image inspect --format '{{ .Id }}' "$image")
+    if [ "$(cat "$file.id" 2>/dev/null)" != "$id" ] || [ ! -f "$file" ]; then
+        docker save -o "$file.tmp" "$image"
+        mv "$file.tmp" "$file"
+        echo "$id" >"$file.id"
+        log "$image saved to the image store ($(du -h "$file" | cut -f1))"
+    fi
+done

@@ -66,7 +66,7 @@ pub enum ServiceError {
     KafkaSetup {
         hosts: String,
         #[source]
-        source: KafkaSetupError,
+        source: Box<KafkaSetupError>,
     },
     #[error("kafka client")]
     Kafka(#[from] KafkaError),
@@ -266,7 +266,7 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
 
     let kafka_error = |source| ServiceError::KafkaSetup {
         hosts: settings.kafka_hosts.clone(),
-        source,
+        source: Box::new(source),
     };
     let admin = kafka::admin_client(&settings.kafka_hosts).map_err(kafka_error)?;
     let topic = settings.topic(&format!("invoker{id}"));
@@ -312,7 +312,8 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
                     &settings.runc_dir.join("images"),
                     &settings.runc_dir.join("bundles").join(&name_prefix),
                     &Path::new("/run/wsk-runc").join(&name_prefix),
-                );
+                )
+                .with_image_store(&settings.runc_image_store);
                 // Unpack the managed runtimes' images before the first cold start needs them.
                 for image in manifest.images(&settings.runtimes_registry) {
                     if let Err(e) = runc.prepare(&image).await {

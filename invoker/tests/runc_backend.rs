@@ -124,3 +124,81 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
         .await
         .unwrap();
 }
+
+/// netns mode without dockerd at run time: the runtime image is read from the image store that
+/// `runtimes/build.sh` writes (`docker save` archives); the factory's Docker client points at a
+/// socket that does not exist, so any Docker call would fail the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_image_from_the_image_store_runs_without_dockerd() {
+    let store = std::env::var("WHISK_IMAGE_STORE")
+        .unwrap_or_else(|_| "/var/lib/wsk-invoker/image-store".into());
+    let image = "openwhisk/action-nodejs-v18:nightly";
+    assert!(
+        invoker::container::image_store::find(std::path::Path::new(&store), image).is_some(),
+        "no archive of {image} in the image store {store}; run runtimes/build.sh"
+    );
+    let nowhere = bollard::Docker::connect_with_unix(
+        "/nonexistent/docker.sock",
+        5,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .unwrap();
+    let mut cfg = netpool::PoolConfig::new("rs", std::net::Ipv4Addr::new(10, 212, 0, 0), 16);
+    cfg.low_watermark = 1;
+    cfg.high_watermark = 1;
+    cfg.max_slots = 4;
+    cfg.isolate_slots = false;
+    let pool = Arc::new(
+        netpool::NetPool::new(cfg)
+            .await
+            .expect("netpool (run as root)"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let factory = RuncFactory::new(
+        nowhere,
+        pool.clone(),
+        &dir.path().join("images"),
+        &dir.path().join("bundles"),
+        &dir.path().join("state"),
+    )
+    .with_image_store(std::path::Path::new(&store));
+    factory
+        .prepare(image)
+        .await
+        .expect("unpacked from the store");
+    let spec = ContainerSpec {
+        name: "wskrs0_1_guest_echo".into(),
+        image: ImageRef::local(image),
+        memory_mb: 128,
+        cpu_shares: 128,
+        cpus: None,
+        env: vec!["__OW_API_HOST=http://127.0.0.1".into()],
+    };
+    let c = factory.create(&spec).await.expect("runc create");
+    let client = ProxyClient::new();
+    let init = json!({"value": {"name": "echo", "main": "main", "binary": false,
+        "code": "function main(p) { return {echo: p.x} }"}});
+    let (answer, _) = client
+        .init(c.addr(), &init, Duration::from_secs(30), 1 << 20)
+        .await;
+    proxy::init_verdict(&answer, 30_000, false).expect("init");
+    let (answer, _) = client
+        .run(
+            c.addr(),
+            &json!({"value": {"x": "stored"}}),
+            Duration::from_secs(30),
+            1 << 20,
+        )
+        .await;
+    assert_eq!(
+        proxy::run_response(&answer, 30_000, 1 << 20, false).result,
+        Some(json!({"echo": "stored"}))
+    );
+    c.destroy().await.unwrap();
+    drop((c, factory));
+    Arc::try_unwrap(pool)
+        .expect("one owner")
+        .shutdown()
+        .await
+        .unwrap();
+}

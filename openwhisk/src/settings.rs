@@ -131,6 +131,9 @@ pub struct Settings {
     pub netns_subnet: (std::net::Ipv4Addr, u8),
     /// netns mode: unpacked images and bundles (`whisk.invoker.runc.dir`).
     pub runc_dir: std::path::PathBuf,
+    /// netns mode: runtime image archives (`docker save` format) read without dockerd
+    /// (`whisk.invoker.runc.image-store`, default `<runc.dir>/image-store`).
+    pub runc_image_store: std::path::PathBuf,
     /// Most `docker run`s at once (`whisk.docker.client.parallel-runs`).
     pub parallel_runs: usize,
     /// Every property seen, for the settings not typed here.
@@ -269,6 +272,13 @@ impl Settings {
             runc_dir: p
                 .str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker")
                 .into(),
+            runc_image_store: match p.str("whisk.invoker.runc.image-store", "") {
+                s if s.is_empty() => {
+                    std::path::Path::new(&p.str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker"))
+                        .join("image-store")
+                }
+                s => s.into(),
+            },
             parallel_runs: usize::try_from(p.int("whisk.docker.client.parallel-runs", 10)?)
                 .unwrap_or(10)
                 .max(1),

@@ -11,10 +11,13 @@
 //! - [`proxy`]: the HTTP protocol of the action proxy (`/init`, `/run`) and how its answers
 //!   become activation responses (contract §5.2, §5.3).
 //! - [`logs`]: log sources and the collector with sentinels, limits and notices (§5.4).
+//! - [`image_store`]: runtime images read from `docker save` archives on disk, so the OCI-runtime
+//!   backend needs no Docker daemon to unpack them.
 
 pub mod docker;
 #[cfg(test)]
 pub mod fake;
+pub mod image_store;
 pub mod logs;
 pub mod proxy;
 pub mod runc;

@@ -18,6 +18,7 @@ use netpool::{Lease, NetPool};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
+use super::image_store;
 use super::logs::{self, LineSender, LogLine, LogSource, Logs, Next, Stream};
 use super::{
     BackendError, BoxError, Container, ContainerFactory, ContainerSpec, CreateError, Errors,
@@ -64,6 +65,8 @@ pub enum RuncError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read the image from the image store")]
+    Store(#[source] image_store::ImageStoreError),
     #[error("no network namespace")]
     Lease(#[source] netpool::PoolError),
     #[error("cannot prepare bundle {}", .path.display())]
@@ -131,6 +134,9 @@ pub struct RuncFactory {
     images_dir: PathBuf,
     /// This invoker's container bundles.
     bundles: PathBuf,
+    /// Image archives (`docker save` format) read instead of asking dockerd; see
+    /// [`super::image_store`].
+    image_store: Option<PathBuf>,
     images: tokio::sync::Mutex<HashMap<String, ImageConfig>>,
 }
 
@@ -151,8 +157,17 @@ impl RuncFactory {
             state: state.to_owned(),
             images_dir: images.to_owned(),
             bundles: bundles.to_owned(),
+            image_store: None,
             images: tokio::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reads runtime images from the archives in `store` when it has them; dockerd is asked
+    /// only for an image the store lacks.
+    #[must_use]
+    pub fn with_image_store(mut self, store: &Path) -> Self {
+        self.image_store = Some(store.to_owned());
+        self
     }
 
     /// Unpacks `image` now (at start-up), so that no cold start pays for it.
@@ -166,6 +181,15 @@ impl RuncFactory {
         let mut images = self.images.lock().await;
         if let Some(c) = images.get(image) {
             return Ok(c.clone());
+        }
+        if let Some(archive) = self
+            .image_store
+            .as_deref()
+            .and_then(|store| image_store::find(store, image))
+        {
+            let c = self.image_from_store(image, archive).await?;
+            images.insert(image.to_owned(), c.clone());
+            return Ok(c);
         }
         let info = match self.docker.inspect_image(image).await {
             Ok(i) => i,
@@ -216,6 +240,59 @@ impl RuncFactory {
         };
         images.insert(image.to_owned(), c.clone());
         Ok(c)
+    }
+
+    /// The image from its archive in the store, unpacked once into `<images>/<id>/rootfs`
+    /// (beside the target, then renamed into place, as [`Self::unpack`] does).
+    async fn image_from_store(
+        &self,
+        image: &str,
+        archive: PathBuf,
+    ) -> Result<ImageConfig, CreateError> {
+        let images_dir = self.images_dir.clone();
+        let wanted = image.to_owned();
+        let read = tokio::task::spawn_blocking(move || {
+            let a = image_store::Archive::open(&archive, &wanted)?;
+            let rootfs = images_dir.join(&a.image().id).join("rootfs");
+            if !rootfs.exists() {
+                let tmp = rootfs.with_extension(format!("partial.{}", std::process::id()));
+                let undo = |e| {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    e
+                };
+                let io = |source| image_store::ImageStoreError::Read {
+                    path: tmp.clone(),
+                    source,
+                };
+                let _ = std::fs::remove_dir_all(&tmp);
+                std::fs::create_dir_all(&tmp).map_err(io)?;
+                a.unpack(&tmp).map_err(undo)?;
+                match std::fs::rename(&tmp, &rootfs) {
+                    Err(_) if rootfs.exists() => {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                    }
+                    Err(e) => return Err(undo(io(e))),
+                    Ok(()) => {}
+                }
+            }
+            Ok::<_, image_store::ImageStoreError>((a.image().clone(), rootfs))
+        })
+        .await
+        .map_err(|e| CreateError::provision(RuncError::Join(e)))?;
+        let (stored, rootfs) = read.map_err(|e| CreateError::provision(RuncError::Store(e)))?;
+        if stored.args.is_empty() {
+            return Err(CreateError::NoExecutable {
+                image: image.to_owned(),
+                source: None,
+            });
+        }
+        tracing::info!(image, id = %stored.id, "runtime image read from the image store");
+        Ok(ImageConfig {
+            rootfs,
+            args: stored.args,
+            env: stored.env,
+            cwd: stored.cwd,
+        })
     }
 
     async fn unpack(&self, image: &str, rootfs: &Path) -> Result<(), RuncError> {
