@@ -151,7 +151,7 @@ struct Samples {
 
 /// Runs the benchmark and returns its report; prints progress as it goes.
 pub async fn run(params: &DockerStartParams) -> Result<DockerStartReport> {
-    let docker = invoker::docker::connect().await?;
+    let docker = pcpm::docker::connect().await?;
     let version = docker.version().await?.version.unwrap_or_default();
     remove_leftovers(&docker).await?;
     let max_n = params.sizes.iter().copied().max().unwrap_or(1);
@@ -332,15 +332,10 @@ async fn cold_start(
 
 /// A container's address on the default bridge, as stock OpenWhisk reads it after start.
 pub(crate) async fn bridge_ip(docker: &Docker, id: &str) -> Result<IpAddr> {
-    docker
+    let info = docker
         .inspect_container(id, None::<InspectContainerOptions>)
-        .await?
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|mut n| n.remove("bridge"))
-        .and_then(|n| n.ip_address)
-        .and_then(|ip| ip.parse().ok())
-        .context("no bridge address")
+        .await?;
+    pcpm::docker::ip_on(&info, "bridge").context("no bridge address")
 }
 
 /// Waits until `ip:port` answers an HTTP request (any status).

@@ -273,7 +273,7 @@ fn row(
 
 /// Runs the benchmark for `n` objects.
 pub async fn run(n: usize) -> Result<MemoryReport> {
-    let docker = invoker::docker::connect().await?;
+    let docker = pcpm::docker::connect().await?;
     let client = http_client();
     let mut rows = Vec::new();
 

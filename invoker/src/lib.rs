@@ -8,7 +8,6 @@
 //! OpenWhisk's formats (messages, documents, topics, settings) live in the `openwhisk` crate;
 //! this crate is the service built on them:
 //!
-//! - [`docker`]: the connection to the Docker engine.
 //! - [`action`]: action documents and their code, fetched by revision and cached.
 //! - [`container`]: the seam between the pool and the container backends (Docker today), the
 //!   action proxy protocol and log collection.
@@ -26,7 +25,6 @@
 
 pub mod action;
 pub mod container;
-pub mod docker;
 pub mod feed;
 pub mod invoke;
 pub mod metrics;

@@ -27,7 +27,6 @@ use crate::container::docker::{DockerFactory, Networking};
 use crate::container::proxy::ProxyClient;
 use crate::container::runc::RuncFactory;
 use crate::container::{BackendError, ContainerFactory};
-use crate::docker::DockerConnectError;
 use crate::invoke::Invoker;
 use crate::pool::{ContainerPool, PoolConfig};
 
@@ -77,7 +76,7 @@ pub enum ServiceError {
         source: CouchDbError,
     },
     #[error("docker engine")]
-    DockerConnect(#[from] DockerConnectError),
+    DockerConnect(#[from] pcpm::docker::ConnectError),
     #[error("docker engine")]
     Docker(#[from] bollard::errors::Error),
     #[error("starting the pcpm pool of pause containers")]
@@ -281,7 +280,7 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
     let db = CouchDb::new(&settings.couchdb).map_err(couch_error)?;
     db.server_info().await.map_err(couch_error)?;
 
-    let docker = crate::docker::connect().await?;
+    let docker = pcpm::docker::connect().await?;
     let version = docker.version().await?;
     let name_prefix: String = format!("wsk{unique}{id}")
         .chars()

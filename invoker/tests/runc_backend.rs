@@ -14,7 +14,7 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
-    let docker = invoker::docker::connect()
+    let docker = pcpm::docker::connect()
         .await
         .expect("docker (for image export) is needed; scripts/stack.sh up");
     let mut cfg = netpool::PoolConfig::new("rb", std::net::Ipv4Addr::new(10, 211, 0, 0), 16);

@@ -59,7 +59,7 @@ fn context_tar(hello: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn build_from_scratch_run_logs_remove() {
-    let docker = invoker::docker::connect()
+    let docker = pcpm::docker::connect()
         .await
         .unwrap_or_else(|e| panic!("{}", down("docker", chain(&e))));
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,6 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder,
 };
 use futures::future::BoxFuture;
 use netpool::{NamespaceProbe, NamespaceState, SysError};
@@ -53,9 +52,7 @@ impl EngineError {
     fn new(action: &'static str, target: &str) -> impl FnOnce(bollard::errors::Error) -> Self {
         let target = target.to_owned();
         move |source| match source {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            } => Self::NotFound { action, target },
+            source if crate::docker::is_not_found(&source) => Self::NotFound { action, target },
             source => Self::Docker {
                 action,
                 target,
@@ -273,18 +270,13 @@ async fn inspect(docker: &Docker, id: &str, network: &str) -> Result<Inspected, 
         .inspect_container(id, None::<InspectContainerOptions>)
         .await
         .map_err(EngineError::new("inspect", id))?;
+    let ip = crate::docker::ip_on(&info, network);
     let state = info.state.unwrap_or_default();
     let running = state.status == Some(ContainerStateStatusEnum::RUNNING);
     let pid = state
         .pid
         .and_then(|p| u32::try_from(p).ok())
         .unwrap_or_default();
-    let ip = info
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|mut nets| nets.remove(network))
-        .and_then(|n| n.ip_address)
-        .and_then(|ip| ip.parse().ok());
     let shared_files = [info.hosts_path, info.resolv_conf_path, info.hostname_path]
         .into_iter()
         .flatten()
@@ -327,13 +319,8 @@ async fn list(docker: &Docker, manager: &str) -> Result<Vec<Listed>, EngineError
 
 /// Removes a container (force: a running one is killed). A container already gone is fine.
 async fn remove(docker: &Docker, id: &str) -> Result<(), EngineError> {
-    let options = RemoveContainerOptionsBuilder::new().force(true).build();
-    match docker
-        .remove_container(id, Some(options))
+    crate::docker::remove_container(docker, id)
         .await
+        .map(|_| ())
         .map_err(EngineError::new("remove", id))
-    {
-        Err(EngineError::NotFound { .. }) => Ok(()),
-        other => other,
-    }
 }

@@ -16,6 +16,8 @@
 //!   container's id and IP; [`PauseHandle::release`] checks the namespace is as it was new
 //!   before reuse ([`Released`], [`ReplaceReason`]).
 //! - [`metrics`]: the metric names this crate records.
+//! - [`docker`]: what every Docker user in the workspace shares (connect with version
+//!   negotiation, a container's address, a removal that tolerates absence).
 //!
 //! The pause process itself is `src/bin/pause.rs` (binary `pcpm-pause`), linked statically by
 //! `runtimes/build.sh` into `whisk-pcpm/pause:latest` (FROM scratch, 1.2 MB): PID 1 of its
@@ -26,6 +28,7 @@
 //! namespace work on dedicated threads; nothing here changes a tokio worker's namespace.
 
 mod config;
+pub mod docker;
 mod engine;
 #[cfg(test)]
 mod fake;

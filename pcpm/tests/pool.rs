@@ -149,12 +149,7 @@ async fn container_ip(docker: &Docker, id: &str) -> IpAddr {
         .inspect_container(id, None::<InspectContainerOptions>)
         .await
         .unwrap();
-    info.network_settings
-        .and_then(|n| n.networks)
-        .and_then(|mut n| n.remove("bridge"))
-        .and_then(|n| n.ip_address)
-        .and_then(|ip| ip.parse().ok())
-        .expect("a bridge address")
+    pcpm::docker::ip_on(&info, "bridge").expect("a bridge address")
 }
 
 /// The container's exit code; fails the test after 60 s.

@@ -10,7 +10,7 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    ListContainersOptionsBuilder,
 };
 use futures::StreamExt;
 use pcpm::{Endpoint, NetworkKey, Pcpm};
@@ -46,9 +46,7 @@ pub enum DockerError {
 impl DockerError {
     fn api(call: &'static str) -> impl FnOnce(bollard::errors::Error) -> Self {
         move |source| match source {
-            bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            } => Self::NotFound { call, source },
+            source if pcpm::docker::is_not_found(&source) => Self::NotFound { call, source },
             source => Self::Api { call, source },
         }
     }
@@ -108,16 +106,10 @@ impl DockerFactory {
             .map_err(DockerError::api("inspect"))?;
         let ip = match endpoint.ip() {
             Some(ip) => ip,
-            None => info
-                .network_settings
-                .and_then(|n| n.networks)
-                .and_then(|mut n| n.remove(network))
-                .and_then(|n| n.ip_address)
-                .and_then(|ip| ip.parse::<IpAddr>().ok())
-                .ok_or_else(|| DockerError::NoAddress {
-                    id: id.to_owned(),
-                    network: network.to_owned(),
-                })?,
+            None => pcpm::docker::ip_on(&info, network).ok_or_else(|| DockerError::NoAddress {
+                id: id.to_owned(),
+                network: network.to_owned(),
+            })?,
         };
         Ok((ip, info.log_path.filter(|p| !p.is_empty())))
     }
@@ -222,8 +214,9 @@ impl ContainerFactory for DockerFactory {
                     .ok()
                     .and_then(|i| i.state)
                     .and_then(|s| s.exit_code);
-                let options = RemoveContainerOptionsBuilder::new().force(true).build();
-                let _ = self.docker.remove_container(&id, Some(options)).await;
+                if let Err(undo) = pcpm::docker::remove_container(&self.docker, &id).await {
+                    tracing::warn!(container = %id, error = %undo, "removing a container that did not start");
+                }
                 release(endpoint).await;
                 if exit_code == Some(127) {
                     Err(CreateError::NoExecutable {
@@ -265,9 +258,8 @@ impl ContainerFactory for DockerFactory {
                 continue;
             };
             let _ = self.docker.unpause_container(&id).await;
-            let options = RemoveContainerOptionsBuilder::new().force(true).build();
-            match self.docker.remove_container(&id, Some(options)).await {
-                Ok(()) => removed += 1,
+            match pcpm::docker::remove_container(&self.docker, &id).await {
+                Ok(_) => removed += 1,
                 Err(e) => errors.push(Box::new(BackendError {
                     action: "remove",
                     id,
@@ -355,18 +347,12 @@ impl Container for DockerContainer {
 
     async fn destroy(&self) -> Result<(), BackendError> {
         let _ = self.docker.unpause_container(&self.id).await;
-        let options = RemoveContainerOptionsBuilder::new().force(true).build();
-        let removed = match self
-            .docker
-            .remove_container(&self.id, Some(options))
-            .await
-            .map_err(DockerError::api("remove"))
-        {
-            Ok(()) | Err(DockerError::NotFound { .. }) => Ok(()),
+        let removed = match pcpm::docker::remove_container(&self.docker, &self.id).await {
+            Ok(_) => Ok(()),
             Err(e) => Err(BackendError {
                 action: "remove",
                 id: self.id.clone(),
-                source: Box::new(e),
+                source: Box::new(DockerError::api("remove")(e)),
             }),
         };
         let endpoint = self.endpoint.lock().take();
