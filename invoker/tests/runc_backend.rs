@@ -127,7 +127,7 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
 
 /// netns mode without dockerd at run time: the runtime image is read from the image store that
 /// `runtimes/build.sh` writes (`docker save` archives); the factory's Docker client points at a
-/// socket that does not exist, so any Docker call would fail the test.
+/// file that is no socket, so any Docker call would fail the test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runtime_image_from_the_image_store_runs_without_dockerd() {
     let store = std::env::var("WHISK_IMAGE_STORE")
@@ -137,8 +137,11 @@ async fn a_runtime_image_from_the_image_store_runs_without_dockerd() {
         invoker::container::image_store::find(std::path::Path::new(&store), image).is_some(),
         "no archive of {image} in the image store {store}; run runtimes/build.sh"
     );
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_socket = dir.path().join("docker.sock");
+    std::fs::write(&not_a_socket, b"").unwrap();
     let nowhere = bollard::Docker::connect_with_unix(
-        "/nonexistent/docker.sock",
+        not_a_socket.to_str().unwrap(),
         5,
         bollard::API_DEFAULT_VERSION,
     )
@@ -153,7 +156,6 @@ async fn a_runtime_image_from_the_image_store_runs_without_dockerd() {
             .await
             .expect("netpool (run as root)"),
     );
-    let dir = tempfile::tempdir().unwrap();
     let factory = RuncFactory::new(
         nowhere,
         pool.clone(),
