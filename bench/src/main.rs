@@ -49,38 +49,41 @@ enum Command {
     },
     /// The PCPM paper's Table 1: namespace + veth set-up and clean-up, `ip` against netpool.
     Netns {
-        /// Runs per cell.
+        /// Runs per cell (default 5).
         #[arg(long)]
         runs: Option<usize>,
+        /// Where the JSON report goes.
         #[arg(long, default_value = "bench/results/netns.json")]
         out: PathBuf,
     },
     /// Plays the controller against a running invoker: activations through Kafka, acks and
     /// records checked.
     Activate {
-        /// The invoker's instance number (`invoker<N>`).
+        /// The invoker's instance number (`invoker<N>`, default 0).
         #[arg(long)]
         invoker: Option<u32>,
-        /// The controller instance whose `completed<C>` is read.
+        /// The controller instance whose `completed<C>` is read (default 0).
         #[arg(long)]
         controller: Option<String>,
-        /// Activations to send.
+        /// Activations to send (default 10).
         #[arg(long)]
         count: Option<usize>,
     },
     /// The paper's Fig 6 through Kafka: N concurrent cold starts, one invoker per network mode.
     Coldstart {
+        /// Rounds per cell (default 3).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Concurrency levels, comma-separated.
+        /// Concurrency levels, comma-separated (default 1,10,25,50,75,100).
         #[arg(long, value_delimiter = ',')]
         sizes: Option<Vec<usize>>,
-        /// Network modes, comma-separated (bridge, pcpm, netns).
+        /// Network modes, comma-separated (default bridge,pcpm,netns).
         #[arg(long, value_delimiter = ',')]
         modes: Option<Vec<String>>,
-        /// The N whose timelines are kept.
+        /// The N whose timelines are kept (default 50).
         #[arg(long)]
         timeline: Option<usize>,
+        /// Where the JSON report goes.
         #[arg(long, default_value = "bench/results/coldstart.json")]
         out: PathBuf,
     },
@@ -89,17 +92,20 @@ enum Command {
         /// Functions per row.
         #[arg(long, default_value_t = 50)]
         n: usize,
+        /// Where the JSON report goes.
         #[arg(long, default_value = "bench/results/memory.json")]
         out: PathBuf,
     },
     /// N concurrent Docker cold starts, bridge against pcpm pause containers, and the memory of
     /// idle pause containers.
     DockerStart {
+        /// Rounds per cell (default 3).
         #[arg(long)]
         rounds: Option<usize>,
-        /// Concurrency levels, comma-separated.
+        /// Concurrency levels, comma-separated (default 1,10,50,100).
         #[arg(long, value_delimiter = ',')]
         sizes: Option<Vec<usize>>,
+        /// Where the JSON report goes.
         #[arg(long, default_value = "bench/results/docker-start.json")]
         out: PathBuf,
     },
