@@ -85,6 +85,8 @@ pub enum ServiceError {
     Netpool(#[from] netpool::PoolError),
     #[error("removing leftover action containers")]
     Leftovers(#[source] BackendError),
+    #[error("the {task} task stopped on its own ({why})")]
+    TaskEnded { task: &'static str, why: String },
 }
 
 /// The network pools a mode needs; shut down in reverse order of creation.
@@ -216,14 +218,33 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     ));
     tracing::info!(topic, port, max_peek, "invoker ready");
 
-    cancel.cancelled().await;
-    tracing::info!("shutting down: draining activations in flight");
-    for (task, result) in [
-        ("feed", feed.await),
-        ("pinger", pinger.await),
-        ("server", server.await),
-    ] {
-        if let Err(e) = result {
+    // Runs until asked to stop, or until a task ends on its own: then the invoker would look
+    // healthy while doing nothing, so it stops with an error instead.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, task) in [("feed", feed), ("pinger", pinger), ("server", server)] {
+        tasks.spawn(async move { (name, task.await) });
+    }
+    let ended = tokio::select! {
+        () = cancel.cancelled() => None,
+        Some(first) = tasks.join_next() => first.ok(),
+    };
+    let failure = match &ended {
+        None => {
+            tracing::info!("shutting down: draining activations in flight");
+            None
+        }
+        Some((task, result)) => {
+            let why = match result {
+                Ok(()) => "ended".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(task, why, "a task stopped on its own; shutting down");
+            Some(ServiceError::TaskEnded { task, why })
+        }
+    };
+    cancel.cancel();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((task, Err(e))) = joined {
             tracing::error!(task, error = %e, "task failed");
         }
     }
@@ -232,7 +253,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     tracing::info!(?removed, "containers removed");
     pools.shutdown().await;
     tracing::info!("bye");
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 /// Announces the invoker on `health` every second while it is enabled.
