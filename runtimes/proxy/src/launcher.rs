@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
@@ -14,7 +13,7 @@ use tokio::sync::oneshot;
 use crate::native::write_code;
 use crate::protocol::{Config, Reply, result_reply, sentinels};
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Value>>>;
+type Pending = parking_lot::Mutex<HashMap<u64, oneshot::Sender<Value>>>;
 
 /// A running launcher.
 #[derive(Debug)]
@@ -113,7 +112,7 @@ impl Launcher {
                     continue;
                 };
                 let id = reply.get("id").and_then(Value::as_u64).unwrap_or(u64::MAX);
-                let waiter = routes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                let waiter = routes.lock().remove(&id);
                 if let Some(w) = waiter {
                     let _ = w.send(reply);
                 }
@@ -137,10 +136,7 @@ impl Launcher {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         message["id"] = json!(id);
         let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+        self.pending.lock().insert(id, tx);
         let mut line = message.to_string();
         line.push('\n');
         {
