@@ -50,6 +50,13 @@ impl TransactionId {
             .to_owned()
     }
 
+    /// A new transaction id `[id, startMillis]`, as the controller writes one.
+    pub fn new(id: &str, start_ms: i64) -> Self {
+        // A string and a number: serde_json cannot fail, and its output is valid JSON.
+        let text = serde_json::to_string(&(id, start_ms)).expect("a pair is always valid JSON");
+        Self(RawValue::from_string(text).expect("serde_json writes valid JSON"))
+    }
+
     /// The start time in epoch milliseconds, when present.
     pub fn start_ms(&self) -> Option<i64> {
         let v: Value = serde_json::from_str(self.raw()).ok()?;
@@ -106,6 +113,23 @@ impl<'de> Deserialize<'de> for FullyQualifiedEntityName {
 }
 
 impl FullyQualifiedEntityName {
+    /// `path/name` without version or binding.
+    pub fn new(path: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            name: name.into(),
+            version: None,
+            binding: None,
+        }
+    }
+
+    /// The same name at `version`.
+    #[must_use]
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
     /// `path/name`, the form of the `path` annotation and of CouchDB ids.
     pub fn qualified(&self) -> String {
         format!("{}/{}", self.path, self.name)
@@ -130,6 +154,23 @@ pub struct Identity {
     pub limits: Map<String, Value>,
 }
 
+/// The rights of a user's own namespace.
+pub const USER_RIGHTS: [&str; 4] = ["READ", "PUT", "DELETE", "ACTIVATE"];
+
+impl Identity {
+    /// A basic-auth identity: `authkey` `{"api_key": "<uuid>:<key>"}`, no namespace limits.
+    pub fn basic(subject: &str, namespace: Namespace, key: &str, rights: &[&str]) -> Self {
+        let api_key = format!("{}:{key}", namespace.uuid);
+        Self {
+            subject: subject.to_owned(),
+            namespace,
+            authkey: serde_json::json!({ "api_key": api_key }),
+            rights: rights.iter().map(|&r| r.to_owned()).collect(),
+            limits: Map::new(),
+        }
+    }
+}
+
 /// `{"asString": "0", "instanceType": "controller"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControllerInstanceId {
@@ -137,6 +178,16 @@ pub struct ControllerInstanceId {
     pub as_string: String,
     #[serde(rename = "instanceType")]
     pub instance_type: String,
+}
+
+impl ControllerInstanceId {
+    /// Controller `as_string` (`"0"`).
+    pub fn controller(as_string: impl Into<String>) -> Self {
+        Self {
+            as_string: as_string.into(),
+            instance_type: "controller".into(),
+        }
+    }
 }
 
 /// A controller's request to run an action (`invoker<N>`).
@@ -170,14 +221,105 @@ impl ActivationMessage {
             what: "ActivationMessage",
             source,
         })?;
-        let id_ok = m.activation_id.len() == 32
-            && m.activation_id
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !id_ok {
+        if !is_activation_id(&m.activation_id) {
             return Err(MessageError::ActivationId(m.activation_id));
         }
         Ok(m)
+    }
+
+    /// A message as the controller writes one; the builder's defaults are the health probe's:
+    /// `revision: null` (the latest), not blocking, no content, no init or locked arguments.
+    pub fn builder(
+        transid: TransactionId,
+        action: FullyQualifiedEntityName,
+        user: Identity,
+        activation_id: impl Into<String>,
+        root_controller_index: ControllerInstanceId,
+    ) -> ActivationMessageBuilder {
+        ActivationMessageBuilder(Self {
+            transid,
+            action,
+            revision: None,
+            user,
+            activation_id: activation_id.into(),
+            root_controller_index,
+            blocking: false,
+            content: None,
+            init_args: Vec::new(),
+            locked_args: Map::new(),
+            cause: None,
+            trace_context: None,
+        })
+    }
+
+    /// The Kafka record's value: compact JSON.
+    pub fn to_json(&self) -> String {
+        // Strings, numbers, booleans, raw JSON and `Value`s under string keys: serde_json
+        // cannot fail.
+        serde_json::to_string(self).expect("an activation message is always valid JSON")
+    }
+}
+
+/// 32 lowercase hex characters, the controller's `ActivationId`.
+fn is_activation_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Builds an [`ActivationMessage`]; see [`ActivationMessage::builder`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ActivationMessageBuilder(ActivationMessage);
+
+impl ActivationMessageBuilder {
+    /// The action's document revision (the invoker caches by it).
+    pub fn revision(mut self, rev: impl Into<String>) -> Self {
+        self.0.revision = Some(rev.into());
+        self
+    }
+
+    pub fn blocking(mut self, blocking: bool) -> Self {
+        self.0.blocking = blocking;
+        self
+    }
+
+    /// The merged parameters (package < action < request): an object, or an array.
+    pub fn content(mut self, content: Value) -> Self {
+        self.0.content = Some(content);
+        self
+    }
+
+    /// The names of the parameters flagged `init`.
+    pub fn init_args(mut self, init_args: Vec<String>) -> Self {
+        self.0.init_args = init_args;
+        self
+    }
+
+    /// Parameter name -> encryption scheme, for values of `content` still encrypted.
+    pub fn locked_args(mut self, locked_args: Map<String, Value>) -> Self {
+        self.0.locked_args = locked_args;
+        self
+    }
+
+    /// The activation id of the sequence this activation is a component of.
+    pub fn cause(mut self, cause: impl Into<String>) -> Self {
+        self.0.cause = Some(cause.into());
+        self
+    }
+
+    pub fn trace_context(mut self, trace_context: Map<String, Value>) -> Self {
+        self.0.trace_context = Some(trace_context);
+        self
+    }
+
+    /// The message; the activation id must be one the invoker accepts.
+    pub fn build(self) -> Result<ActivationMessage, MessageError> {
+        if !is_activation_id(&self.0.activation_id) {
+            return Err(MessageError::ActivationId(self.0.activation_id));
+        }
+        Ok(self.0)
     }
 }
 
@@ -278,6 +420,14 @@ impl WhiskActivation {
         doc
     }
 
+    /// An annotation's value.
+    pub fn annotation(&self, key: &str) -> Option<&Value> {
+        self.annotations
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| &a.value)
+    }
+
     /// Whether the status counts against the invoker's health.
     pub fn is_system_error(&self) -> bool {
         self.response.status_code == 3
@@ -359,7 +509,55 @@ impl<'de> Deserialize<'de> for Ack {
     }
 }
 
+impl AckResponse {
+    /// The activation the response is about.
+    pub fn activation_id(&self) -> &str {
+        match self {
+            Self::Full(a) => &a.activation_id,
+            Self::Shrunk(id) => id,
+        }
+    }
+}
+
 impl Ack {
+    pub fn transid(&self) -> &TransactionId {
+        match self {
+            Self::Combined { transid, .. }
+            | Self::Completion { transid, .. }
+            | Self::Result { transid, .. } => transid,
+        }
+    }
+
+    /// The activation the ack is about.
+    pub fn activation_id(&self) -> &str {
+        match self {
+            Self::Combined { response, .. } | Self::Result { response, .. } => {
+                response.activation_id()
+            }
+            Self::Completion { activation_id, .. } => activation_id,
+        }
+    }
+
+    /// The activation record, when the ack carries it whole.
+    pub fn record(&self) -> Option<&WhiskActivation> {
+        match self {
+            Self::Combined {
+                response: AckResponse::Full(a),
+                ..
+            }
+            | Self::Result {
+                response: AckResponse::Full(a),
+                ..
+            } => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Whether the ack releases the activation's slot (the last ack of an activation).
+    pub fn frees_slot(&self) -> bool {
+        !matches!(self, Self::Result { .. })
+    }
+
     /// The same ack with the record replaced by its id (non-blocking acks and records too
     /// large for Kafka).
     pub fn shrunk(&self) -> Self {
@@ -534,6 +732,124 @@ mod tests {
             let text = serde_json::to_string(&ack).unwrap();
             assert_eq!(serde_json::from_str::<Ack>(&text).unwrap(), ack);
         }
+    }
+
+    #[test]
+    fn the_builder_writes_the_contracts_messages() {
+        let user = Identity::basic(
+            "guest",
+            Namespace {
+                name: "guest".into(),
+                uuid: "23bc46b1-71f6-4ed5-8c54-816aa4f8c502".into(),
+            },
+            "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP",
+            &USER_RIGHTS,
+        );
+        let built = ActivationMessage::builder(
+            TransactionId::new("dbyaSw8MclQ8z5XrHc1OHanU8v1yAmMS", 1714560000123),
+            FullyQualifiedEntityName::new("guest", "hello").with_version("0.0.1"),
+            user,
+            "c7bb1339cb4f40e3a6ccead6c99f804e",
+            ControllerInstanceId::controller("0"),
+        )
+        .revision("1-967a00dff5e02add41819138abb3284d")
+        .blocking(true)
+        .content(json!({"name": "World"}))
+        .build()
+        .unwrap();
+        let written: Value = serde_json::from_str(&built.to_json()).unwrap();
+        assert_eq!(
+            written,
+            serde_json::from_str::<Value>(USER_ACTIVATION).unwrap()
+        );
+        assert_eq!(
+            built,
+            ActivationMessage::parse(USER_ACTIVATION.as_bytes()).unwrap()
+        );
+        assert_eq!(
+            built.transid.raw(),
+            r#"["dbyaSw8MclQ8z5XrHc1OHanU8v1yAmMS",1714560000123]"#
+        );
+
+        let probe = ActivationMessage::builder(
+            TransactionId::new("sid_invokerHealth", 1714559990000),
+            FullyQualifiedEntityName::new("whisk.system", "invokerHealthTestAction0")
+                .with_version("0.0.1"),
+            Identity::basic(
+                "whisk.system",
+                Namespace {
+                    name: "whisk.system".into(),
+                    uuid: "2f5b1c5c-1a7e-4b5e-9a4c-0f2d8e6f7a1b".into(),
+                },
+                "xyz",
+                &[],
+            ),
+            "0123456789abcdef0123456789abcdef",
+            ControllerInstanceId::controller("0"),
+        )
+        .build()
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&probe).unwrap(),
+            serde_json::from_str::<Value>(HEALTH_ACTIVATION).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_builder_refuses_ids_the_invoker_would_refuse() {
+        let user = Identity::basic(
+            "guest",
+            Namespace {
+                name: "guest".into(),
+                uuid: "u".into(),
+            },
+            "k",
+            &USER_RIGHTS,
+        );
+        let b = ActivationMessage::builder(
+            TransactionId::new("t", 1),
+            FullyQualifiedEntityName::new("guest", "hello"),
+            user,
+            "C7BB1339CB4F40E3A6CCEAD6C99F804E",
+            ControllerInstanceId::controller("0"),
+        );
+        assert!(matches!(b.build(), Err(MessageError::ActivationId(_))));
+    }
+
+    #[test]
+    fn acks_name_their_activation() {
+        let instance = InvokerInstanceId::new(0, 1, None, None);
+        let result = Ack::Result {
+            transid: transid(),
+            response: AckResponse::Full(Box::new(record())),
+        };
+        assert_eq!(result.activation_id(), "c7bb1339cb4f40e3a6ccead6c99f804e");
+        assert_eq!(result.record(), Some(&record()));
+        assert!(!result.frees_slot());
+        assert_eq!(result.transid(), &transid());
+        let shrunk = Ack::Combined {
+            transid: transid(),
+            response: AckResponse::Full(Box::new(record())),
+            is_system_error: false,
+            instance: instance.clone(),
+        }
+        .shrunk();
+        assert_eq!(shrunk.activation_id(), "c7bb1339cb4f40e3a6ccead6c99f804e");
+        assert_eq!(shrunk.record(), None);
+        assert!(shrunk.frees_slot());
+        let completion = Ack::Completion {
+            transid: transid(),
+            activation_id: "0123456789abcdef0123456789abcdef".into(),
+            is_system_error: true,
+            instance,
+        };
+        assert_eq!(
+            completion.activation_id(),
+            "0123456789abcdef0123456789abcdef"
+        );
+        assert!(completion.frees_slot());
+        assert_eq!(record().annotation("initTime"), Some(&json!(212)));
+        assert_eq!(record().annotation("nope"), None);
     }
 
     #[test]
