@@ -1,16 +1,19 @@
-//! Actions as the controller stores them (contract §4.2): the document, its code (inline,
-//! `mem:` or `couch:` attachment), fetched by id and revision and cached by both; the fetch and
-//! limit errors mapped to the fallback responses of §4.2.
+//! Actions as the controller stores them (contract §4.2): the document (read as
+//! [`openwhisk::action::ActionDocument`]), its code (inline, `mem:` or `couch:` attachment),
+//! fetched by id and revision and cached by both; the fetch and limit errors mapped to the
+//! fallback responses of §4.2.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use base64::Engine;
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
-use crate::couchdb::{CouchDb, CouchDbError};
-use crate::manifest::Manifest;
-use crate::messages::KeyValue;
+use openwhisk::action::{self, ActionDocError, ActionDocument, AttachmentRef, Code, CodeLocation};
+use openwhisk::couchdb::{CouchDb, CouchDbError};
+use openwhisk::manifest::Manifest;
+use openwhisk::messages::KeyValue;
 
 /// The controller's messages for failed fetches (Scala `Messages`).
 pub const ACTION_REMOVED: &str = "Action could not be found or may have been deleted.";
@@ -24,7 +27,7 @@ pub struct Limits {
     pub memory_mb: u64,
     pub logs_mb: u64,
     pub concurrency: u64,
-    /// As stored, for the `limits` annotation.
+    /// The document's limits with OpenWhisk's defaults filled in, for the `limits` annotation.
     pub json: Value,
 }
 
@@ -69,30 +72,17 @@ pub struct Action {
 }
 
 /// One parameter; `init` ones go to `/init`'s `env`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Parameter {
-    pub key: String,
-    pub value: Value,
-    pub init: bool,
-}
+pub use openwhisk::action::Parameter;
 
 impl Action {
     /// `provide-api-key` is truthy or absent.
     pub fn provides_api_key(&self) -> bool {
-        match self.annotation("provide-api-key") {
-            None => true,
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Null) => false,
-            Some(_) => true,
-        }
+        action::provides_api_key(&self.annotations)
     }
 
     /// An annotation's value.
     pub fn annotation(&self, key: &str) -> Option<&Value> {
-        self.annotations
-            .iter()
-            .find(|a| a.key == key)
-            .map(|a| &a.value)
+        action::annotation(&self.annotations, key)
     }
 
     /// The resolved kind, for the `kind` annotation.
@@ -109,6 +99,12 @@ impl Action {
 pub enum FetchError {
     #[error("action {0} does not exist")]
     NotFound(String),
+    #[error("action {id} is not a readable action document")]
+    Document {
+        id: String,
+        #[source]
+        source: ActionDocError,
+    },
     #[error("action {id} cannot be read: {why}")]
     Unreadable { id: String, why: String },
     #[error("action {id} could not be fetched")]
@@ -126,7 +122,7 @@ impl FetchError {
     pub fn response(&self) -> (u8, &'static str) {
         match self {
             Self::NotFound(_) => (1, ACTION_REMOVED),
-            Self::Unreadable { .. } => (3, ACTION_MISMATCH),
+            Self::Document { .. } | Self::Unreadable { .. } => (3, ACTION_MISMATCH),
             Self::Store { .. } | Self::NotExecutable(_) => (3, ACTION_FETCH_ERROR),
         }
     }
@@ -169,13 +165,13 @@ impl ActionStore {
         let id = format!("{path}/{name}");
         if let Some(rev) = rev {
             let key = (id.clone(), rev.to_owned());
-            if let Some(hit) = self.lock().get(&key) {
+            if let Some(hit) = self.cache.lock().get(&key) {
                 return Ok(hit.clone());
             }
             match self.db.get_doc_rev(&self.whisks, &id, rev).await {
                 Ok(doc) => {
                     let action = Arc::new(self.build(&id, doc).await?);
-                    let mut cache = self.lock();
+                    let mut cache = self.cache.lock();
                     if cache.len() >= CACHE_MAX {
                         cache.clear();
                     }
@@ -193,194 +189,114 @@ impl ActionStore {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Arc<Action>>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     async fn build(&self, id: &str, doc: Value) -> Result<Action, FetchError> {
-        let unreadable = |why: &str| FetchError::Unreadable {
+        let doc = ActionDocument::from_value(doc).map_err(|source| FetchError::Document {
             id: id.to_owned(),
-            why: why.to_owned(),
-        };
-        let obj = doc.as_object().ok_or_else(|| unreadable("not an object"))?;
-        if obj
-            .get("entityType")
-            .and_then(Value::as_str)
-            .unwrap_or("action")
-            != "action"
-        {
-            return Err(unreadable("not an action document"));
-        }
-        let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
-        let namespace = s("namespace").ok_or_else(|| unreadable("no namespace"))?;
-        let name = s("name").ok_or_else(|| unreadable("no name"))?;
-        let exec_doc = obj
-            .get("exec")
-            .and_then(Value::as_object)
-            .ok_or_else(|| unreadable("no exec"))?;
-        let kind = exec_doc
-            .get("kind")
-            .and_then(Value::as_str)
-            .ok_or_else(|| unreadable("exec has no kind"))?;
-        let exec = if kind == "sequence" {
-            Exec::Sequence
-        } else {
-            self.exec(id, obj, exec_doc, kind).await?
-        };
-        let limits_json = obj
-            .get("limits")
-            .cloned()
-            .unwrap_or(Value::Object(Map::new()));
-        let limit = |k: &str, default: u64| {
-            limits_json
-                .get(k)
-                .and_then(Value::as_u64)
-                .unwrap_or(default)
-        };
+            source,
+        })?;
+        let exec = self.exec(id, &doc).await?;
         let limits = Limits {
-            timeout_ms: limit("timeout", 60_000),
-            memory_mb: limit("memory", 256),
-            logs_mb: limit("logs", 10),
-            concurrency: limit("concurrency", 1).max(1),
-            json: limits_json.clone(),
+            timeout_ms: doc.limits.timeout,
+            memory_mb: doc.limits.memory,
+            logs_mb: doc.limits.logs,
+            concurrency: doc.limits.concurrency.max(1),
+            json: serde_json::to_value(&doc.limits).unwrap_or(Value::Null),
         };
-        let parameters = obj
-            .get("parameters")
-            .and_then(Value::as_array)
-            .map(|ps| {
-                ps.iter()
-                    .filter_map(|p| {
-                        Some(Parameter {
-                            key: p.get("key")?.as_str()?.to_owned(),
-                            value: p.get("value").cloned().unwrap_or(Value::Null),
-                            init: p.get("init").and_then(Value::as_bool).unwrap_or(false),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let annotations: Vec<KeyValue> = obj
-            .get("annotations")
-            .cloned()
-            .and_then(|a| serde_json::from_value(a).ok())
-            .unwrap_or_default();
-        let version = s("version").unwrap_or_else(|| "0.0.1".into());
-        let publish = obj.get("publish").and_then(Value::as_bool).unwrap_or(false);
         let identity = serde_json::to_string(&serde_json::json!([
-            namespace,
-            name,
+            doc.namespace,
+            doc.name,
             format!("{exec:?}"),
-            obj.get("parameters"),
-            limits_json,
-            version,
-            publish,
-            obj.get("annotations"),
+            doc.parameters,
+            limits.json,
+            doc.version,
+            doc.publish,
+            doc.annotations,
         ]))
         .unwrap_or_default();
         Ok(Action {
             doc_id: id.to_owned(),
-            rev: s("_rev").unwrap_or_default(),
-            namespace,
-            name,
-            version,
-            publish,
+            rev: doc.rev.unwrap_or_default(),
+            namespace: doc.namespace,
+            name: doc.name,
+            version: doc.version,
+            publish: doc.publish,
             exec,
-            parameters,
+            parameters: doc.parameters,
             limits,
-            annotations,
+            annotations: doc.annotations,
             identity,
         })
     }
 
-    async fn exec(
-        &self,
-        id: &str,
-        doc: &Map<String, Value>,
-        exec: &Map<String, Value>,
-        kind: &str,
-    ) -> Result<Exec, FetchError> {
+    async fn exec(&self, id: &str, doc: &ActionDocument) -> Result<Exec, FetchError> {
         let unreadable = |why: String| FetchError::Unreadable {
             id: id.to_owned(),
             why,
         };
-        let binary = exec.get("binary").and_then(Value::as_bool).unwrap_or(false);
-        let main = exec.get("main").and_then(Value::as_str).map(str::to_owned);
-        let code_ref = exec.get("code").or_else(|| exec.get("jar"));
-        let code = match code_ref {
-            None | Some(Value::Null) => None,
-            Some(Value::String(inline)) => Some(inline.clone()),
-            Some(Value::Object(att)) => {
-                let name = att
-                    .get("attachmentName")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| unreadable("code attachment has no name".into()))?;
-                let bytes = self.attachment(id, doc, name).await?;
+        let binary = doc.exec.binary();
+        let main = doc.exec.main().map(str::to_owned);
+        let code = match doc.exec.code() {
+            None => None,
+            Some(Code::Inline(inline)) => Some(inline.clone()),
+            Some(Code::Attachment(att)) => {
+                let bytes = self.attachment(id, att).await?;
                 Some(if binary {
                     base64::engine::general_purpose::STANDARD.encode(&bytes)
                 } else {
                     String::from_utf8(bytes).map_err(|_| unreadable("code is not UTF-8".into()))?
                 })
             }
-            Some(_) => return Err(unreadable("code is neither text nor an attachment".into())),
         };
-        if kind == "blackbox" {
-            let image = exec
-                .get("image")
-                .and_then(Value::as_str)
-                .ok_or_else(|| unreadable("blackbox without image".into()))?;
-            let local = self.manifest.is_native_blackbox(image);
-            return Ok(Exec::Runnable {
-                kind: "blackbox".into(),
-                image: image.to_owned(),
-                code,
-                main,
-                binary,
-                sentinelled: local,
-                local,
-            });
+        match &doc.exec {
+            action::Exec::Sequence(_) => Ok(Exec::Sequence),
+            action::Exec::Blackbox(b) => {
+                let local = self.manifest.is_native_blackbox(&b.image);
+                Ok(Exec::Runnable {
+                    kind: action::BLACKBOX.into(),
+                    image: b.image.clone(),
+                    code,
+                    main,
+                    binary,
+                    sentinelled: local,
+                    local,
+                })
+            }
+            action::Exec::Managed(m) => {
+                let k = self.manifest.resolve(&m.kind).ok_or_else(|| {
+                    unreadable(format!("kind {} is not in the runtimes manifest", m.kind))
+                })?;
+                Ok(Exec::Runnable {
+                    kind: k.kind.clone(),
+                    image: k.image.reference(&self.registry),
+                    code,
+                    main,
+                    binary,
+                    sentinelled: k.sentinelled_logs,
+                    local: true,
+                })
+            }
         }
-        let k = self
-            .manifest
-            .resolve(kind)
-            .ok_or_else(|| unreadable(format!("kind {kind} is not in the runtimes manifest")))?;
-        Ok(Exec::Runnable {
-            kind: k.kind.clone(),
-            image: k.image.reference(&self.registry),
-            code,
-            main,
-            binary,
-            sentinelled: k.sentinelled_logs,
-            local: true,
-        })
     }
 
-    /// The bytes of a code attachment: `mem:` inline (URL-safe base64), else from CouchDB.
-    async fn attachment(
-        &self,
-        id: &str,
-        doc: &Map<String, Value>,
-        name: &str,
-    ) -> Result<Vec<u8>, FetchError> {
-        if let Some(inline) = name.strip_prefix("mem:") {
-            let trimmed = inline.trim_end_matches('=');
-            return base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(trimmed)
-                .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
-                .map_err(|_| FetchError::Unreadable {
+    /// The bytes of a code attachment: `mem:` inline, else from CouchDB.
+    async fn attachment(&self, id: &str, att: &AttachmentRef) -> Result<Vec<u8>, FetchError> {
+        let stored = match att.location() {
+            Ok(CodeLocation::Inline(bytes)) => return Ok(bytes),
+            Ok(CodeLocation::Couch(stored)) => stored,
+            Ok(CodeLocation::External(name)) => {
+                return Err(FetchError::Unreadable {
                     id: id.to_owned(),
-                    why: "mem: code is not base64".into(),
+                    why: format!("attachment {name} lives in an external store"),
                 });
-        }
-        let stored = name.strip_prefix("couch:").unwrap_or(name);
-        if stored.contains(':') {
-            return Err(FetchError::Unreadable {
-                id: id.to_owned(),
-                why: format!("attachment {name} lives in an external store"),
-            });
-        }
-        let _ = doc; // `_attachments` lists it; the GET below is the authority.
+            }
+            Err(source) => {
+                return Err(FetchError::Document {
+                    id: id.to_owned(),
+                    source,
+                });
+            }
+        };
+        // The document's `_attachments` lists it; the GET below is the authority.
         match self.db.get_attachment(&self.whisks, id, stored).await {
             Ok(att) => Ok(att.data),
             Err(CouchDbError::NotFound { .. }) => Err(FetchError::Unreadable {
@@ -448,4 +364,137 @@ pub fn check_namespace_limits(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A store whose database is never reached: the documents below carry their code inline.
+    fn store() -> ActionStore {
+        let db = CouchDb::new(&openwhisk::couchdb::CouchDbConfig {
+            url: "http://127.0.0.1:9".into(),
+            username: "u".into(),
+            password: "p".into(),
+            request_timeout: std::time::Duration::from_secs(1),
+        })
+        .unwrap();
+        let manifest = Manifest::parse(include_str!("../../runtimes/runtimes.json")).unwrap();
+        ActionStore::new(db, "whisks", Arc::new(manifest), "")
+    }
+
+    fn contract_doc() -> Value {
+        json!({"_id":"guest/hello","_rev":"1-967a00dff5e02add41819138abb3284d",
+            "entityType":"action","namespace":"guest","name":"hello","updated":1714559000000_i64,
+            "exec":{"kind":"nodejs:default","binary":false,
+                    "code":{"attachmentName":"mem:ZnVuY3Rpb24gbWFpbihwKXtyZXR1cm4gcH0=",
+                            "attachmentType":"text/plain; charset=UTF-8","length":26}},
+            "parameters":[{"key":"greeting","value":"Hi"},{"key":"token","value":"x","init":true}],
+            "limits":{"timeout":60000,"memory":256,"logs":10,"concurrency":1},
+            "version":"0.0.1","publish":false,
+            "annotations":[{"key":"provide-api-key","value":false},{"key":"exec","value":"nodejs:20"}]})
+    }
+
+    #[tokio::test]
+    async fn a_managed_action_with_mem_code() {
+        let a = store().build("guest/hello", contract_doc()).await.unwrap();
+        assert_eq!(a.rev, "1-967a00dff5e02add41819138abb3284d");
+        assert_eq!(a.kind(), "nodejs:18", "resolved through the manifest");
+        let Exec::Runnable {
+            code,
+            image,
+            binary,
+            sentinelled,
+            local,
+            ..
+        } = &a.exec
+        else {
+            panic!("{:?}", a.exec)
+        };
+        assert_eq!(code.as_deref(), Some("function main(p){return p}"));
+        assert_eq!(image, "openwhisk/action-nodejs-v18:nightly");
+        assert!(!binary && *sentinelled && *local);
+        assert_eq!(a.parameters.iter().filter(|p| p.init).count(), 1);
+        assert!(!a.provides_api_key());
+        assert_eq!(
+            a.limits.json,
+            json!({"timeout":60000,"memory":256,"logs":10,"concurrency":1})
+        );
+    }
+
+    #[tokio::test]
+    async fn binary_code_goes_to_init_as_base64_and_limits_default() {
+        let mut doc = contract_doc();
+        doc["exec"] = json!({"kind":"blackbox","image":"me/img:1","binary":true,
+            "code":{"attachmentName":"mem:UEsDBA","attachmentType":"application/octet-stream"}});
+        doc["limits"] = json!({"memory": 512, "concurrency": 0});
+        let a = store().build("guest/hello", doc).await.unwrap();
+        let Exec::Runnable {
+            kind, code, local, ..
+        } = &a.exec
+        else {
+            panic!("{:?}", a.exec)
+        };
+        assert_eq!(
+            (kind.as_str(), code.as_deref()),
+            ("blackbox", Some("UEsDBA=="))
+        );
+        assert!(!local, "not a native blackbox");
+        assert_eq!(
+            (a.limits.memory_mb, a.limits.timeout_ms, a.limits.logs_mb),
+            (512, 60_000, 10)
+        );
+        assert_eq!(a.limits.concurrency, 1, "at least one");
+    }
+
+    #[tokio::test]
+    async fn warm_identity_ignores_the_revision_only() {
+        let s = store();
+        let a = s.build("guest/hello", contract_doc()).await.unwrap();
+        let mut other_rev = contract_doc();
+        other_rev["_rev"] = json!("2-x");
+        other_rev["updated"] = json!(1);
+        let b = s.build("guest/hello", other_rev).await.unwrap();
+        assert_eq!(a.identity, b.identity);
+        let mut other_param = contract_doc();
+        other_param["parameters"][0]["value"] = json!("Hello");
+        let c = s.build("guest/hello", other_param).await.unwrap();
+        assert_ne!(a.identity, c.identity);
+    }
+
+    #[tokio::test]
+    async fn unreadable_documents_answer_as_the_scala_invoker() {
+        let s = store();
+        let seq = json!({"namespace":"guest","name":"s","exec":{"kind":"sequence","components":["/guest/a"]}});
+        assert!(matches!(
+            s.build("guest/s", seq).await.unwrap().exec,
+            Exec::Sequence
+        ));
+        let mut cases = Vec::new();
+        let mut trigger = contract_doc();
+        trigger["entityType"] = json!("trigger");
+        cases.push(trigger);
+        let mut no_image = contract_doc();
+        no_image["exec"] = json!({"kind": "blackbox"});
+        cases.push(no_image);
+        let mut unknown_kind = contract_doc();
+        unknown_kind["exec"]["kind"] = json!("cobol:85");
+        cases.push(unknown_kind);
+        let mut bad_mem = contract_doc();
+        bad_mem["exec"]["code"]["attachmentName"] = json!("mem:@@@");
+        cases.push(bad_mem);
+        let mut external = contract_doc();
+        external["exec"]["code"]["attachmentName"] = json!("s3:bucket/key");
+        cases.push(external);
+        cases.push(json!("not an object"));
+        for doc in cases {
+            let e = s.build("guest/hello", doc.clone()).await.unwrap_err();
+            assert_eq!(e.response(), (3, ACTION_MISMATCH), "{doc}: {e}");
+        }
+        assert_eq!(
+            FetchError::NotFound("guest/x".into()).response(),
+            (1, ACTION_REMOVED)
+        );
+    }
 }
