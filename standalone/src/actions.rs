@@ -9,10 +9,18 @@
 //! are the manifest's plus `blackbox`.
 
 use base64::Engine;
-use invoker::couchdb::{CouchDb, CouchDbError};
-use invoker::manifest::Manifest;
-use invoker::settings::Bounds;
-use serde_json::{Map, Value, json};
+use openwhisk::action::{
+    self, ActionDocError, ActionDocument, ActionLimits, AttachmentRef, BlackboxExec, Code,
+    CodeExec, CodeLocation, Exec, Parameter,
+};
+use openwhisk::couchdb::{CouchDb, CouchDbError};
+use openwhisk::errors;
+use openwhisk::manifest::Manifest;
+use openwhisk::messages::KeyValue;
+use openwhisk::settings::Bounds;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::ids;
 
@@ -62,7 +70,7 @@ pub struct LimitBounds {
 
 impl LimitBounds {
     /// The bounds an invoker was configured with.
-    pub fn from_settings(s: &invoker::settings::Settings) -> Self {
+    pub fn from_settings(s: &openwhisk::settings::Settings) -> Self {
         Self {
             memory_mb: s.memory_mb,
             timeout_ms: s.time_ms,
@@ -79,8 +87,7 @@ pub struct StoredAction {
     pub name: String,
     pub rev: String,
     pub version: String,
-    /// `{key, value, init?}` items.
-    pub parameters: Vec<Value>,
+    pub parameters: Vec<Parameter>,
     pub timeout_ms: u64,
 }
 
@@ -121,7 +128,7 @@ impl Actions {
         let body = body
             .as_object()
             .ok_or_else(|| ActionError::Invalid("The request content was malformed.".into()))?;
-        let id = format!("{namespace}/{name}");
+        let id = ActionDocument::doc_id(namespace, name);
         let existing = match self.db.get_doc(&self.name, &id).await {
             Ok(d) => Some(d),
             Err(CouchDbError::NotFound { .. }) => None,
@@ -130,13 +137,22 @@ impl Actions {
         if existing.is_some() && !overwrite {
             return Err(ActionError::Conflict);
         }
-        let old = existing.as_ref();
+        let old = match existing {
+            // Another kind of entity under this name (a package, a trigger): as the
+            // controller, a conflict.
+            Some(d) => Some(ActionDocument::from_value(d).map_err(|e| match e {
+                ActionDocError::NotAnAction(_) => ActionError::Conflict,
+                other => unreadable(&self.name, &id, other),
+            })?),
+            None => None,
+        };
+        let old = old.as_ref();
 
         // exec: given, or kept from the old document on an update.
         let (exec, code) = match body.get("exec") {
             Some(e) => self.exec_of(e)?,
             None => match old {
-                Some(o) => (o["exec"].clone(), None),
+                Some(o) => (o.exec.clone(), None),
                 None => {
                     return Err(ActionError::Invalid(
                         "The request content was malformed: exec undefined.".into(),
@@ -144,56 +160,62 @@ impl Actions {
                 }
             },
         };
-        let limits = self.limits_of(body.get("limits"), old.map(|o| &o["limits"]))?;
+        let limits = self.limits_of(body.get("limits"), old.map(|o| &o.limits))?;
         let parameters = match body.get("parameters") {
-            Some(Value::Array(p)) => Value::Array(check_key_values(p, "parameters")?),
-            Some(Value::Null) | None => old.map_or(json!([]), |o| o["parameters"].clone()),
+            Some(Value::Array(p)) => key_values(p, "parameters")?,
+            Some(Value::Null) | None => old.map(|o| o.parameters.clone()).unwrap_or_default(),
             Some(_) => return Err(ActionError::Invalid("parameters must be an array".into())),
         };
-        let mut annotations = match body.get("annotations") {
-            Some(Value::Array(a)) => check_key_values(a, "annotations")?,
-            Some(Value::Null) | None => old
-                .and_then(|o| o["annotations"].as_array().cloned())
-                .unwrap_or_default(),
+        let mut annotations: Vec<KeyValue> = match body.get("annotations") {
+            Some(Value::Array(a)) => key_values(a, "annotations")?,
+            Some(Value::Null) | None => old.map(|o| o.annotations.clone()).unwrap_or_default(),
             Some(_) => return Err(ActionError::Invalid("annotations must be an array".into())),
         };
-        let kind = exec["kind"].as_str().unwrap_or("blackbox").to_owned();
-        annotations.retain(|a| a["key"] != "exec");
-        if !annotations.iter().any(|a| a["key"] == "provide-api-key") {
-            annotations.push(json!({"key": "provide-api-key", "value": false}));
+        annotations.retain(|a| a.key != "exec");
+        if !annotations.iter().any(|a| a.key == "provide-api-key") {
+            annotations.push(KeyValue {
+                key: "provide-api-key".into(),
+                value: Value::Bool(false),
+            });
         }
-        annotations.push(json!({"key": "exec", "value": kind}));
+        annotations.push(KeyValue {
+            key: "exec".into(),
+            value: Value::String(exec.kind().to_owned()),
+        });
         let version = match old {
-            Some(o) => bump_patch(o["version"].as_str().unwrap_or("0.0.0")),
+            Some(o) => bump_patch(&o.version),
             None => body
                 .get("version")
                 .and_then(Value::as_str)
-                .unwrap_or("0.0.1")
+                .unwrap_or(action::DEFAULT_VERSION)
                 .to_owned(),
         };
         let publish = body
             .get("publish")
             .and_then(Value::as_bool)
-            .or_else(|| old.and_then(|o| o["publish"].as_bool()))
+            .or_else(|| old.map(|o| o.publish))
             .unwrap_or(false);
 
-        let mut doc = json!({
-            "_id": id, "entityType": "action", "namespace": namespace, "name": name,
-            "updated": ids::now_ms(), "exec": exec, "parameters": parameters, "limits": limits,
-            "version": version, "publish": publish, "annotations": annotations,
-        });
-        if let Some(o) = old {
-            doc["_rev"] = o["_rev"].clone();
+        let replaces_exec = body.contains_key("exec");
+        let doc = ActionDocument {
+            rev: old.and_then(|o| o.rev.clone()),
+            updated: Some(openwhisk::time::now_ms()),
+            parameters,
+            limits,
+            version,
+            publish,
+            annotations,
             // The code stays where it was when exec is not replaced: keep the attachment
             // (CouchDB drops attachments a new revision does not list).
-            if body.get("exec").is_none() && o.get("_attachments").is_some() {
-                doc["_attachments"] = o["_attachments"].clone();
-            }
-        }
+            attachments: old
+                .filter(|_| !replaces_exec)
+                .and_then(|o| o.attachments.clone()),
+            ..ActionDocument::new(namespace, name, exec)
+        };
         // Code above the inline size goes in an attachment: the document first (with the
         // attachment's name), then the bytes on the new revision.
-        let info = self.db.put_doc(&self.name, &id, &doc).await?;
-        if let Some(Code::Attachment {
+        let info = self.db.put_doc(&self.name, &id, &doc.to_value()).await?;
+        if let Some(NewAttachment {
             name: att,
             content_type,
             bytes,
@@ -204,25 +226,25 @@ impl Actions {
                 .await?;
         }
         // What was just written, as the API shows it (no second read of the document).
-        self.shown(&id, &doc, true).await
+        self.shown(&doc, true).await
     }
 
     /// The action document `namespace/name`; `NotFound` for anything that is not an action.
-    async fn doc(&self, namespace: &str, name: &str) -> Result<(String, Value), ActionError> {
+    async fn doc(&self, namespace: &str, name: &str) -> Result<ActionDocument, ActionError> {
         check_name(name)?;
-        let id = format!("{namespace}/{name}");
+        let id = ActionDocument::doc_id(namespace, name);
         let doc = self.db.get_doc(&self.name, &id).await?;
-        if doc["entityType"] != "action" {
+        if doc["entityType"] != action::ENTITY_TYPE {
             return Err(ActionError::NotFound);
         }
-        Ok((id, doc))
+        ActionDocument::from_value(doc).map_err(|e| unreadable(&self.name, &id, e))
     }
 
     /// A document as the API shows it, with or without its code.
-    async fn shown(&self, id: &str, doc: &Value, code: bool) -> Result<Value, ActionError> {
+    async fn shown(&self, doc: &ActionDocument, code: bool) -> Result<Value, ActionError> {
         let mut out = api_view(doc);
         if code {
-            if let Some(text) = self.code_text(id, &doc["exec"]).await? {
+            if let Some(text) = self.code_text(&doc.id, &doc.exec).await? {
                 out["exec"]["code"] = Value::String(text);
             }
         } else if let Some(exec) = out["exec"].as_object_mut() {
@@ -233,23 +255,21 @@ impl Actions {
 
     /// The stored document, with its revision.
     pub async fn fetch(&self, namespace: &str, name: &str) -> Result<StoredAction, ActionError> {
-        let (_, doc) = self.doc(namespace, name).await?;
+        let doc = self.doc(namespace, name).await?;
         Ok(StoredAction {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
-            rev: doc["_rev"].as_str().unwrap_or_default().to_owned(),
-            version: doc["version"].as_str().unwrap_or("0.0.1").to_owned(),
-            parameters: doc["parameters"].as_array().cloned().unwrap_or_default(),
-            timeout_ms: doc["limits"]["timeout"]
-                .as_u64()
-                .unwrap_or(self.bounds.timeout_ms.std),
+            rev: doc.rev.unwrap_or_default(),
+            version: doc.version,
+            parameters: doc.parameters,
+            timeout_ms: doc.limits.timeout,
         })
     }
 
     /// `GET /namespaces/<ns>/actions/<name>[?code=false]`.
     pub async fn get(&self, namespace: &str, name: &str, code: bool) -> Result<Value, ActionError> {
-        let (id, doc) = self.doc(namespace, name).await?;
-        self.shown(&id, &doc, code).await
+        let doc = self.doc(namespace, name).await?;
+        self.shown(&doc, code).await
     }
 
     /// `GET /namespaces/<ns>/actions?skip=&limit=`: summaries, most recently updated first.
@@ -259,55 +279,70 @@ impl Actions {
         skip: usize,
         limit: usize,
     ) -> Result<Vec<Value>, ActionError> {
-        let mut docs: Vec<Value> = self
+        let mut docs: Vec<ActionDocument> = self
             .db
             .docs_with_prefix(&self.name, &format!("{namespace}/"))
             .await?
             .into_iter()
-            .filter(|d| d["entityType"] == "action")
+            .filter(|d| d["entityType"] == action::ENTITY_TYPE)
+            .filter_map(|d| {
+                let id = d["_id"].as_str().unwrap_or_default().to_owned();
+                ActionDocument::from_value(d)
+                    .inspect_err(|e| {
+                        tracing::warn!(db = %self.name, id, error = %errors::chain(e), "an action document is unreadable; not listed");
+                    })
+                    .ok()
+            })
             .collect();
-        docs.sort_by_key(|d| std::cmp::Reverse(d["updated"].as_i64().unwrap_or(0)));
+        docs.sort_by_key(|d| std::cmp::Reverse(d.updated.unwrap_or(0)));
         Ok(docs
             .iter()
             .skip(skip)
             .take(limit)
             .map(|d| {
-                let v = api_view(d);
-                json!({
-                    "namespace": v["namespace"], "name": v["name"], "version": v["version"],
-                    "publish": v["publish"], "annotations": v["annotations"], "limits": v["limits"],
-                    "exec": {"binary": v["exec"]["binary"]}, "updated": v["updated"],
-                })
+                let summary = Summary {
+                    namespace: &d.namespace,
+                    name: &d.name,
+                    version: &d.version,
+                    publish: d.publish,
+                    annotations: &d.annotations,
+                    limits: &d.limits,
+                    exec: SummaryExec {
+                        binary: d.exec.binary(),
+                    },
+                    updated: d.updated,
+                };
+                // Strings, numbers and `Value`s under string keys: serde_json cannot fail.
+                serde_json::to_value(summary).expect("a summary is always valid JSON")
             })
             .collect())
     }
 
     /// `DELETE /namespaces/<ns>/actions/<name>`: returns what was deleted.
     pub async fn delete(&self, namespace: &str, name: &str) -> Result<Value, ActionError> {
-        let (id, doc) = self.doc(namespace, name).await?;
-        let rev = doc["_rev"].as_str().unwrap_or_default();
-        self.db.delete_doc(&self.name, &id, rev).await?;
-        self.shown(&id, &doc, false).await
+        let doc = self.doc(namespace, name).await?;
+        let rev = doc.rev.as_deref().unwrap_or_default();
+        self.db.delete_doc(&self.name, &doc.id, rev).await?;
+        self.shown(&doc, false).await
     }
 
     /// Validates `exec` and turns its code into an attachment reference.
-    fn exec_of(&self, e: &Value) -> Result<(Value, Option<Code>), ActionError> {
+    fn exec_of(&self, e: &Value) -> Result<(Exec, Option<NewAttachment>), ActionError> {
         let kind = e["kind"]
             .as_str()
             .ok_or_else(|| ActionError::Invalid("exec.kind is required".into()))?;
-        let mut exec = Map::new();
-        match kind {
-            "blackbox" => {
+        // The image of a blackbox, or the resolved kind.
+        let runs = match kind {
+            action::BLACKBOX => {
                 let image = e["image"]
                     .as_str()
                     .filter(|i| !i.is_empty())
                     .ok_or_else(|| {
                         ActionError::Invalid("a blackbox action needs exec.image".into())
                     })?;
-                exec.insert("kind".into(), json!("blackbox"));
-                exec.insert("image".into(), json!(image));
+                Runs::Image(image.to_owned())
             }
-            "sequence" => {
+            action::SEQUENCE => {
                 return Err(ActionError::Invalid(
                     "Sequences are not supported by the standalone front door.".into(),
                 ));
@@ -325,22 +360,21 @@ impl Actions {
                         k.kind
                     )));
                 }
-                exec.insert("kind".into(), json!(k.kind));
+                Runs::Kind(k.kind.clone())
             }
-        }
-        if let Some(main) = e["main"].as_str().filter(|m| !m.is_empty()) {
-            exec.insert("main".into(), json!(main));
-        }
+        };
+        let main = e["main"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned);
         let code = match &e["code"] {
             Value::String(c) => Some(c.as_str()),
             Value::Null => None,
             _ => return Err(ActionError::Invalid("exec.code must be a string".into())),
         };
         let mut stored_code = None;
-        match code {
-            None if kind == "blackbox" => {
-                exec.insert("binary".into(), json!(false));
-            }
+        let (code, binary) = match code {
+            None if matches!(runs, Runs::Image(_)) => (None, false),
             None => {
                 return Err(ActionError::Invalid(
                     "The request content was malformed: exec.code undefined.".into(),
@@ -364,89 +398,102 @@ impl Actions {
                     )));
                 }
                 let content_type = if binary {
-                    "application/octet-stream"
+                    action::BINARY_CODE_TYPE
                 } else {
-                    "text/plain; charset=UTF-8"
+                    action::TEXT_CODE_TYPE
                 };
-                let length = bytes.len();
-                let name = if length < MAX_INLINE_BYTES {
-                    format!(
-                        "mem:{}",
-                        base64::engine::general_purpose::URL_SAFE.encode(&bytes)
-                    )
+                let reference = if bytes.len() < MAX_INLINE_BYTES {
+                    AttachmentRef::inline(&bytes, content_type)
                 } else {
                     let att = ids::uuid();
-                    stored_code = Some(Code::Attachment {
-                        name: att.clone(),
+                    let reference = AttachmentRef::couch(&att, content_type, bytes.len() as u64);
+                    stored_code = Some(NewAttachment {
+                        name: att,
                         content_type: content_type.to_owned(),
                         bytes,
                     });
-                    format!("couch:{att}")
+                    reference
                 };
-                exec.insert("binary".into(), json!(binary));
-                exec.insert(
-                    "code".into(),
-                    json!({"attachmentName": name, "attachmentType": content_type, "length": length}),
-                );
+                (Some(Code::Attachment(reference)), binary)
             }
-        }
-        Ok((Value::Object(exec), stored_code))
+        };
+        let exec = match runs {
+            Runs::Image(image) => Exec::Blackbox(BlackboxExec {
+                image,
+                code,
+                main,
+                binary,
+            }),
+            Runs::Kind(kind) => Exec::Managed(CodeExec {
+                kind,
+                code,
+                main,
+                binary,
+            }),
+        };
+        Ok((exec, stored_code))
     }
 
     /// The limits: given values checked against the bounds, the rest from the old document or
     /// the defaults.
-    fn limits_of(&self, given: Option<&Value>, old: Option<&Value>) -> Result<Value, ActionError> {
+    fn limits_of(
+        &self,
+        given: Option<&Value>,
+        old: Option<&ActionLimits>,
+    ) -> Result<ActionLimits, ActionError> {
         let b = &self.bounds;
-        let mut out = Map::new();
-        for (key, bounds, unit) in [
-            ("timeout", &b.timeout_ms, "ms"),
-            ("memory", &b.memory_mb, "MB"),
-            ("logs", &b.logs_mb, "MB"),
-            ("concurrency", &b.concurrency, ""),
-        ] {
-            let value = match given.and_then(|g| g.get(key)) {
-                Some(v) => {
-                    let n = v.as_u64().ok_or_else(|| {
-                        ActionError::Invalid(format!("limits.{key} must be a whole number"))
-                    })?;
-                    if n < bounds.min {
-                        return Err(ActionError::Invalid(format!(
-                            "{key} {n} {unit} below allowed threshold of {} {unit}",
-                            bounds.min
-                        )));
-                    }
-                    if n > bounds.max {
-                        return Err(ActionError::Invalid(format!(
-                            "{key} {n} {unit} exceeds allowed threshold of {} {unit}",
-                            bounds.max
-                        )));
-                    }
-                    n
-                }
-                None => old
-                    .and_then(|o| o.get(key))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(bounds.std),
+        let pick = |key: &str, bounds: &Bounds, unit: &str, old: Option<u64>| {
+            let Some(v) = given.and_then(|g| g.get(key)) else {
+                return Ok(old.unwrap_or(bounds.std));
             };
-            out.insert(key.into(), json!(value));
-        }
-        Ok(Value::Object(out))
+            let n = v.as_u64().ok_or_else(|| {
+                ActionError::Invalid(format!("limits.{key} must be a whole number"))
+            })?;
+            if n < bounds.min {
+                return Err(ActionError::Invalid(format!(
+                    "{key} {n} {unit} below allowed threshold of {} {unit}",
+                    bounds.min
+                )));
+            }
+            if n > bounds.max {
+                return Err(ActionError::Invalid(format!(
+                    "{key} {n} {unit} exceeds allowed threshold of {} {unit}",
+                    bounds.max
+                )));
+            }
+            Ok(n)
+        };
+        Ok(ActionLimits {
+            timeout: pick("timeout", &b.timeout_ms, "ms", old.map(|o| o.timeout))?,
+            memory: pick("memory", &b.memory_mb, "MB", old.map(|o| o.memory))?,
+            logs: pick("logs", &b.logs_mb, "MB", old.map(|o| o.logs))?,
+            concurrency: pick(
+                "concurrency",
+                &b.concurrency,
+                "",
+                old.map(|o| o.concurrency),
+            )?,
+            instances: old.and_then(|o| o.instances),
+        })
     }
 
     /// The code as the API shows it: text, or base64 for binary code.
-    async fn code_text(&self, id: &str, exec: &Value) -> Result<Option<String>, ActionError> {
-        let Some(name) = exec["code"]["attachmentName"].as_str() else {
-            return Ok(exec["code"].as_str().map(str::to_owned));
+    async fn code_text(&self, id: &str, exec: &Exec) -> Result<Option<String>, ActionError> {
+        let att = match exec.code() {
+            None => return Ok(None),
+            Some(Code::Inline(text)) => return Ok(Some(text.clone())),
+            Some(Code::Attachment(att)) => att,
         };
-        let bytes = if let Some(inline) = name.strip_prefix("mem:") {
-            base64::engine::general_purpose::URL_SAFE
-                .decode(inline)
-                .map_err(|_| ActionError::Invalid("stored code is not valid base64".into()))?
-        } else {
-            let att = name.strip_prefix("couch:").unwrap_or(name);
-            self.db.get_attachment(&self.name, id, att).await?.data
+        let bytes = match att
+            .location()
+            .map_err(|_| ActionError::Invalid("stored code is not valid base64".into()))?
+        {
+            CodeLocation::Inline(bytes) => bytes,
+            CodeLocation::Couch(name) | CodeLocation::External(name) => {
+                self.db.get_attachment(&self.name, id, name).await?.data
+            }
         };
-        Ok(Some(if exec["binary"].as_bool().unwrap_or(false) {
+        Ok(Some(if exec.binary() {
             base64::engine::general_purpose::STANDARD.encode(bytes)
         } else {
             String::from_utf8_lossy(&bytes).into_owned()
@@ -454,18 +501,54 @@ impl Actions {
     }
 }
 
+/// What runs a new exec: a blackbox image or a resolved kind.
+enum Runs {
+    Image(String),
+    Kind(String),
+}
+
 /// Code that goes into a CouchDB attachment.
-enum Code {
-    Attachment {
-        name: String,
-        content_type: String,
-        bytes: Vec<u8>,
-    },
+struct NewAttachment {
+    name: String,
+    content_type: String,
+    bytes: Vec<u8>,
+}
+
+/// An action in a list.
+#[derive(Serialize)]
+struct Summary<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    version: &'a str,
+    publish: bool,
+    annotations: &'a [KeyValue],
+    limits: &'a ActionLimits,
+    exec: SummaryExec,
+    updated: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct SummaryExec {
+    binary: bool,
+}
+
+/// A stored document that cannot be read as an action: a 500, as a store that answers
+/// nonsense.
+fn unreadable(db: &str, id: &str, e: ActionDocError) -> ActionError {
+    let source = match e {
+        ActionDocError::Malformed(source) => source,
+        other => serde::de::Error::custom(errors::chain(&other)),
+    };
+    ActionError::Store(CouchDbError::Decode {
+        method: hyper::Method::GET,
+        path: format!("{db}/{id}"),
+        source,
+    })
 }
 
 /// The document without CouchDB's and the store's own fields.
-fn api_view(doc: &Value) -> Value {
-    let mut v = doc.clone();
+fn api_view(doc: &ActionDocument) -> Value {
+    let mut v = doc.to_value();
     if let Some(o) = v.as_object_mut() {
         for k in ["_id", "_rev", "_attachments", "entityType"] {
             o.remove(k);
@@ -499,15 +582,22 @@ fn check_name(name: &str) -> Result<(), ActionError> {
     }
 }
 
-fn check_key_values(items: &[Value], what: &str) -> Result<Vec<Value>, ActionError> {
-    for item in items {
-        if !item["key"].is_string() || item.get("value").is_none() {
-            return Err(ActionError::Invalid(format!(
-                "{what} must be objects with a string key and a value"
-            )));
-        }
-    }
-    Ok(items.to_vec())
+/// Key/value items of a request (parameters, annotations): each a string key and a value.
+fn key_values<T: DeserializeOwned>(items: &[Value], what: &str) -> Result<Vec<T>, ActionError> {
+    let invalid = || {
+        ActionError::Invalid(format!(
+            "{what} must be objects with a string key and a value"
+        ))
+    };
+    items
+        .iter()
+        .map(|item| {
+            if !item["key"].is_string() || item.get("value").is_none() {
+                return Err(invalid());
+            }
+            serde_json::from_value(item.clone()).map_err(|_| invalid())
+        })
+        .collect()
 }
 
 /// The controller's `Exec.isBinaryCode`: a non-empty string in standard base64 (padded).
@@ -534,6 +624,181 @@ fn bump_patch(version: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// An action store whose database is never reached (the tests below send nothing).
+    fn actions() -> Actions {
+        let db = CouchDb::new(&openwhisk::couchdb::CouchDbConfig {
+            url: "http://127.0.0.1:9".into(),
+            username: "u".into(),
+            password: "p".into(),
+            request_timeout: std::time::Duration::from_secs(1),
+        })
+        .unwrap();
+        let manifest = Manifest::parse(include_str!("../../runtimes/runtimes.json")).unwrap();
+        let bounds = |min, max, std| Bounds { min, max, std };
+        Actions::new(
+            db,
+            "whisks",
+            manifest,
+            LimitBounds {
+                memory_mb: bounds(128, 512, 256),
+                timeout_ms: bounds(100, 300_000, 60_000),
+                logs_mb: bounds(0, 10, 10),
+                concurrency: bounds(1, 1, 1),
+            },
+        )
+    }
+
+    #[test]
+    fn small_code_is_inlined_and_large_code_goes_to_an_attachment() {
+        let a = actions();
+        let (exec, att) = a
+            .exec_of(&json!({"kind": "nodejs:default", "code": "function main(p){return p}"}))
+            .unwrap();
+        assert!(att.is_none());
+        assert_eq!(
+            serde_json::to_value(&exec).unwrap(),
+            json!({"kind": "nodejs:18", "binary": false, "code": {
+                "attachmentName": "mem:ZnVuY3Rpb24gbWFpbihwKXtyZXR1cm4gcH0=",
+                "attachmentType": "text/plain; charset=UTF-8", "length": 26}})
+        );
+        let big = format!("// {}", "x".repeat(MAX_INLINE_BYTES - 3));
+        let (exec, att) = a
+            .exec_of(&json!({"kind": "nodejs:default", "code": big, "main": "run"}))
+            .unwrap();
+        let att = att.expect("16 KiB of code is an attachment");
+        assert_eq!(att.bytes.len(), MAX_INLINE_BYTES);
+        assert_eq!(att.content_type, action::TEXT_CODE_TYPE);
+        assert_eq!(
+            serde_json::to_value(&exec).unwrap(),
+            json!({"kind": "nodejs:18", "binary": false, "main": "run", "code": {
+                "attachmentName": format!("couch:{}", att.name),
+                "attachmentType": "text/plain; charset=UTF-8", "length": MAX_INLINE_BYTES}})
+        );
+        // Base64 code is binary (a zip), stored as its bytes.
+        let (exec, _) = a
+            .exec_of(&json!({"kind": "python:3.11", "code": "UEsDBA=="}))
+            .unwrap();
+        let Some(Code::Attachment(r)) = exec.code() else {
+            panic!("{exec:?}")
+        };
+        assert!(exec.binary());
+        assert_eq!(
+            r.location().unwrap(),
+            CodeLocation::Inline(b"PK\x03\x04".to_vec())
+        );
+        assert_eq!(r.attachment_type, action::BINARY_CODE_TYPE);
+    }
+
+    #[test]
+    fn exec_kinds_are_checked() {
+        let a = actions();
+        let (exec, att) = a
+            .exec_of(&json!({"kind": "blackbox", "image": "me/img:1"}))
+            .unwrap();
+        assert!(att.is_none());
+        assert_eq!(
+            serde_json::to_value(&exec).unwrap(),
+            json!({"kind": "blackbox", "image": "me/img:1", "binary": false})
+        );
+        for (bad, says) in [
+            (json!({"code": "x"}), "exec.kind is required"),
+            (
+                json!({"kind": "blackbox"}),
+                "a blackbox action needs exec.image",
+            ),
+            (
+                json!({"kind": "sequence", "components": []}),
+                "Sequences are not supported",
+            ),
+            (
+                json!({"kind": "cobol:85", "code": "x"}),
+                "The specified runtime 'cobol:85' is not supported",
+            ),
+            (json!({"kind": "nodejs:default"}), "exec.code undefined"),
+            (
+                json!({"kind": "nodejs:default", "code": 1}),
+                "exec.code must be a string",
+            ),
+            (
+                json!({"kind": "nodejs:default", "code": "x", "binary": true}),
+                "binary code must be base64",
+            ),
+        ] {
+            match a.exec_of(&bad) {
+                Err(ActionError::Invalid(m)) => assert!(m.contains(says), "{bad}: {m}"),
+                other => panic!("{bad}: {:?}", other.map(|(e, _)| e)),
+            }
+        }
+    }
+
+    #[test]
+    fn limits_take_the_request_then_the_old_document_then_the_defaults() {
+        let a = actions();
+        let fresh = a.limits_of(Some(&json!({"memory": 128})), None).unwrap();
+        assert_eq!(
+            serde_json::to_value(&fresh).unwrap(),
+            json!({"timeout": 60000, "memory": 128, "logs": 10, "concurrency": 1})
+        );
+        let old = ActionLimits {
+            timeout: 5000,
+            ..fresh
+        };
+        let kept = a.limits_of(Some(&json!({"logs": 0})), Some(&old)).unwrap();
+        assert_eq!((kept.timeout, kept.memory, kept.logs), (5000, 128, 0));
+        for bad in [
+            json!({"memory": 100_000}),
+            json!({"memory": 64}),
+            json!({"timeout": "long"}),
+        ] {
+            assert!(
+                matches!(a.limits_of(Some(&bad), None), Err(ActionError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_api_view_drops_the_stores_fields() {
+        let mut doc = ActionDocument::new(
+            "guest",
+            "hello",
+            Exec::Blackbox(BlackboxExec {
+                image: "me/img".into(),
+                code: None,
+                main: None,
+                binary: false,
+            }),
+        );
+        doc.rev = Some("2-x".into());
+        doc.updated = Some(17);
+        doc.attachments = Some(json!({"u": {"stub": true}}).as_object().cloned().unwrap());
+        doc.parameters = key_values(
+            &[json!({"key": "k", "value": 1, "init": true})],
+            "parameters",
+        )
+        .unwrap();
+        assert_eq!(
+            api_view(&doc),
+            json!({"namespace": "guest", "name": "hello", "updated": 17,
+                   "exec": {"kind": "blackbox", "image": "me/img", "binary": false},
+                   "parameters": [{"key": "k", "value": 1, "init": true}],
+                   "limits": {"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1},
+                   "version": "0.0.1", "publish": false, "annotations": []})
+        );
+        assert!(key_values::<KeyValue>(&[json!({"key": 1, "value": 1})], "annotations").is_err());
+        assert!(key_values::<KeyValue>(&[json!({"key": "k"})], "annotations").is_err());
+    }
+
+    #[test]
+    fn unreadable_documents_are_store_errors() {
+        let e = ActionDocument::from_value(Value::String("not a document".into())).unwrap_err();
+        assert!(matches!(
+            unreadable("whisks", "guest/x", e),
+            ActionError::Store(CouchDbError::Decode { .. })
+        ));
+    }
 
     #[test]
     fn binary_code_is_recognised_as_the_controller_does() {

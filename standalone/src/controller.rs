@@ -11,13 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use invoker::kafka::{self, KafkaSetupError, TopicKind};
-use invoker::messages::{Ack, AckResponse, PingMessage, WhiskActivation};
+use openwhisk::kafka::{self, KafkaSetupError, TopicKind};
+use openwhisk::messages::{
+    self, Ack, AckResponse, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName,
+    MessageError, Namespace, PingMessage, TransactionId, USER_RIGHTS, WhiskActivation,
+};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +48,12 @@ pub enum ControllerError {
     /// 503 to the caller.
     #[error("No invokers available.")]
     NoInvokers,
+    #[error("activation {activation_id} cannot be written")]
+    Message {
+        activation_id: String,
+        #[source]
+        source: MessageError,
+    },
     #[error("producing the activation to {topic}")]
     Produce {
         topic: String,
@@ -244,30 +253,19 @@ impl Controller {
         let invoker = health::home(&self.health.healthy(), &action.namespace, &action.name)
             .ok_or(ControllerError::NoInvokers)?;
         let activation_id = ids::activation_id();
-        let mut content = Map::new();
-        let mut init_args = Vec::new();
-        for p in &action.parameters {
-            let Some(key) = p["key"].as_str() else {
-                continue;
-            };
-            if p["init"] == json!(true) {
-                init_args.push(key.to_owned());
-            }
-            content.insert(key.to_owned(), p["value"].clone());
-        }
-        content.extend(params);
-        let message = json!({
-            "transid": [ids::transaction_id(), ids::now_ms()],
-            "action": {"path": action.namespace, "name": action.name, "version": action.version},
-            "revision": action.rev,
-            "user": user.to_message(),
-            "activationId": activation_id,
-            "rootControllerIndex": {"asString": self.instance, "instanceType": "controller"},
-            "blocking": blocking,
-            "content": content,
-            "initArgs": init_args,
-            "lockedArgs": {},
-        });
+        let message = activation_message(
+            TransactionId::new(&ids::transaction_id(), openwhisk::time::now_ms()),
+            &self.instance,
+            user,
+            action,
+            params,
+            blocking,
+            &activation_id,
+        )
+        .map_err(|source| ControllerError::Message {
+            activation_id: activation_id.clone(),
+            source,
+        })?;
         let outcome = blocking.then(|| {
             let (tx, rx) = oneshot::channel();
             self.waiters
@@ -277,7 +275,7 @@ impl Controller {
             rx
         });
         let topic = format!("{}invoker{invoker}", self.topics_prefix);
-        let payload = message.to_string();
+        let payload = message.to_json();
         let sent = self
             .producer
             .send(
@@ -298,9 +296,147 @@ impl Controller {
     }
 }
 
+/// The message a controller writes for `action`: its parameters merged under the request's
+/// `params`, the `init` ones named in `initArgs`.
+fn activation_message(
+    transid: TransactionId,
+    controller: &str,
+    user: &Identity,
+    action: &StoredAction,
+    params: Map<String, Value>,
+    blocking: bool,
+    activation_id: &str,
+) -> Result<ActivationMessage, MessageError> {
+    let mut content = Map::new();
+    let mut init_args = Vec::new();
+    for p in &action.parameters {
+        if p.init {
+            init_args.push(p.key.clone());
+        }
+        content.insert(p.key.clone(), p.value.clone());
+    }
+    content.extend(params);
+    ActivationMessage::builder(
+        transid,
+        FullyQualifiedEntityName::new(&action.namespace, &action.name)
+            .with_version(&action.version),
+        user_identity(user),
+        activation_id,
+        ControllerInstanceId::controller(controller),
+    )
+    .revision(&action.rev)
+    .blocking(blocking)
+    .content(Value::Object(content))
+    .init_args(init_args)
+    .build()
+}
+
+/// The `user` of an `ActivationMessage` for an authenticated caller: its own namespace, all
+/// user rights, no namespace limits.
+fn user_identity(user: &Identity) -> messages::Identity {
+    messages::Identity::basic(
+        &user.subject,
+        Namespace {
+            name: user.namespace.clone(),
+            uuid: user.uuid.clone(),
+        },
+        &user.key,
+        &USER_RIGHTS,
+    )
+}
+
 fn outcome_of(response: AckResponse) -> (String, Outcome) {
     match response {
         AckResponse::Full(a) => (a.activation_id.clone(), Outcome::Record(a)),
         AckResponse::Shrunk(id) => (id, Outcome::InDatabase),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openwhisk::action::Parameter;
+    use serde_json::json;
+
+    #[test]
+    fn activations_are_written_as_the_controller_writes_them() {
+        let user = Identity {
+            subject: "guest".into(),
+            namespace: "guest".into(),
+            uuid: "23bc46b1-71f6-4ed5-8c54-816aa4f8c502".into(),
+            key: "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP".into(),
+        };
+        let action = StoredAction {
+            namespace: "guest".into(),
+            name: "hello".into(),
+            rev: "1-967a00dff5e02add41819138abb3284d".into(),
+            version: "0.0.2".into(),
+            parameters: vec![
+                Parameter::new("greeting", json!("Hi")),
+                Parameter::new("name", json!("nobody")),
+                Parameter {
+                    init: true,
+                    ..Parameter::new("token", json!("x"))
+                },
+            ],
+            timeout_ms: 60_000,
+        };
+        let params = json!({"name": "World"}).as_object().cloned().unwrap();
+        let m = activation_message(
+            TransactionId::new("dbyaSw8MclQ8z5XrHc1OHanU8v1yAmMS", 1714560000123),
+            "0",
+            &user,
+            &action,
+            params,
+            true,
+            "c7bb1339cb4f40e3a6ccead6c99f804e",
+        )
+        .unwrap();
+        let expected = ActivationMessage {
+            transid: TransactionId::new("dbyaSw8MclQ8z5XrHc1OHanU8v1yAmMS", 1714560000123),
+            action: FullyQualifiedEntityName {
+                path: "guest".into(),
+                name: "hello".into(),
+                version: Some("0.0.2".into()),
+                binding: None,
+            },
+            revision: Some("1-967a00dff5e02add41819138abb3284d".into()),
+            user: messages::Identity {
+                subject: "guest".into(),
+                namespace: Namespace {
+                    name: "guest".into(),
+                    uuid: "23bc46b1-71f6-4ed5-8c54-816aa4f8c502".into(),
+                },
+                authkey: json!({"api_key": "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"}),
+                rights: vec![
+                    "READ".into(),
+                    "PUT".into(),
+                    "DELETE".into(),
+                    "ACTIVATE".into(),
+                ],
+                limits: Map::new(),
+            },
+            activation_id: "c7bb1339cb4f40e3a6ccead6c99f804e".into(),
+            root_controller_index: ControllerInstanceId {
+                as_string: "0".into(),
+                instance_type: "controller".into(),
+            },
+            blocking: true,
+            // The action's parameters under the request's.
+            content: Some(json!({"greeting": "Hi", "name": "World", "token": "x"})),
+            init_args: vec!["token".into()],
+            locked_args: Map::new(),
+            cause: None,
+            trace_context: None,
+        };
+        // (The JSON of each field is the golden test's in `openwhisk::messages`.)
+        assert_eq!(m, expected);
+        // The invoker reads it back.
+        assert_eq!(ActivationMessage::parse(m.to_json().as_bytes()).unwrap(), m);
+        // The `user` is what the subjects store has always sent.
+        assert_eq!(
+            serde_json::to_value(user_identity(&user)).unwrap(),
+            user.to_message()
+        );
     }
 }
