@@ -3,18 +3,22 @@
 //! `invoker<N>`, acks read from `completed<C>`. Prints each activation's time from produce to
 //! its slot-freeing ack (p50/p99/max), its start kind and the result, and checks each record.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use base64::Engine;
-use invoker::couchdb::CouchDb;
-use invoker::kafka::{self, TopicKind};
-use invoker::stack::Stack;
+use openwhisk::action::{self, ActionDocument, AttachmentRef, Code, CodeExec, Exec};
+use openwhisk::couchdb::CouchDb;
+use openwhisk::kafka::{self, TopicKind};
+use openwhisk::messages::{
+    Ack, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, Identity, KeyValue,
+    Namespace, TransactionId, USER_RIGHTS,
+};
+use openwhisk::time::now_ms;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
+use testkit::stack::Stack;
 
 use crate::stats::Summary;
 
@@ -54,18 +58,39 @@ pub async fn run(p: &ActivateParams) -> Result<()> {
     }
     let code =
         "function main(p) { console.log('hello', p.name); return {greeting: 'Hello ' + p.name} }";
-    let mut doc = json!({
-        "_id": "guest/hello", "entityType": "action", "namespace": "guest", "name": "hello",
-        "exec": {"kind": "nodejs:default", "binary": false, "code": {
-            "attachmentName": format!("mem:{}", base64::engine::general_purpose::URL_SAFE.encode(code)),
-            "attachmentType": "text/plain; charset=UTF-8"}},
-        "parameters": [], "limits": {"timeout": 60000, "memory": 256, "logs": 10, "concurrency": 1},
-        "version": "0.0.1", "publish": false, "annotations": [{"key": "provide-api-key", "value": false}]
-    });
-    if let Ok(existing) = db.get_doc(&p.whisks_db, "guest/hello").await {
-        doc["_rev"] = existing["_rev"].clone();
+    let mut doc = ActionDocument::new(
+        "guest",
+        "hello",
+        Exec::Managed(CodeExec {
+            kind: "nodejs:default".into(),
+            code: Some(Code::Attachment(AttachmentRef::inline(
+                code.as_bytes(),
+                action::TEXT_CODE_TYPE,
+            ))),
+            main: None,
+            binary: false,
+        }),
+    );
+    doc.annotations = vec![KeyValue {
+        key: "provide-api-key".into(),
+        value: Value::Bool(false),
+    }];
+    if let Ok(existing) = db.get_doc(&p.whisks_db, &doc.id).await {
+        doc.rev = existing["_rev"].as_str().map(str::to_owned);
     }
-    let rev = db.put_doc(&p.whisks_db, "guest/hello", &doc).await?.rev;
+    let rev = db
+        .put_doc(&p.whisks_db, &doc.id, &doc.to_value())
+        .await?
+        .rev;
+    let user = Identity::basic(
+        "guest",
+        Namespace {
+            name: "guest".into(),
+            uuid: GUEST_UUID.into(),
+        },
+        GUEST_KEY,
+        &USER_RIGHTS,
+    );
 
     let admin = kafka::admin_client(&stack.kafka_hosts)?;
     let completed = format!("completed{}", p.controller);
@@ -90,23 +115,21 @@ pub async fn run(p: &ActivateParams) -> Result<()> {
             std::process::id(),
             i as u64 + now_ms() as u64
         );
-        let msg = json!({
-            "transid": [format!("bench{id}"), now_ms()],
-            "action": {"path": "guest", "name": "hello", "version": "0.0.1"},
-            "revision": rev,
-            "user": {"subject": "guest", "namespace": {"name": "guest", "uuid": GUEST_UUID},
-                     "authkey": {"api_key": format!("{GUEST_UUID}:{GUEST_KEY}")},
-                     "rights": ["READ", "PUT", "DELETE", "ACTIVATE"], "limits": {}},
-            "activationId": id,
-            "rootControllerIndex": {"asString": p.controller, "instanceType": "controller"},
-            "blocking": true,
-            "content": {"name": format!("#{i}")},
-            "initArgs": [], "lockedArgs": {},
-        });
+        let msg = ActivationMessage::builder(
+            TransactionId::new(&format!("bench{id}"), now_ms()),
+            FullyQualifiedEntityName::new("guest", "hello").with_version("0.0.1"),
+            user.clone(),
+            &id,
+            ControllerInstanceId::controller(&p.controller),
+        )
+        .revision(&rev)
+        .blocking(true)
+        .content(json!({"name": format!("#{i}")}))
+        .build()?;
         let started = Instant::now();
         producer
             .send(
-                FutureRecord::<(), _>::to(&topic).payload(&msg.to_string()),
+                FutureRecord::<(), _>::to(&topic).payload(&msg.to_json()),
                 Duration::from_secs(10),
             )
             .await
@@ -117,27 +140,18 @@ pub async fn run(p: &ActivateParams) -> Result<()> {
             let m = tokio::time::timeout(Duration::from_secs(120), acks.recv())
                 .await
                 .with_context(|| format!("no ack for activation {id} within 120 s: is the invoker running with --id {}?", p.invoker))??;
-            let v: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-            let about = v["activationId"]
-                .as_str()
-                .or(v["response"]["activationId"].as_str())
-                .or(v["response"].as_str());
-            if about != Some(id.as_str()) {
+            // Anything that is not an ack is not ours.
+            let Ok(ack) = serde_json::from_slice::<Ack>(m.payload().unwrap_or_default()) else {
+                continue;
+            };
+            if ack.activation_id() != id {
                 continue;
             }
-            if let Some(activation) = v["response"].as_object() {
-                result = activation["response"]["result"].clone();
-                let anns: HashMap<String, Value> =
-                    serde_json::from_value::<Vec<invoker::messages::KeyValue>>(
-                        activation["annotations"].clone(),
-                    )
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|kv| (kv.key, kv.value))
-                    .collect();
-                init = anns.get("initTime").cloned();
+            if let Some(activation) = ack.record() {
+                result = activation.response.result.clone().unwrap_or_default();
+                init = activation.annotation("initTime").cloned();
             }
-            if v.get("instance").is_some() {
+            if ack.frees_slot() {
                 break;
             }
         }
@@ -171,11 +185,4 @@ pub async fn run(p: &ActivateParams) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0)
 }

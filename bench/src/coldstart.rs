@@ -7,18 +7,24 @@
 //! activation, split into queue + container start (produce → `/init` start), init and run.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use base64::Engine;
-use invoker::couchdb::CouchDb;
-use invoker::kafka::{self, TopicKind};
-use invoker::stack::Stack;
+use openwhisk::action::{self, ActionDocument, ActionLimits, AttachmentRef, Code, CodeExec, Exec};
+use openwhisk::couchdb::CouchDb;
+use openwhisk::kafka::{self, TopicKind};
+use openwhisk::messages::{
+    Ack, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, Identity, Namespace,
+    TransactionId,
+};
+use openwhisk::time::now_ms;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
+use testkit::invoker::InvokerCommand;
+use testkit::stack::Stack;
 
 use crate::machine::Machine;
 use crate::stats::Summary;
@@ -84,27 +90,6 @@ pub struct ColdstartReport {
     pub p99_growth: HashMap<String, f64>,
 }
 
-struct Invoker {
-    child: Child,
-}
-
-impl Drop for Invoker {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The invoker's stderr: `$BENCH_INVOKER_LOG_DIR/invoker-<mode>.log` when that is set (for
 /// traces: add `RUST_LOG=invoker=debug`), else nowhere.
 fn invoker_log(mode: &str) -> Result<Stdio> {
@@ -138,13 +123,6 @@ fn manifest_without_stem_cells() -> Result<String> {
     Ok(m.to_string())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(0))
-        .unwrap_or(0)
-}
-
 /// Runs the benchmark.
 pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
     let stack = Stack::from_env();
@@ -172,7 +150,16 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         kafka::consumer_config(&stack.kafka_hosts, &format!("bench-cs-{tag}")).create()?;
     acks.subscribe(&[&completed])?;
     let manifest = manifest_without_stem_cells()?;
-    let docker = invoker::docker::connect().await?;
+    let user = Identity::basic(
+        "guest",
+        Namespace {
+            name: "guest".into(),
+            uuid: GUEST_UUID.into(),
+        },
+        GUEST_KEY,
+        &[],
+    );
+    let docker = pcpm::docker::connect().await?;
 
     let mut cells = Vec::new();
     let mut timelines = HashMap::new();
@@ -183,41 +170,29 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         // netns mode: runc keeps a folder per container under the invoker's state root.
         let runc_state = std::path::PathBuf::from(format!("/run/wsk-runc/wskcs{id}{id}"));
         println!("== mode {mode}: starting invoker {id}");
-        let child = Command::new("target/release/invoker")
-            .args(["--id", &id.to_string(), "--uniqueName", &format!("cs{id}")])
-            .env("KAFKA_HOSTS", &stack.kafka_hosts)
-            .env("CONFIG_whisk_kafka_topics_prefix", &topics_prefix)
-            .env("RUNTIMES_MANIFEST", &manifest)
-            .env("PORT", port.to_string())
-            .env(
-                "CONFIG_whisk_couchdb_port",
-                stack.couchdb.url.rsplit(':').next().unwrap_or("5984"),
-            )
-            .env("CONFIG_whisk_couchdb_username", &stack.couchdb.username)
-            .env("CONFIG_whisk_couchdb_password", &stack.couchdb.password)
-            .env("CONFIG_whisk_couchdb_databases_WhiskEntity", &whisks)
-            .env(
-                "CONFIG_whisk_couchdb_databases_WhiskActivation",
-                &activations,
-            )
-            .env("CONFIG_whisk_containerPool_userMemory", "16 g")
-            .env(
-                "CONFIG_whisk_containerProxy_timeouts_idleContainer",
-                "2 seconds",
-            )
-            .env("CONFIG_whisk_invoker_network_mode", mode)
-            .env(
-                "CONFIG_whisk_invoker_network_pool_lowWatermark",
-                POOL_READY.to_string(),
-            )
-            .env("CONFIG_whisk_invoker_network_pool_highWatermark", "110")
-            .env("CONFIG_whisk_invoker_network_pool_max", "256")
-            .env("CONFIG_whisk_docker_client_parallelRuns", "100")
-            .stdout(Stdio::null())
-            .stderr(invoker_log(mode)?)
-            .spawn()
-            .context("target/release/invoker (cargo build --release first)")?;
-        let _invoker = Invoker { child };
+        let _invoker =
+            InvokerCommand::new("target/release/invoker", &stack, id, &format!("cs{id}"))
+                .topics_prefix(&topics_prefix)
+                .databases(&whisks, &activations)
+                .port(port)
+                .env("RUNTIMES_MANIFEST", &manifest)
+                .env("CONFIG_whisk_containerPool_userMemory", "16 g")
+                .env(
+                    "CONFIG_whisk_containerProxy_timeouts_idleContainer",
+                    "2 seconds",
+                )
+                .env("CONFIG_whisk_invoker_network_mode", mode)
+                .env(
+                    "CONFIG_whisk_invoker_network_pool_lowWatermark",
+                    POOL_READY.to_string(),
+                )
+                .env("CONFIG_whisk_invoker_network_pool_highWatermark", "110")
+                .env("CONFIG_whisk_invoker_network_pool_max", "256")
+                .env("CONFIG_whisk_docker_client_parallelRuns", "100")
+                .stderr(invoker_log(mode)?)
+                .grace(Duration::from_secs(120))
+                .spawn()
+                .context("target/release/invoker (cargo build --release first)")?;
         wait_ready(port).await?;
         wait_pool_ready(port, mode).await?;
         let mut totals: HashMap<usize, Vec<Duration>> = HashMap::new();
@@ -230,17 +205,27 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 let mut revs = Vec::new();
                 for i in 0..n {
                     let name = format!("sieve-{mode}-r{round}-n{n}-{i}");
-                    let doc = json!({"_id": format!("guest/{name}"), "entityType": "action", "namespace": "guest", "name": name,
-                        "exec": {"kind": "nodejs:default", "binary": false, "code": {
-                            "attachmentName": format!("mem:{}", base64::engine::general_purpose::URL_SAFE.encode(SIEVE)),
-                            "attachmentType": "text/plain; charset=UTF-8"}},
-                        "parameters": [], "limits": {"timeout": 300000, "memory": 128, "logs": 10, "concurrency": 1},
-                        "version": "0.0.1", "publish": false, "annotations": []});
+                    let mut doc = ActionDocument::new(
+                        "guest",
+                        &name,
+                        Exec::Managed(CodeExec {
+                            kind: "nodejs:default".into(),
+                            code: Some(Code::Attachment(AttachmentRef::inline(
+                                SIEVE.as_bytes(),
+                                action::TEXT_CODE_TYPE,
+                            ))),
+                            main: None,
+                            binary: false,
+                        }),
+                    );
+                    doc.limits = ActionLimits {
+                        timeout: 300_000,
+                        memory: 128,
+                        ..ActionLimits::default()
+                    };
                     revs.push((
                         name.clone(),
-                        db.put_doc(&whisks, &format!("guest/{name}"), &doc)
-                            .await?
-                            .rev,
+                        db.put_doc(&whisks, &doc.id, &doc.to_value()).await?.rev,
                     ));
                 }
                 let cpu0 = cpu_times();
@@ -249,17 +234,22 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 let mut pending: HashMap<String, (usize, Instant)> = HashMap::new();
                 for (i, (name, rev)) in revs.iter().enumerate() {
                     let aid = format!("{:08x}{:04x}{:04x}{:016x}", tag, round, n, i);
-                    let msg = json!({"transid": [format!("cs{aid}"), now_ms()],
-                        "action": {"path": "guest", "name": name, "version": "0.0.1"}, "revision": rev,
-                        "user": {"subject": "guest", "namespace": {"name": "guest", "uuid": GUEST_UUID},
-                                 "authkey": {"api_key": format!("{GUEST_UUID}:{GUEST_KEY}")}, "rights": [], "limits": {}},
-                        "activationId": aid, "rootControllerIndex": {"asString": controller, "instanceType": "controller"},
-                        "blocking": true, "content": {"n": 20000}, "initArgs": [], "lockedArgs": {}});
+                    let msg = ActivationMessage::builder(
+                        TransactionId::new(&format!("cs{aid}"), now_ms()),
+                        FullyQualifiedEntityName::new("guest", name).with_version("0.0.1"),
+                        user.clone(),
+                        &aid,
+                        ControllerInstanceId::controller(&controller),
+                    )
+                    .revision(rev)
+                    .blocking(true)
+                    .content(json!({"n": 20000}))
+                    .build()?;
                     let sent = Instant::now();
                     producer
                         .send(
                             FutureRecord::<(), _>::to(&format!("{topics_prefix}invoker{id}"))
-                                .payload(&msg.to_string()),
+                                .payload(&msg.to_json()),
                             Duration::from_secs(10),
                         )
                         .await
@@ -273,37 +263,33 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                     let m = tokio::time::timeout(left, acks.recv())
                         .await
                         .context("activations never answered")??;
-                    let v: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-                    let Some(a) = v["response"].as_object() else {
+                    let Ok(ack) = serde_json::from_slice::<Ack>(m.payload().unwrap_or_default())
+                    else {
                         continue;
                     };
-                    let Some(aid) = a["activationId"].as_str() else {
+                    let Some(a) = ack.record() else {
                         continue;
                     };
-                    let Some((_, sent)) = pending.remove(aid) else {
+                    let Some((_, sent)) = pending.remove(&a.activation_id) else {
                         continue;
                     };
                     let took = sent.elapsed();
-                    if a["response"]["statusCode"] != json!(0) {
+                    if a.response.status_code != 0 {
                         *errors.entry(n).or_default() += 1;
-                        eprintln!("  {mode} N={n}: {}", a["response"]["result"]);
+                        eprintln!(
+                            "  {mode} N={n}: {}",
+                            a.response.result.clone().unwrap_or_default()
+                        );
                         continue;
                     }
                     each.entry(n).or_default().push(took);
-                    let ann = |k: &str| {
-                        a["annotations"]
-                            .as_array()
-                            .and_then(|x| x.iter().find(|e| e["key"] == k))
-                            .map(|e| e["value"].as_i64().unwrap_or(0))
-                            .unwrap_or(0)
-                    };
+                    let ann = |k: &str| a.annotation(k).and_then(Value::as_i64).unwrap_or(0);
                     let s = |ms: i64| (ms - base_ms) as f64 / 1e3;
-                    let start = a["start"].as_i64().unwrap_or(0);
                     spans.push(Span {
                         produced: sent.duration_since(t0).as_secs_f64(),
-                        init_start: s(start),
-                        run_start: s(start + ann("initTime")),
-                        end: s(a["end"].as_i64().unwrap_or(0)),
+                        init_start: s(a.start),
+                        run_start: s(a.start + ann("initTime")),
+                        end: s(a.end),
                         acked: t0.elapsed().as_secs_f64(),
                     });
                 }
