@@ -225,9 +225,12 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         tasks.spawn(async move { (name, task.await) });
     }
     let ended = tokio::select! {
+        biased;
         () = cancel.cancelled() => None,
         Some(first) = tasks.join_next() => first.ok(),
     };
+    // A task that ended because shutdown began (they all stop on `cancel`) is no failure.
+    let ended = ended.filter(|_| !cancel.is_cancelled());
     let failure = match &ended {
         None => {
             tracing::info!("shutting down: draining activations in flight");
