@@ -151,14 +151,33 @@ pub fn logs_view(doc: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use openwhisk::messages::{ActivationResponse, WhiskActivation};
+
     use super::*;
 
-    fn record(code: u64) -> Value {
-        json!({"_id": "guest/a1", "_rev": "1-x", "entityType": "activation", "updated": 5,
-               "namespace": "guest", "name": "hello", "subject": "guest", "activationId": "a1",
-               "start": 1, "end": 3, "duration": 2,
-               "response": {"statusCode": code, "result": {"error": "e"}, "size": 13},
-               "logs": ["l"], "annotations": [], "version": "0.0.1", "publish": false})
+    fn record(code: u8) -> Value {
+        let mut doc = WhiskActivation {
+            namespace: "guest".into(),
+            name: "hello".into(),
+            subject: "guest".into(),
+            activation_id: "a1".into(),
+            start: 1,
+            end: 3,
+            duration: Some(2),
+            cause: None,
+            response: ActivationResponse {
+                status_code: code,
+                result: Some(json!({"error": "e"})),
+                size: Some(13),
+            },
+            logs: vec!["l".into()],
+            version: "0.0.1".into(),
+            publish: false,
+            annotations: vec![],
+        }
+        .to_document(5);
+        doc["_rev"] = json!("1-x");
+        doc
     }
 
     #[test]
@@ -180,8 +199,14 @@ mod tests {
     fn summaries_drop_logs_and_result() {
         let s = summary(&record(2));
         assert!(s.get("logs").is_none() && s.get("response").is_none());
-        assert_eq!(s["statusCode"], 2);
-        assert_eq!(s["activationId"], "a1");
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Summary {
+            activation_id: String,
+            status_code: u8,
+        }
+        let typed: Summary = serde_json::from_value(s).unwrap();
+        assert_eq!((typed.activation_id.as_str(), typed.status_code), ("a1", 2));
     }
 
     #[test]

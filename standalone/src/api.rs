@@ -50,6 +50,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, cancel: CancellationTok
 
 type Reply = Response<Full<Bytes>>;
 
+/// The body of a 202: the id to fetch the activation by later (contract §10).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    activation_id: &'a str,
+}
+
 /// An error answer: status and message; the body gets the request's transaction id.
 #[derive(Debug)]
 struct Fail(StatusCode, String);
@@ -454,7 +461,10 @@ async fn invoke(
     let accepted = || {
         (
             with_activation_header(
-                json_reply(StatusCode::ACCEPTED, &json!({"activationId": id})),
+                json_reply(
+                    StatusCode::ACCEPTED,
+                    &serde_json::to_value(Accepted { activation_id: &id }).unwrap_or_default(),
+                ),
                 &id,
             ),
             "accepted",

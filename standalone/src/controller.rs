@@ -7,7 +7,7 @@
 //! `health<C>` from the latest ping (old pings say nothing about now).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -86,7 +86,7 @@ pub struct Controller {
     instance: String,
     topics_prefix: String,
     producer: FutureProducer,
-    waiters: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    waiters: parking_lot::Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     pub health: Health,
 }
 
@@ -142,7 +142,7 @@ impl Controller {
             instance: instance.to_owned(),
             topics_prefix: topics_prefix.to_owned(),
             producer,
-            waiters: Mutex::new(HashMap::new()),
+            waiters: parking_lot::Mutex::new(HashMap::new()),
             health: Health::new(),
         });
         let acks = Arc::new(acks);
@@ -223,11 +223,7 @@ impl Controller {
                 (activation_id, Outcome::InDatabase)
             }
         };
-        let waiter = self
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        let waiter = self.waiters.lock().remove(&id);
         if let Some(w) = waiter {
             let _ = w.send(outcome);
         }
@@ -235,10 +231,7 @@ impl Controller {
 
     /// Forgets a waiter whose caller gave up.
     pub fn forget(&self, activation_id: &str) {
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(activation_id);
+        self.waiters.lock().remove(activation_id);
     }
 
     /// Writes the `ActivationMessage` a controller would write to the action's home invoker.
@@ -268,10 +261,7 @@ impl Controller {
         })?;
         let outcome = blocking.then(|| {
             let (tx, rx) = oneshot::channel();
-            self.waiters
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(activation_id.clone(), tx);
+            self.waiters.lock().insert(activation_id.clone(), tx);
             rx
         });
         let topic = format!("{}invoker{invoker}", self.topics_prefix);
