@@ -12,10 +12,14 @@ pub const IN_FLIGHT: &str = "invoker_activations_in_flight";
 pub const CONTAINER_STARTS_TOTAL: &str = "invoker_container_starts_total";
 /// Histogram: time to create and start a container (backend `create`).
 pub const CONTAINER_CREATE_SECONDS: &str = "invoker_container_create_seconds";
-/// Counter: containers removed by the pool, by `reason` (`evicted`, `idle`, `unhealthy`).
+/// Counter: containers removed by the pool, by `reason` (`evicted`, `idle`, `unhealthy`,
+/// `abandoned`).
 pub const CONTAINERS_REMOVED_TOTAL: &str = "invoker_containers_removed_total";
 /// Gauge: memory of the containers that exist or are being created (limits, not usage).
 pub const POOL_MEMORY_BYTES: &str = "invoker_pool_memory_used_bytes";
+/// Gauge: the most [`POOL_MEMORY_BYTES`] ever was since start (a high-water mark, so a check
+/// that memory never went over the user memory does not depend on when it samples).
+pub const POOL_MEMORY_PEAK_BYTES: &str = "invoker_pool_memory_peak_bytes";
 /// Counter: acks sent, by `kind` (`result`, `completion`, `combined`).
 pub const ACKS_TOTAL: &str = "invoker_acks_total";
 /// Counter: messages on `invoker<N>` that were not activation messages.
@@ -36,6 +40,7 @@ pub const ALL: &[&str] = &[
     CONTAINER_CREATE_SECONDS,
     CONTAINERS_REMOVED_TOTAL,
     POOL_MEMORY_BYTES,
+    POOL_MEMORY_PEAK_BYTES,
     ACKS_TOTAL,
     MALFORMED_TOTAL,
     REDELIVERED_TOTAL,

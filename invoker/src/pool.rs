@@ -5,16 +5,29 @@
 //!
 //! Idle containers are paused after the grace period and removed after the idle timeout. The
 //! pool talks to containers only through [`ContainerFactory`] and [`Container`].
+//!
+//! Memory is reserved before a backend create starts and given back only once the container's
+//! destroy has returned, so the containers a backend holds never add up to more than the user
+//! memory. Creates run in tasks of their own: an `acquire` that is dropped (its activation's
+//! task aborted) never cancels a create half-way; the container it asked for is removed when
+//! the create ends, unless another run joined it.
+//!
+//! Timers use `tokio::time`, so tests with a paused clock drive the grace period and the idle
+//! timeout.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::action::{Action, Exec};
-use crate::container::{Container, ContainerFactory, ContainerSpec, CreateError};
-use crate::manifest::StemCell;
+use crate::container::{
+    Container, ContainerFactory, ContainerSpec, CreateError, ImageOrigin, ImageRef,
+};
+use openwhisk::manifest::StemCell;
 
 /// What the pool is configured with.
 #[derive(Clone, Debug)]
@@ -38,11 +51,15 @@ pub enum InitState {
     Pending,
     Done,
     /// The init failed with this response; runs that waited for it fail the same way.
-    Failed(crate::messages::ActivationResponse),
+    Failed(openwhisk::messages::ActivationResponse),
 }
 
-type Ready = tokio::sync::watch::Receiver<Option<Result<Arc<dyn Container>, String>>>;
-type ReadyTx = tokio::sync::watch::Sender<Option<Result<Arc<dyn Container>, String>>>;
+/// The outcome of a create: the container, or its error as text for the runs that joined (the
+/// run that asked for the container gets the error itself, through [`ErrorSlot`]).
+type Outcome = Option<Result<Arc<dyn Container>, String>>;
+type ErrorSlot = Arc<Mutex<Option<CreateError>>>;
+type Ready = tokio::sync::watch::Receiver<Outcome>;
+type ReadyTx = tokio::sync::watch::Sender<Outcome>;
 
 /// How an activation got its container.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +123,10 @@ struct State {
     entries: Vec<Entry>,
     /// Memory of every container that exists or is being created, in MB.
     used_mb: u64,
+    /// The most `used_mb` ever was.
+    peak_mb: u64,
+    /// Acquires not placed yet (waiting for their turn or for memory).
+    waiting: usize,
     closed: bool,
 }
 
@@ -150,20 +171,33 @@ pub struct PoolStats {
     pub busy: usize,
     pub paused: usize,
     pub used_mb: u64,
+    /// The most `used_mb` ever was.
+    pub peak_mb: u64,
+    /// Acquires not placed yet.
+    pub waiting: usize,
+}
+
+/// A run counted in an entry whose container is being created: until it holds a [`Lease`],
+/// dropping it gives its place back.
+struct Claim {
+    inner: Arc<Inner>,
+    key: u64,
+    start: Start,
+    ready: Ready,
+    initialized: Arc<tokio::sync::Mutex<InitState>>,
+    log_offset: Arc<tokio::sync::Mutex<u64>>,
+    shared: bool,
+    /// The cold start's own run: where the create's error is left for it.
+    error: Option<ErrorSlot>,
+    armed: bool,
 }
 
 enum Placement {
     Warm(Lease, bool),
-    /// A container of the same action still being created, with room for one more run.
-    Joining {
-        key: u64,
-        ready: Ready,
-        initialized: Arc<tokio::sync::Mutex<InitState>>,
-        log_offset: Arc<tokio::sync::Mutex<u64>>,
-        shared: bool,
-    },
+    /// A container being created for this run (cold) or for the same action with room for
+    /// one more run (joining).
+    Starting(Claim),
     Prewarm(Lease, StemCell),
-    Cold(u64, ReadyTx),
     Wait,
 }
 
@@ -186,7 +220,7 @@ impl ContainerPool {
                 let Some(inner) = janitor.upgrade() else {
                     return;
                 };
-                if inner.lock().closed {
+                if inner.state.lock().closed {
                     return;
                 }
                 inner.remove_expired();
@@ -201,20 +235,22 @@ impl ContainerPool {
         let mut starts = Vec::new();
         for (cell, image) in cells {
             for _ in 0..cell.count {
-                starts.push(
+                // A task each: dropping this future must not cancel a create half-way.
+                starts.push(tokio::spawn(
                     self.inner
                         .clone()
                         .start_prewarm(cell.clone(), image.clone()),
-                );
+                ));
             }
         }
         futures::future::join_all(starts).await;
     }
 
     /// A container for `action` run by `namespace`: warm, prewarm or cold, waiting in FIFO
-    /// order while memory is short.
+    /// order while memory is short. Dropping the future gives back what it held.
     pub async fn acquire(&self, action: &Action, namespace: &str) -> Result<Lease, CreateError> {
         let inner = &self.inner;
+        let queued = Queued::new(inner);
         let turn = inner.turn.lock().await;
         loop {
             let notified = inner.changed.notified();
@@ -222,7 +258,7 @@ impl ContainerPool {
             notified.as_mut().enable();
             match inner.place(action, namespace)? {
                 Placement::Warm(lease, was_paused) => {
-                    drop(turn);
+                    drop((turn, queued));
                     metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "warm")
                         .increment(1);
                     if was_paused && let Err(e) = lease.container.resume().await {
@@ -233,7 +269,7 @@ impl ContainerPool {
                     return Ok(lease);
                 }
                 Placement::Prewarm(lease, cell) => {
-                    drop(turn);
+                    drop((turn, queued));
                     metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "prewarm")
                         .increment(1);
                     let image = inner
@@ -247,47 +283,15 @@ impl ContainerPool {
                     }
                     return Ok(lease);
                 }
-                Placement::Joining {
-                    key,
-                    mut ready,
-                    initialized,
-                    log_offset,
-                    shared,
-                } => {
-                    drop(turn);
-                    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "warm")
-                        .increment(1);
-                    let outcome = ready
-                        .wait_for(Option::is_some)
-                        .await
-                        .map(|o| o.clone())
-                        .ok()
-                        .flatten();
-                    return match outcome {
-                        Some(Ok(container)) => Ok(Lease {
-                            inner: inner.clone(),
-                            key,
-                            container,
-                            start: Start::Warm,
-                            initialized,
-                            log_offset,
-                            shared,
-                            done: false,
-                        }),
-                        Some(Err(e)) => Err(CreateError::Provision(e)),
-                        None => Err(CreateError::Provision(
-                            "the container start was abandoned".into(),
-                        )),
+                Placement::Starting(claim) => {
+                    drop((turn, queued));
+                    let start = match claim.start {
+                        Start::Cold => "cold",
+                        _ => "warm",
                     };
-                }
-                Placement::Cold(key, ready) => {
-                    drop(turn);
-                    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => "cold")
+                    metrics::counter!(crate::metrics::CONTAINER_STARTS_TOTAL, "start" => start)
                         .increment(1);
-                    return inner
-                        .clone()
-                        .cold_start(key, ready, action, namespace)
-                        .await;
+                    return claim.wait().await;
                 }
                 Placement::Wait => notified.await,
             }
@@ -295,7 +299,7 @@ impl ContainerPool {
     }
 
     pub fn stats(&self) -> PoolStats {
-        let s = self.inner.lock();
+        let s = self.inner.state.lock();
         PoolStats {
             containers: s.entries.len(),
             prewarms: s
@@ -306,29 +310,37 @@ impl ContainerPool {
             busy: s.entries.iter().filter(|e| e.active > 0).count(),
             paused: s.entries.iter().filter(|e| e.paused).count(),
             used_mb: s.used_mb,
+            peak_mb: s.peak_mb,
+            waiting: s.waiting,
         }
     }
 
     /// Stops placing runs and removes every container (through the backend, by name prefix).
     pub async fn shutdown(&self) -> Result<usize, crate::container::BackendError> {
         let containers: Vec<_> = {
-            let mut s = self.inner.lock();
+            let mut s = self.inner.state.lock();
             s.closed = true;
-            // Pause and idle timers leave alone what shutdown removes.
+            // Pause and idle timers leave alone what shutdown removes; containers already
+            // being removed are left to whoever removes them.
+            let mut containers = Vec::new();
             for e in s.entries.iter_mut() {
-                e.destroying = true;
+                if !std::mem::replace(&mut e.destroying, true)
+                    && let Some(c) = e.container.clone()
+                {
+                    containers.push((e.key, c));
+                }
             }
-            s.entries
-                .iter()
-                .filter_map(|e| e.container.clone())
-                .collect()
+            containers
         };
         self.inner.changed.notify_waiters();
-        for c in containers {
+        for (key, c) in containers {
             if let Err(e) = c.destroy().await {
                 tracing::warn!(error = %e, "removing a container at shutdown");
             }
+            self.inner.forget(key);
         }
+        // Creates still running when the pool closed remove their containers when they end;
+        // this catches whatever the backend holds under our prefix anyway.
         self.inner
             .factory
             .remove_all(&format!("{}_", self.inner.config.name_prefix))
@@ -336,28 +348,93 @@ impl ContainerPool {
     }
 }
 
-impl Inner {
-    fn memory_gauge(s: &State) {
-        metrics::gauge!(crate::metrics::POOL_MEMORY_BYTES).set((s.used_mb << 20) as f64);
-    }
+/// Counts an acquire in [`PoolStats::waiting`] until it is placed or dropped.
+struct Queued {
+    inner: Arc<Inner>,
+}
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+impl Queued {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.state.lock().waiting += 1;
+        Self {
+            inner: inner.clone(),
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.inner.state.lock().waiting -= 1;
+    }
+}
+
+impl Claim {
+    /// Waits for the create's outcome; a container becomes this run's lease.
+    async fn wait(mut self) -> Result<Lease, CreateError> {
+        let outcome = self
+            .ready
+            .wait_for(Option::is_some)
+            .await
+            .map(|o| o.clone())
+            .ok()
+            .flatten();
+        match outcome {
+            Some(Ok(container)) => {
+                self.armed = false;
+                Ok(Lease {
+                    inner: self.inner.clone(),
+                    key: self.key,
+                    container,
+                    start: self.start,
+                    initialized: self.initialized.clone(),
+                    log_offset: self.log_offset.clone(),
+                    shared: self.shared,
+                    done: false,
+                })
+            }
+            // The entry is gone with its memory: nothing to give back.
+            Some(Err(text)) => {
+                self.armed = false;
+                match self.error.as_ref().and_then(|slot| slot.lock().take()) {
+                    Some(e) => Err(e),
+                    None => Err(CreateError::JoinedFailed(text)),
+                }
+            }
+            None => Err(CreateError::Abandoned),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.armed {
+            // Never used: the container, if it came to be, is as clean as a new one.
+            self.inner.release(self.key, true);
+        }
+    }
+}
+
+impl Inner {
+    /// Reserves (`delta > 0`) or gives back memory, and records the level and its peak.
+    fn account(s: &mut State, delta: i64) {
+        s.used_mb = s.used_mb.saturating_add_signed(delta);
+        s.peak_mb = s.peak_mb.max(s.used_mb);
+        metrics::gauge!(crate::metrics::POOL_MEMORY_BYTES).set((s.used_mb << 20) as f64);
+        metrics::gauge!(crate::metrics::POOL_MEMORY_PEAK_BYTES).set((s.peak_mb << 20) as f64);
     }
 
     fn place(self: &Arc<Self>, action: &Action, namespace: &str) -> Result<Placement, CreateError> {
-        let Exec::Runnable { kind, .. } = &action.exec else {
-            return Err(CreateError::Provision("not runnable".into()));
+        let Exec::Runnable {
+            kind, image, local, ..
+        } = &action.exec
+        else {
+            return Err(CreateError::NotRunnable);
         };
         let memory = action.limits.memory_mb;
         let max_active = action.limits.concurrency.max(1);
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if s.closed {
-            return Err(CreateError::Provision(
-                "the invoker is shutting down".into(),
-            ));
+            return Err(CreateError::ShuttingDown);
         }
         // 1. Warm.
         let warm = s.entries.iter_mut().find(|e| {
@@ -370,13 +447,17 @@ impl Inner {
             if let (None, Some(ready)) = (&e.container, &e.starting) {
                 e.active += 1;
                 e.epoch += 1;
-                return Ok(Placement::Joining {
+                return Ok(Placement::Starting(Claim {
+                    inner: self.clone(),
                     key: e.key,
+                    start: Start::Warm,
                     ready: ready.clone(),
                     initialized: e.initialized.clone(),
                     log_offset: e.log_offset.clone(),
                     shared: e.max_active > 1,
-                });
+                    error: None,
+                    armed: true,
+                }));
             }
             let was_paused = std::mem::take(&mut e.paused);
             let lease = self.lease(e, Start::Warm);
@@ -407,17 +488,40 @@ impl Inner {
         if s.used_mb + memory <= self.config.user_memory_mb {
             let key = self.keys.fetch_add(1, Ordering::Relaxed);
             let (ready_tx, ready_rx) = tokio::sync::watch::channel(None);
-            s.used_mb += memory;
-            Self::memory_gauge(&s);
+            Self::account(&mut s, memory as i64);
             let role = Role::Warm {
                 namespace: namespace.to_owned(),
                 identity: action.identity.clone(),
             };
             let mut entry = Entry::starting(key, memory, role, max_active);
-            entry.starting = Some(ready_rx);
+            entry.starting = Some(ready_rx.clone());
             entry.active = 1;
+            let error = ErrorSlot::default();
+            let claim = Claim {
+                inner: self.clone(),
+                key,
+                start: Start::Cold,
+                ready: ready_rx,
+                initialized: entry.initialized.clone(),
+                log_offset: entry.log_offset.clone(),
+                shared: max_active > 1,
+                error: Some(error.clone()),
+                armed: true,
+            };
             s.entries.push(entry);
-            return Ok(Placement::Cold(key, ready_tx));
+            drop(s);
+            let name = self.container_name(namespace, &action.name);
+            let origin = match local {
+                true => ImageOrigin::Local,
+                false => ImageOrigin::Registry,
+            };
+            let image = ImageRef {
+                name: image.clone(),
+                origin,
+            };
+            let spec = self.spec(name, image, memory);
+            tokio::spawn(self.clone().cold_start(key, spec, ready_tx, error));
+            return Ok(Placement::Starting(claim));
         }
         // 4. Evict least recently used idle warm containers until it would fit.
         let mut freeable: u64 = s
@@ -448,10 +552,10 @@ impl Inner {
             victims.push(key);
         }
         if memory > self.config.user_memory_mb {
-            return Err(CreateError::Provision(format!(
-                "the action needs {memory} MB, more than the invoker's {} MB",
-                self.config.user_memory_mb
-            )));
+            return Err(CreateError::TooBig {
+                need_mb: memory,
+                have_mb: self.config.user_memory_mb,
+            });
         }
         for key in victims {
             if let Some(e) = s.entries.iter_mut().find(|e| e.key == key) {
@@ -499,7 +603,7 @@ impl Inner {
         )
     }
 
-    fn spec(&self, name: String, image: String, memory_mb: u64, pull: bool) -> ContainerSpec {
+    fn spec(&self, name: String, image: ImageRef, memory_mb: u64) -> ContainerSpec {
         let share = (self.config.user_memory_mb / memory_mb.max(1)).max(1);
         ContainerSpec {
             name,
@@ -512,64 +616,70 @@ impl Inner {
                 .map(|c| ((c / share as f64) * 1e5).round() / 1e5)
                 .map(|c| c.max(0.01)),
             env: self.config.env.clone(),
-            pull,
         }
     }
 
+    /// Creates the container of a cold start's entry and announces the outcome to the runs
+    /// counted in it. Runs in a task of its own, so it always ends.
     async fn cold_start(
         self: Arc<Self>,
         key: u64,
+        spec: ContainerSpec,
         ready: ReadyTx,
-        action: &Action,
-        namespace: &str,
-    ) -> Result<Lease, CreateError> {
-        let Exec::Runnable { image, local, .. } = &action.exec else {
-            return Err(CreateError::Provision("not runnable".into()));
+        error: ErrorSlot,
+    ) {
+        let fail = |e: CreateError| {
+            let text = openwhisk::errors::chain(&e);
+            *error.lock() = Some(e);
+            let _ = ready.send(Some(Err(text)));
         };
-        let name = self.container_name(namespace, &action.name);
-        let spec = self.spec(name, image.clone(), action.limits.memory_mb, !local);
         let started = Instant::now();
         let created = self.factory.create(&spec).await;
         metrics::histogram!(crate::metrics::CONTAINER_CREATE_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        match created {
-            Ok(c) => {
-                let c: Arc<dyn Container> = Arc::from(c);
-                let mut s = self.lock();
-                let Some(e) = s.entries.iter_mut().find(|e| e.key == key) else {
-                    return Err(CreateError::Provision("the pool was shut down".into()));
-                };
-                e.container = Some(c.clone());
-                e.starting = None;
-                let _ = ready.send(Some(Ok(c.clone())));
-                Ok(Lease {
-                    inner: self.clone(),
-                    key,
-                    container: c,
-                    start: Start::Cold,
-                    initialized: e.initialized.clone(),
-                    log_offset: e.log_offset.clone(),
-                    shared: e.max_active > 1,
-                    done: false,
-                })
-            }
+        let c: Arc<dyn Container> = match created {
+            Ok(c) => Arc::from(c),
             Err(e) => {
-                let _ = ready.send(Some(Err(e.to_string())));
+                fail(e);
                 self.forget(key);
-                Err(e)
+                return;
             }
+        };
+        let unwanted = {
+            let mut s = self.state.lock();
+            let closed = s.closed;
+            match s.entries.iter_mut().find(|e| e.key == key) {
+                Some(e) => {
+                    e.container = Some(c.clone());
+                    e.starting = None;
+                    // Shut down meanwhile, or every run that wanted it went away.
+                    let why = match (closed, e.active) {
+                        (true, _) => Some(CreateError::ShuttingDown),
+                        (false, 0) => Some(CreateError::Abandoned),
+                        _ => None,
+                    };
+                    e.destroying |= why.is_some();
+                    why
+                }
+                None => Some(CreateError::Abandoned),
+            }
+        };
+        if let Some(why) = unwanted {
+            fail(why);
+            self.destroy_entry(key, c, "abandoned").await;
+        } else {
+            let _ = ready.send(Some(Ok(c)));
         }
     }
 
     async fn start_prewarm(self: Arc<Self>, cell: StemCell, image: String) {
         let key = {
-            let mut s = self.lock();
+            let mut s = self.state.lock();
             if s.closed || s.used_mb + cell.memory_mb > self.config.user_memory_mb {
                 tracing::warn!(kind = %cell.kind, "no memory left for a prewarm container; skipped");
                 return;
             }
-            s.used_mb += cell.memory_mb;
-            Self::memory_gauge(&s);
+            Self::account(&mut s, cell.memory_mb as i64);
             let key = self.keys.fetch_add(1, Ordering::Relaxed);
             let role = Role::Prewarm {
                 kind: cell.kind.clone(),
@@ -579,22 +689,24 @@ impl Inner {
             key
         };
         let name = self.container_name("prewarm", &cell.kind);
-        let spec = self.spec(name, image, cell.memory_mb, false);
+        let spec = self.spec(name, ImageRef::local(image), cell.memory_mb);
         match self.factory.create(&spec).await {
             Ok(c) => {
                 let c: Arc<dyn Container> = Arc::from(c);
-                let orphan = {
-                    let mut s = self.lock();
+                let unwanted = {
+                    let mut s = self.state.lock();
+                    let closed = s.closed;
                     match s.entries.iter_mut().find(|e| e.key == key) {
                         Some(e) => {
-                            e.container = Some(c);
-                            None
+                            e.container = Some(c.clone());
+                            e.destroying |= closed;
+                            closed
                         }
-                        None => Some(c),
+                        None => true,
                     }
                 };
-                if let Some(c) = orphan {
-                    let _ = c.destroy().await;
+                if unwanted {
+                    self.clone().destroy_entry(key, c, "abandoned").await;
                 }
                 self.changed.notify_waiters();
             }
@@ -605,13 +717,12 @@ impl Inner {
         }
     }
 
-    /// Drops an entry whose container never came to be, and frees its memory.
+    /// Drops an entry whose container is gone or never came to be, and frees its memory.
     fn forget(&self, key: u64) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if let Some(i) = s.entries.iter().position(|e| e.key == key) {
             let e = s.entries.remove(i);
-            s.used_mb -= e.memory_mb;
-            Self::memory_gauge(&s);
+            Self::account(&mut s, -(e.memory_mb as i64));
         }
         drop(s);
         self.changed.notify_waiters();
@@ -628,7 +739,7 @@ impl Inner {
     }
 
     fn release(self: &Arc<Self>, key: u64, healthy: bool) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         let Some(e) = s.entries.iter_mut().find(|e| e.key == key) else {
             return;
         };
@@ -640,7 +751,7 @@ impl Inner {
             if let Some(c) = e.container.clone() {
                 tokio::spawn(self.clone().destroy_entry(key, c, "unhealthy"));
             }
-        } else if e.active == 0 && !e.destroying {
+        } else if e.active == 0 && !e.destroying && e.container.is_some() {
             let epoch = e.epoch;
             let grace = self.config.pause_grace;
             let inner = self.clone();
@@ -655,7 +766,7 @@ impl Inner {
 
     async fn pause_if_idle(self: Arc<Self>, key: u64, epoch: u64) {
         let c = {
-            let mut s = self.lock();
+            let mut s = self.state.lock();
             let Some(e) = s.entries.iter_mut().find(|e| e.key == key) else {
                 return;
             };
@@ -670,7 +781,7 @@ impl Inner {
         {
             tracing::warn!(error = %e, "pause failed; removing the container");
             {
-                let mut s = self.lock();
+                let mut s = self.state.lock();
                 if let Some(e) = s.entries.iter_mut().find(|e| e.key == key) {
                     e.destroying = true;
                 }
@@ -681,7 +792,7 @@ impl Inner {
 
     fn remove_expired(self: &Arc<Self>) {
         let timeout = self.config.idle_timeout;
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         for e in s.entries.iter_mut() {
             let idle = e.active == 0 && !e.destroying && matches!(e.role, Role::Warm { .. });
             if idle
@@ -716,3 +827,7 @@ impl Drop for Lease {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;
