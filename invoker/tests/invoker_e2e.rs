@@ -968,27 +968,6 @@ async fn prewarms_are_taken_memory_is_never_exceeded_and_idle_containers_are_evi
 
     // A burst of 8 distinct 256 MB actions: never more than 768 MB of containers at once;
     // idle warm containers are evicted to make room; all succeed.
-    let watcher = {
-        let prefix = h.container_prefix();
-        let docker = h.docker.clone();
-        tokio::spawn(async move {
-            let mut peak = 0;
-            for _ in 0..400 {
-                let filters = HashMap::from([("name", vec![prefix.clone()])]);
-                let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-                    .filters(&filters)
-                    .build();
-                let n = docker
-                    .list_containers(Some(options))
-                    .await
-                    .map(|l| l.len())
-                    .unwrap_or(0);
-                peak = peak.max(n);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            peak
-        })
-    };
     let mut ids = Vec::new();
     for i in 1..=8 {
         let name = format!("p{i}");
@@ -1002,19 +981,59 @@ async fn prewarms_are_taken_memory_is_never_exceeded_and_idle_containers_are_evi
             .await;
         ids.push((i, h.invoke(&name, Some(&rev), true, json!({"n": i})).await));
     }
-    for (i, a) in ids {
-        let acks = h.acks_of(&a, 2).await;
+    let mut runs = Vec::new();
+    for (i, a) in &ids {
+        let acks = h.acks_of(a, 2).await;
         assert_eq!(
             acks[0]["response"]["response"]["result"],
             json!({"n": i}),
             "{:?}",
             acks[0]
         );
+        let record = h.record(a).await;
+        assert_eq!(record["response"]["statusCode"], json!(0), "{record}");
+        assert_eq!(record["response"]["result"], json!({"n": i}), "{record}");
+        assert_eq!(
+            annotation(&record, "limits").map(|l| l["memory"].clone()),
+            Some(json!(256)),
+            "{record}"
+        );
+        let (start, end) = (record["start"].as_i64(), record["end"].as_i64());
+        runs.push((start.unwrap(), end.unwrap()));
     }
-    let peak = watcher.await.unwrap();
+    // The pool's own accounting: a high-water mark kept on every change of the used memory,
+    // so no sampling interval decides whether a peak is seen.
+    let (_, metrics) = h.http("GET", "/metrics", false).await;
+    let gauge = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{metrics}")) as u64
+    };
+    let user_memory = 768 << 20;
+    let peak = gauge("invoker_pool_memory_peak_bytes");
     assert!(
-        peak <= 3,
-        "{peak} containers of 256 MB ran at once in 768 MB"
+        peak <= user_memory,
+        "the pool held {} MB of containers at once in 768 MB",
+        peak >> 20
+    );
+    assert!(
+        peak > 512 << 20,
+        "the burst never filled the memory (peak {} MB): it tested nothing",
+        peak >> 20
+    );
+    assert!(gauge("invoker_pool_memory_used_bytes") <= user_memory);
+    // And from the records: each activation ran in a 256 MB container of its own from its
+    // start to its end, so at no instant did more than three of them overlap.
+    let most_at_once = runs
+        .iter()
+        .map(|&(t, _)| runs.iter().filter(|&&(s, e)| s <= t && t < e).count())
+        .max()
+        .unwrap();
+    assert!(
+        most_at_once * 256 <= 768,
+        "{most_at_once} activations of 256 MB overlapped: {runs:?}"
     );
     let (_, metrics) = h.http("GET", "/metrics", false).await;
     assert!(
