@@ -161,3 +161,10 @@ for image in openwhisk/dockerskeleton:nightly openwhisk/action-nodejs-v18:nightl
         log "$image saved to the image store ($(du -h "$file" | cut -f1))"
     fi
 done
+
+# 5. The Linux microVM guest (runtimes/vm/README.md): kernel, initramfs and a read-only root
+#    image per kind under $WHISK_TOOLS_DIR/vm, from the same proxy and root filesystems as the
+#    images above; each file is rebuilt only when its inputs change.
+runtimes/vm/build-guest.sh --proxy "$PROXY" \
+    --rootfs nodejs18="$(rootfs nodejs18 nodejs)" --rootfs python311="$(rootfs python311 python3)" \
+    ${FORCE:+"$FORCE"}
