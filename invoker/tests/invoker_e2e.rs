@@ -11,7 +11,7 @@ mod common;
 mod native;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -197,7 +197,7 @@ impl Harness {
         let health = consumer(&format!("{prefix}health"));
         let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create().unwrap();
         let port = free_port();
-        let docker = invoker::docker::connect()
+        let docker = pcpm::docker::connect()
             .await
             .unwrap_or_else(|e| panic!("{}", down("docker", chain(&e))));
         let mut h = Self {
