@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -98,6 +99,7 @@ fn kernel_cmdline() -> String {
 struct Vm {
     qemu: Child,
     dir: tempfile::TempDir,
+    port: u16,
     url: String,
     http: reqwest::Client,
     /// Spawn to the proxy's first HTTP answer.
@@ -106,11 +108,22 @@ struct Vm {
 
 impl Vm {
     async fn boot(kind: Kind) -> Self {
-        let (kernel, initrd, root) = (
-            guest_file("vmlinux"),
-            guest_file("initrd.img"),
-            guest_file(root_image(kind)),
-        );
+        Self::boot_with(kind, "").await
+    }
+
+    /// Boots with `extra` appended to the kernel command line.
+    async fn boot_with(kind: Kind, extra: &str) -> Self {
+        let root = guest_file(root_image(kind));
+        let started = Instant::now();
+        let mut vm = Self::spawn(&root, extra);
+        vm.wait_ready(started).await;
+        vm.boot = started.elapsed();
+        vm
+    }
+
+    /// Starts QEMU on `root` as the root image, without waiting for anything.
+    fn spawn(root: &Path, extra_cmdline: &str) -> Self {
+        let (kernel, initrd) = (guest_file("vmlinux"), guest_file("initrd.img"));
         let dir = tempfile::tempdir().expect("temp dir");
         let console = dir.path().join("console.log");
         let port = free_port();
@@ -130,7 +143,8 @@ impl Vm {
             .arg(&kernel)
             .arg("-initrd")
             .arg(&initrd)
-            .args(["-append", &kernel_cmdline()])
+            .arg("-append")
+            .arg(format!("{} {extra_cmdline}", kernel_cmdline()))
             .arg("-drive")
             .arg(format!(
                 "id=root,file={},format=raw,if=none,readonly=on",
@@ -143,26 +157,23 @@ impl Vm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("qemu.err")).expect("qemu.err"));
-        let started = Instant::now();
         let qemu = cmd.spawn().unwrap_or_else(|e| {
             panic!("qemu-system-x86_64 ({e}): build the guest with {BUILD}, which installs it")
         });
-        let mut vm = Vm {
+        Vm {
             qemu,
             dir,
+            port,
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
             boot: Duration::ZERO,
-        };
-        vm.wait_ready(port, started).await;
-        vm.boot = started.elapsed();
-        vm
+        }
     }
 
     /// Polls the proxy with fresh sockets and short timeouts until it answers HTTP. QEMU's
     /// user-mode network accepts the host's connection itself, so a connect proves nothing:
     /// only an answer does.
-    async fn wait_ready(&mut self, port: u16, started: Instant) {
+    async fn wait_ready(&mut self, started: Instant) {
         while started.elapsed() < BOOT_TIMEOUT {
             if let Ok(Some(status)) = self.qemu.try_wait() {
                 panic!(
@@ -170,7 +181,7 @@ impl Vm {
                     self.diagnostics()
                 );
             }
-            if probe(port).await {
+            if probe(self.port).await {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -322,11 +333,74 @@ async fn python_guest_conforms() {
     conformance(&VmBackend, Kind::Python).await;
 }
 
+/// The VMM passes the proxy's environment on the kernel command line (unknown `KEY=VALUE`
+/// words reach init's environment, and guest-init hands the `__OW_*` ones to the proxy): runs
+/// overlap only with `__OW_ALLOW_CONCURRENT=true`, as in `images.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_only_when_the_command_line_allows() {
+    let _one = ONE_VM.lock().await;
+    for allow in [false, true] {
+        let vm = Vm::boot_with(Kind::Node, &format!("__OW_ALLOW_CONCURRENT={allow}")).await;
+        assert_eq!(vm.init(Kind::Node.init_value()).await.0, 200);
+        let started = Instant::now();
+        let (a, b) = tokio::join!(
+            vm.run(json!({"value": {"mode": "slow"}})),
+            vm.run(json!({"value": {"mode": "slow"}}))
+        );
+        let took = started.elapsed();
+        assert_eq!((a.0, b.0), (200, 200));
+        if allow {
+            assert!(
+                took < Duration::from_millis(6000),
+                "allowed runs overlap: {took:?}"
+            );
+        } else {
+            assert!(
+                took >= Duration::from_millis(6000),
+                "runs must not overlap: {took:?}"
+            );
+        }
+    }
+}
+
+/// A root image that is not a file system: guest-init says so on the console and powers the
+/// guest off, so QEMU ends by itself (status 0) instead of leaving a VM that never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_root_image_ends_the_guest() {
+    let _one = ONE_VM.lock().await;
+    let broken = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(broken.path(), vec![0x5a; 4 << 20]).expect("write the broken image");
+    let mut vm = Vm::spawn(broken.path(), "");
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = vm.qemu.try_wait().expect("QEMU's status") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "QEMU still runs\n{}",
+            vm.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let console = vm.console();
+    assert!(
+        status.success(),
+        "QEMU ended with {status}\n{}",
+        vm.diagnostics()
+    );
+    assert!(
+        console.contains("guest-init: error: mount /dev/vda (ext4) on /lower")
+            && console.contains("; powering off"),
+        "{console}"
+    );
+}
+
 /// The numbers in `runtimes/vm/README.md`: five boots per kind, spawn to the proxy's first
 /// answer, the guest's uptime when the kernel started init and when init started the proxy,
 /// QEMU's RSS at the first answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement for runtimes/vm/README.md (25 s+ of CPU per kind): cargo test -p action-proxy --test vm_guest -- --ignored"]
+#[ignore = "measurement for runtimes/vm/README.md (15 boots, ~30 s of CPU): cargo test -p action-proxy --test vm_guest -- --ignored"]
 async fn boot_times() {
     let _one = ONE_VM.lock().await;
     for kind in [Kind::Native, Kind::Node, Kind::Python] {
