@@ -64,6 +64,38 @@ pub enum NetworkMode {
     Netns,
 }
 
+/// How QEMU runs a VM's vCPU (`whisk.invoker.vm.accelerator`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmAccelerator {
+    /// Software emulation: works everywhere, seconds per Linux boot.
+    Tcg,
+    /// The host's `/dev/kvm` (hardware virtualisation).
+    Kvm,
+}
+
+/// The VM backend's settings (`whisk.invoker.vm.*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmSettings {
+    pub accelerator: VmAccelerator,
+    /// The QEMU binary (`qemu`, default `qemu-system-x86_64` on `PATH`).
+    pub qemu: std::path::PathBuf,
+    /// The guest kernel (`kernel`, default `<guest-dir>/vmlinux`: the uncompressed PVH ELF,
+    /// which QEMU starts without running the real-mode setup and decompressor under TCG).
+    pub kernel: std::path::PathBuf,
+    /// The guest's initramfs (`initrd`, default `<guest-dir>/initrd.img`).
+    pub initrd: std::path::PathBuf,
+    /// The folder of the read-only root images `root-<kind>.ext4` (`root-images`, default
+    /// `<guest-dir>`).
+    pub root_images: std::path::PathBuf,
+    /// Spawn to the action proxy accepting connections (`boot-timeout`).
+    pub boot_timeout: Duration,
+    /// Runtime state: a folder per VM with its QMP socket and pid file (`dir`).
+    pub dir: std::path::PathBuf,
+}
+
+/// Where `runtimes/vm/build-guest.sh` puts the guest by default.
+pub const DEFAULT_VM_GUEST_DIR: &str = "/opt/whisk-tools/vm";
+
 /// Sizes of the network endpoint pool (`whisk.invoker.network.pool.*`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetworkPoolSizes {
@@ -134,6 +166,8 @@ pub struct Settings {
     /// netns mode: runtime image archives (`docker save` format) read without dockerd
     /// (`whisk.invoker.runc.image-store`, default `<runc.dir>/image-store`).
     pub runc_image_store: std::path::PathBuf,
+    /// The VM backend (`whisk.invoker.vm.*`).
+    pub vm: VmSettings,
     /// Most `docker run`s at once (`whisk.docker.client.parallel-runs`).
     pub parallel_runs: usize,
     /// Every property seen, for the settings not typed here.
@@ -279,6 +313,7 @@ impl Settings {
                 }
                 s => s.into(),
             },
+            vm: vm_settings(&p)?,
             parallel_runs: usize::try_from(p.int("whisk.docker.client.parallel-runs", 10)?)
                 .unwrap_or(10)
                 .max(1),
@@ -343,6 +378,38 @@ impl Settings {
     pub fn topic(&self, name: &str) -> String {
         format!("{}{name}", self.topics_prefix)
     }
+}
+
+fn vm_settings(p: &Props<'_>) -> Result<VmSettings, SettingsError> {
+    let key = "whisk.invoker.vm.accelerator";
+    let accelerator = match p.str(key, "tcg").as_str() {
+        "tcg" => VmAccelerator::Tcg,
+        "kvm" => VmAccelerator::Kvm,
+        other => return Err(invalid(key, other, "expected tcg or kvm")),
+    };
+    let guest_dir =
+        std::path::PathBuf::from(p.str("whisk.invoker.vm.guest-dir", DEFAULT_VM_GUEST_DIR));
+    let path = |key: &str, default: std::path::PathBuf| match p.get(key) {
+        Some(v) if !v.is_empty() => std::path::PathBuf::from(v),
+        _ => default,
+    };
+    let boot_timeout = p.duration("whisk.invoker.vm.boot-timeout", "60 seconds")?;
+    if boot_timeout.is_zero() {
+        return Err(invalid(
+            "whisk.invoker.vm.boot-timeout",
+            "0",
+            "must be above 0",
+        ));
+    }
+    Ok(VmSettings {
+        accelerator,
+        qemu: path("whisk.invoker.vm.qemu", "qemu-system-x86_64".into()),
+        kernel: path("whisk.invoker.vm.kernel", guest_dir.join("vmlinux")),
+        initrd: path("whisk.invoker.vm.initrd", guest_dir.join("initrd.img")),
+        root_images: path("whisk.invoker.vm.root-images", guest_dir.clone()),
+        boot_timeout,
+        dir: path("whisk.invoker.vm.dir", "/run/wsk-vm".into()),
+    })
 }
 
 fn count(n: u64) -> usize {
@@ -618,5 +685,59 @@ mod tests {
         std::fs::write(&path, "no equals sign here\n").unwrap();
         let e = Settings::from_vars(vars(&[]), path.to_str()).unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
+    }
+
+    /// The VM backend's paths default to where `runtimes/vm/build-guest.sh` writes the guest,
+    /// follow `guest-dir`, and each can be set on its own.
+    #[test]
+    fn vm_settings_default_to_the_guest_build() {
+        let s = Settings::from_vars(vars(&[]), None).unwrap().vm;
+        assert_eq!(s.accelerator, VmAccelerator::Tcg);
+        assert_eq!(s.qemu, std::path::Path::new("qemu-system-x86_64"));
+        assert_eq!(
+            s.kernel,
+            std::path::Path::new("/opt/whisk-tools/vm/vmlinux")
+        );
+        assert_eq!(
+            s.initrd,
+            std::path::Path::new("/opt/whisk-tools/vm/initrd.img")
+        );
+        assert_eq!(s.root_images, std::path::Path::new("/opt/whisk-tools/vm"));
+        assert_eq!(s.boot_timeout, Duration::from_secs(60));
+        assert_eq!(s.dir, std::path::Path::new("/run/wsk-vm"));
+        let s = Settings::from_vars(
+            vars(&[
+                ("CONFIG_whisk_invoker_vm_accelerator", "kvm"),
+                ("CONFIG_whisk_invoker_vm_guestDir", "/g"),
+                ("CONFIG_whisk_invoker_vm_initrd", "/i/initrd"),
+                ("CONFIG_whisk_invoker_vm_bootTimeout", "5 seconds"),
+            ]),
+            None,
+        )
+        .unwrap()
+        .vm;
+        assert_eq!(s.accelerator, VmAccelerator::Kvm);
+        assert_eq!(s.kernel, std::path::Path::new("/g/vmlinux"));
+        assert_eq!(s.initrd, std::path::Path::new("/i/initrd"));
+        assert_eq!(s.root_images, std::path::Path::new("/g"));
+        assert_eq!(s.boot_timeout, Duration::from_secs(5));
+        let e = Settings::from_vars(
+            vars(&[("CONFIG_whisk_invoker_vm_accelerator", "auto")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("whisk.invoker.vm.accelerator"),
+            "{e}"
+        );
+        let e = Settings::from_vars(
+            vars(&[("CONFIG_whisk_invoker_vm_bootTimeout", "0 s")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("whisk.invoker.vm.boot-timeout"),
+            "{e}"
+        );
     }
 }

@@ -21,6 +21,7 @@ pub mod image_store;
 pub mod logs;
 pub mod proxy;
 pub mod runc;
+pub mod vm;
 
 use std::error::Error;
 use std::fmt::{self, Debug};

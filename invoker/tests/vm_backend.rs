@@ -1,0 +1,391 @@
+//! The VM backend against the real kernel, QEMU (TCG) and the guest that `runtimes/build.sh`
+//! builds (`runtimes/vm/`): a native action's microVM on a netpool VM slot answers `/init` and
+//! `/run` on the lease's address, its sentinelled logs arrive through the serial console, a
+//! paused VM does not answer and answers again once resumed, and destroying it leaves no QEMU
+//! process, file, cgroup or neighbour entry and gives the slot back; a missing kernel, a kernel
+//! QEMU cannot load and a boot timeout each give their typed error and leak nothing.
+//!
+//! Needs root. Boots cost seconds of CPU under TCG, so each test boots as few VMs as it can.
+
+#[path = "common/native.rs"]
+mod native;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use invoker::container::logs::{self, Collect};
+use invoker::container::proxy::{self, Answer, ProxyClient};
+use invoker::container::vm::{self, VmConfig, VmError, VmFactory};
+use invoker::container::{ContainerFactory, ContainerSpec, CreateError, ImageRef};
+use serde_json::json;
+
+/// A boot under TCG on this shared 2-core machine: seconds when quiet, far more when others
+/// build.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn guest_dir() -> PathBuf {
+    let tools = std::env::var_os("WHISK_TOOLS_DIR").unwrap_or_else(|| "/opt/whisk-tools".into());
+    Path::new(&tools).join("vm")
+}
+
+fn guest_file(name: &str) -> PathBuf {
+    let path = guest_dir().join(name);
+    assert!(
+        path.is_file(),
+        "the VM guest's {} is missing: build it with runtimes/build.sh",
+        path.display()
+    );
+    path
+}
+
+fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
+    VmConfig {
+        qemu: "qemu-system-x86_64".into(),
+        accelerator: vm::Accelerator::Tcg,
+        kernel: guest_file("vmlinux"),
+        initrd: guest_file("initrd.img"),
+        root_images: guest_dir(),
+        boot_timeout: BOOT_TIMEOUT,
+        qmp_timeout: vm::DEFAULT_QMP_TIMEOUT,
+        quit_timeout: vm::DEFAULT_QUIT_TIMEOUT,
+        run_dir: run_dir.to_owned(),
+        cgroup_parent: Some(cgroup_parent.to_owned()),
+        vcpus: 1,
+    }
+}
+
+async fn vm_pool(name: &str, second_octet: u8) -> Arc<netpool::NetPool> {
+    let mut cfg =
+        netpool::PoolConfig::new(name, std::net::Ipv4Addr::new(10, second_octet, 0, 0), 16);
+    cfg.kind = netpool::SlotKind::Vm;
+    cfg.low_watermark = 1;
+    cfg.high_watermark = 1;
+    cfg.max_slots = 4;
+    cfg.isolate_slots = false;
+    Arc::new(
+        netpool::NetPool::new(cfg)
+            .await
+            .expect("netpool VM slots (run as root)"),
+    )
+}
+
+fn spec(name: &str) -> ContainerSpec {
+    ContainerSpec {
+        name: name.into(),
+        image: ImageRef::local("openwhisk/dockerskeleton:nightly"),
+        memory_mb: 256,
+        cpu_shares: 128,
+        cpus: None,
+        env: vec!["__OW_API_HOST=http://127.0.0.1".into()],
+    }
+}
+
+/// Processes whose command line names `run_dir` (QEMU's `-pidfile` and `-qmp` are in it).
+fn processes_under(run_dir: &Path) -> Vec<String> {
+    let needle = run_dir.as_os_str().as_encoded_bytes().to_vec();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !e
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline
+            .windows(needle.len())
+            .any(|w| w == needle.as_slice())
+        {
+            found.push(format!(
+                "{}: {}",
+                e.file_name().to_string_lossy(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " ")
+            ));
+        }
+    }
+    found
+}
+
+/// The host's permanent neighbour entries on the pool's (first) bridge, as `ip neigh` shows
+/// them.
+fn permanent_neighbours(pool_name: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "neigh",
+            "show",
+            "dev",
+            &format!("{pool_name}br0"),
+            "nud",
+            "permanent",
+        ])
+        .output()
+        .expect("ip (iproute2)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The cgroup v1 `cpu` folder of the VM's cgroup (this host has v1).
+fn cgroup_dir(parent: &str, name: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup/cpu").join(parent).join(name)
+}
+
+/// No QEMU of ours, no VM folder (nor the runtime folder once `remove_all` ran), no cgroup, no
+/// permanent neighbour entry, no leased slot.
+fn assert_nothing_left(
+    run_dir: &Path,
+    cgroup_parent: &str,
+    name: &str,
+    pool_name: &str,
+    pool: &netpool::NetPool,
+) {
+    let procs = processes_under(run_dir);
+    assert!(procs.is_empty(), "QEMU processes left: {procs:?}");
+    assert!(
+        !run_dir.join(name).exists(),
+        "the VM's folder {} is left",
+        run_dir.join(name).display()
+    );
+    assert!(
+        !cgroup_dir(cgroup_parent, name).exists(),
+        "the VM's cgroup is left"
+    );
+    let n = permanent_neighbours(pool_name);
+    assert!(n.is_empty(), "neighbour entries left: {n}");
+    assert_eq!(pool.stats().leased, 0, "a slot is still leased");
+}
+
+async fn shut_down(pool: Arc<netpool::NetPool>) {
+    Arc::try_unwrap(pool)
+        .expect("one owner")
+        .shutdown()
+        .await
+        .expect("the pool shuts down cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_action_runs_in_a_microvm_on_a_vm_slot() {
+    let pool = vm_pool("vb", 213).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let cgroup_parent = "wsk-vm-test-vb";
+    let factory = VmFactory::new(pool.clone(), config(&run_dir, cgroup_parent)).await;
+    let name = "wskvb0_1_guest_native";
+
+    // A runtime image with no guest is the developer's error, before any slot is taken.
+    let custom = ContainerSpec {
+        image: ImageRef::local("someone/custom:latest"),
+        ..spec("wskvb0_0_guest_custom")
+    };
+    match factory.create(&custom).await {
+        Err(CreateError::NoExecutable { image, .. }) => assert_eq!(image, "someone/custom:latest"),
+        other => panic!("expected NoExecutable, got {other:?}"),
+    }
+
+    let c = factory
+        .create(&spec(name))
+        .await
+        .unwrap_or_else(|e| panic!("the microVM did not boot: {}", openwhisk::errors::chain(&e)));
+    let addr = c.addr();
+    assert_eq!(addr.port(), 8080);
+    // While it runs: QEMU in the VM's cgroup with the action's share, and the guest's
+    // permanent neighbour entry on the host.
+    let cg = cgroup_dir(cgroup_parent, name);
+    assert_eq!(
+        std::fs::read_to_string(cg.join("cpu.shares"))
+            .unwrap()
+            .trim(),
+        "128"
+    );
+    let pids = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap();
+    let pid = std::fs::read_to_string(run_dir.join(name).join("qemu.pid"))
+        .expect("QEMU's pid file")
+        .trim()
+        .to_owned();
+    assert!(
+        pids.lines().any(|p| p == pid),
+        "QEMU {pid} not in its cgroup: {pids:?}"
+    );
+    let n = permanent_neighbours("vb");
+    assert!(
+        n.starts_with(&format!("{} lladdr ", addr.ip())),
+        "no permanent neighbour entry for the guest: {n:?}"
+    );
+
+    let client = ProxyClient::new();
+    let code = base64::engine::general_purpose::STANDARD.encode(native::native_zip());
+    let init = json!({"value": {"name": "native", "main": "main", "binary": true, "code": code}});
+    let (answer, _) = client
+        .init(addr, &init, Duration::from_secs(60), 1 << 20)
+        .await;
+    proxy::init_verdict(&answer, 60_000, false).expect("init");
+    let (answer, _) = client
+        .run(
+            addr,
+            &json!({"value": {"name": "vm"}}),
+            Duration::from_secs(60),
+            1 << 20,
+        )
+        .await;
+    let r = proxy::run_response(&answer, 60_000, 1 << 20, false);
+    assert_eq!(r.result, Some(json!({"native": "vm"})), "{r:?}");
+
+    // The action's output and both sentinels, through the console.
+    let collected = logs::collect(
+        &mut **c.logs().expect("the VM backend collects logs").lock().await,
+        Collect {
+            limit_bytes: 1 << 20,
+            wait: true,
+            developer_error: false,
+            idle_timeout: Duration::from_secs(20),
+        },
+    )
+    .await;
+    assert!(!collected.failed, "{collected:?}");
+    assert!(
+        collected
+            .lines
+            .iter()
+            .any(|l| l.ends_with("stdout: native log line")),
+        "{collected:?}"
+    );
+    assert!(
+        collected.lines.iter().all(|l| !l.contains(logs::SENTINEL)),
+        "sentinels must be consumed by the collector: {collected:?}"
+    );
+
+    // Paused: the guest does not answer (a client of its own, so that no request is left
+    // queued on the first client's pooled connection).
+    c.pause().await.expect("QMP stop");
+    let (answer, _) = ProxyClient::new()
+        .run(
+            addr,
+            &json!({"value": {"name": "paused"}}),
+            Duration::from_secs(3),
+            1 << 20,
+        )
+        .await;
+    assert!(
+        matches!(answer, Answer::Timeout),
+        "a paused VM answered: {answer:?}"
+    );
+    c.resume().await.expect("QMP cont");
+    let (answer, _) = client
+        .run(
+            addr,
+            &json!({"value": {"name": "resumed"}}),
+            Duration::from_secs(60),
+            1 << 20,
+        )
+        .await;
+    assert_eq!(
+        proxy::run_response(&answer, 60_000, 1 << 20, false).result,
+        Some(json!({"native": "resumed"}))
+    );
+
+    c.destroy().await.expect("destroy");
+    assert_nothing_left(&run_dir, cgroup_parent, name, "vb", &pool);
+    assert_eq!(
+        factory.remove_all("wskvb0_").await.expect("remove_all"),
+        0,
+        "destroy left a VM"
+    );
+    assert!(!run_dir.exists(), "the empty runtime folder is left");
+    assert!(
+        !Path::new("/sys/fs/cgroup/cpu").join(cgroup_parent).exists(),
+        "the empty cgroup parent is left"
+    );
+    drop((c, factory));
+    shut_down(pool).await;
+}
+
+/// Each fault is its typed error, and the VM's QEMU, folder, cgroup, neighbour entry and slot
+/// are all gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_give_typed_errors_and_leak_nothing() {
+    let pool = vm_pool("vf", 214).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let cgroup_parent = "wsk-vm-test-vf";
+    // A missing kernel: refused before a slot is leased or QEMU started.
+    let mut missing = config(&run_dir, cgroup_parent);
+    missing.kernel = dir.path().join("no-such-vmlinux");
+    let factory = VmFactory::new(pool.clone(), missing).await;
+    let name = "wskvf0_1_guest_nokernel";
+    let e = factory.create(&spec(name)).await.expect_err("no kernel");
+    println!("{name}: {}", openwhisk::errors::chain(&e));
+    match &e {
+        CreateError::Provision(s) => match s.downcast_ref::<VmError>() {
+            Some(VmError::GuestFile { what, path, .. }) => {
+                assert_eq!(*what, "kernel");
+                assert_eq!(path, &dir.path().join("no-such-vmlinux"));
+                assert!(s.to_string().contains("runtimes/build.sh"), "{s}");
+            }
+            other => panic!("expected GuestFile, got {other:?}"),
+        },
+        other => panic!("expected a provisioning error, got {other:?}"),
+    }
+    assert_nothing_left(&run_dir, cgroup_parent, name, "vf", &pool);
+    drop(factory);
+
+    // A kernel QEMU cannot load: QEMU exits during boot, its stderr in the error.
+    let corrupt = dir.path().join("corrupt-vmlinux");
+    std::fs::write(&corrupt, b"this is not a kernel image\n").unwrap();
+    let mut bad = config(&run_dir, cgroup_parent);
+    bad.kernel = corrupt;
+    let factory = VmFactory::new(pool.clone(), bad).await;
+    let name = "wskvf0_2_guest_corrupt";
+    let e = factory
+        .create(&spec(name))
+        .await
+        .expect_err("corrupt kernel");
+    println!("{name}: {}", openwhisk::errors::chain(&e));
+    match &e {
+        CreateError::Provision(s) => match s.downcast_ref::<VmError>() {
+            Some(VmError::Exited { stderr, .. }) => {
+                assert!(!stderr.is_empty(), "QEMU's stderr is not in the error")
+            }
+            other => panic!("expected Exited, got {other:?}"),
+        },
+        other => panic!("expected a provisioning error, got {other:?}"),
+    }
+    // The failed create releases its slot without waiting for the scrub.
+    pool.wait_idle(1, Duration::from_secs(30))
+        .await
+        .expect("the slot comes back");
+    assert_nothing_left(&run_dir, cgroup_parent, name, "vf", &pool);
+    drop(factory);
+
+    // A guest that cannot boot in time.
+    let mut hurried = config(&run_dir, cgroup_parent);
+    hurried.boot_timeout = Duration::from_secs(1);
+    let factory = VmFactory::new(pool.clone(), hurried).await;
+    let name = "wskvf0_3_guest_slow";
+    let e = factory.create(&spec(name)).await.expect_err("boot timeout");
+    println!("{name}: {}", openwhisk::errors::chain(&e));
+    match &e {
+        CreateError::Provision(s) => match s.downcast_ref::<VmError>() {
+            Some(VmError::BootTimeout { after, .. }) => {
+                assert_eq!(*after, Duration::from_secs(1))
+            }
+            other => panic!("expected BootTimeout, got {other:?}"),
+        },
+        other => panic!("expected a provisioning error, got {other:?}"),
+    }
+    pool.wait_idle(1, Duration::from_secs(30))
+        .await
+        .expect("the slot comes back");
+    assert_nothing_left(&run_dir, cgroup_parent, name, "vf", &pool);
+    assert_eq!(factory.remove_all("wskvf0_").await.expect("remove_all"), 0);
+    assert!(!run_dir.exists(), "the empty runtime folder is left");
+    assert!(
+        !Path::new("/sys/fs/cgroup/cpu").join(cgroup_parent).exists(),
+        "the empty cgroup parent is left"
+    );
+    drop(factory);
+    shut_down(pool).await;
+}
