@@ -353,8 +353,9 @@ mod tests {
             let mut h = tar::Header::new_gnu();
             h.set_size(data.len() as u64);
             h.set_mode(0o755);
-            h.set_uid(0);
-            h.set_gid(0);
+            // Owned by whoever runs the test: ownership is preserved, and only root may chown.
+            h.set_uid(nix::unistd::getuid().as_raw().into());
+            h.set_gid(nix::unistd::getgid().as_raw().into());
             h.set_mtime(0);
             h.set_cksum();
             b.append_data(&mut h, name, *data).unwrap();
