@@ -186,10 +186,15 @@ async fn a_native_action_runs_in_a_microvm_on_a_vm_slot() {
         other => panic!("expected NoExecutable, got {other:?}"),
     }
 
+    let booting = std::time::Instant::now();
     let c = factory
         .create(&spec(name))
         .await
         .unwrap_or_else(|e| panic!("the microVM did not boot: {}", openwhisk::errors::chain(&e)));
+    println!(
+        "create (lease, QEMU, boot, proxy listening): {:?}",
+        booting.elapsed()
+    );
     let addr = c.addr();
     assert_eq!(addr.port(), 8080);
     // While it runs: QEMU in the VM's cgroup with the action's share, and the guest's
@@ -233,6 +238,7 @@ async fn a_native_action_runs_in_a_microvm_on_a_vm_slot() {
         .await;
     let r = proxy::run_response(&answer, 60_000, 1 << 20, false);
     assert_eq!(r.result, Some(json!({"native": "vm"})), "{r:?}");
+    println!("create to the first /run answered: {:?}", booting.elapsed());
 
     // The action's output and both sentinels, through the console.
     let collected = logs::collect(
@@ -295,6 +301,47 @@ async fn a_native_action_runs_in_a_microvm_on_a_vm_slot() {
         "destroy left a VM"
     );
     assert!(!run_dir.exists(), "the empty runtime folder is left");
+
+    // A QEMU an earlier run left behind (a crash): found by its pid file under the runtime
+    // folder, killed, its folder removed. Started with `-S`, so its vCPU never runs.
+    let left = run_dir.join("wskvb0_9_guest_left");
+    std::fs::create_dir_all(&left).unwrap();
+    let mut leftover = std::process::Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg",
+            "-S",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-pidfile")
+        .arg(left.join("qemu.pid"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !left.join("qemu.pid").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU did not write its pid file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        factory.remove_all("wskvb0_").await.expect("remove_all"),
+        1,
+        "the leftover VM"
+    );
+    let status = leftover.wait().unwrap();
+    assert!(
+        !status.success(),
+        "QEMU was killed, it did not end: {status}"
+    );
+    assert!(processes_under(&run_dir).is_empty());
+    assert!(!run_dir.exists(), "the leftover's folder is left");
     assert!(
         !Path::new("/sys/fs/cgroup/cpu").join(cgroup_parent).exists(),
         "the empty cgroup parent is left"
