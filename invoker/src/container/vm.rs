@@ -573,8 +573,9 @@ struct Vmm {
     kill: Arc<Notify>,
     stderr: Arc<parking_lot::Mutex<Tail>>,
     console: Arc<parking_lot::Mutex<Tail>>,
-    /// The stderr reader, done once QEMU's stderr closed.
+    /// The stderr and console readers, done once QEMU's stderr or stdout closed.
     stderr_done: watch::Receiver<bool>,
+    console_done: watch::Receiver<bool>,
 }
 
 impl Vmm {
@@ -598,8 +599,15 @@ impl Vmm {
         let pid = child.id().unwrap_or(0);
         let console = Arc::new(parking_lot::Mutex::new(Tail::default()));
         let stderr = Arc::new(parking_lot::Mutex::new(Tail::default()));
+        let (console_tx, console_done) = watch::channel(false);
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(read_console(out, logs, console.clone(), name.to_owned()));
+            let (tail, name) = (console.clone(), name.to_owned());
+            tokio::spawn(async move {
+                read_console(out, logs, tail, name).await;
+                let _ = console_tx.send(true);
+            });
+        } else {
+            let _ = console_tx.send(true);
         }
         let (done_tx, stderr_done) = watch::channel(false);
         if let Some(err) = child.stderr.take() {
@@ -637,6 +645,7 @@ impl Vmm {
             stderr,
             console,
             stderr_done,
+            console_done,
         })
     }
 
@@ -666,10 +675,15 @@ impl Vmm {
         self.wait(KILL_TIMEOUT).await.is_some()
     }
 
-    /// The error of a QEMU that ended during boot, with all of its stderr (read to its end).
+    /// The error of a QEMU that ended during boot, with its stderr and console read to their
+    /// ends (bounded: a process QEMU left behind could hold them open).
     async fn exited_error(&self, status: String) -> VmError {
-        let mut done = self.stderr_done.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(1), done.wait_for(|d| *d)).await;
+        let (mut err, mut out) = (self.stderr_done.clone(), self.console_done.clone());
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = err.wait_for(|d| *d).await;
+            let _ = out.wait_for(|d| *d).await;
+        })
+        .await;
         VmError::Exited {
             status,
             stderr: self.stderr.lock().joined(),
@@ -1645,6 +1659,34 @@ mod tests {
             vm_dir_name(&deep, "x"),
             Err(VmError::RunDirTooLong(_))
         ));
+    }
+
+    /// A VMM that ends while the probe waits is `Exited` with its status and all of its
+    /// stderr, long before the boot deadline. The VMM is a stand-in shell; nothing listens on
+    /// the probed port.
+    #[tokio::test]
+    async fn a_vmm_that_ends_during_boot_is_exited_with_its_stderr() {
+        let (tx, _rx) = logs::channel(logs::CHANNEL_CAPACITY);
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg("echo 'guest-init: error: no root; powering off'; echo boom >&2; exit 3");
+        let vmm = Vmm::spawn(cmd, Path::new("sh"), "x", tx).unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let timeout = Duration::from_secs(60);
+        match wait_ready(addr, &vmm, Instant::now() + timeout, timeout).await {
+            Err(VmError::Exited {
+                status,
+                stderr,
+                console,
+            }) => {
+                assert!(status.contains('3'), "{status}");
+                assert_eq!(stderr, "boom");
+                assert_eq!(console, "guest-init: error: no root; powering off");
+            }
+            other => panic!("expected Exited, got {other:?}"),
+        }
     }
 
     /// A QMP socket that accepts but never answers: pause fails with the typed timeout, and
