@@ -279,12 +279,15 @@ fn apply_whiteouts(tar: &mut tar::Archive<&mut dyn Read>, rootfs: &Path) -> std:
         let Some(target) = name.strip_prefix(".wh.") else {
             continue;
         };
-        let dir = rootfs.join(safe_relative(path.parent().unwrap_or(Path::new("")))?);
+        let parent = safe_relative(path.parent().unwrap_or(Path::new("")))?;
+        // The folder must be a real folder of the image all the way down: a symbolic link left
+        // by a lower layer (Debian's `var/run -> /run`) would point the removal at the host.
+        let Some(dir) = real_dir(rootfs, &parent)? else {
+            continue; // nothing below it exists yet: nothing to white out
+        };
         if target == ".wh..opq" {
-            if let Ok(children) = std::fs::read_dir(&dir) {
-                for child in children {
-                    remove_any(&child?.path())?;
-                }
+            for child in std::fs::read_dir(&dir)? {
+                remove_any(&child?.path())?;
             }
         } else {
             remove_any(&dir.join(safe_relative(Path::new(target))?))?;
@@ -333,7 +336,32 @@ fn safe_relative(p: &Path) -> std::io::Result<PathBuf> {
     Ok(out)
 }
 
-/// Removes a file, link or folder tree; a missing one is fine.
+/// `rootfs/rel` if every component of it is a real folder (no symbolic link), `None` if one
+/// does not exist; an error if one is a link or a file.
+fn real_dir(rootfs: &Path, rel: &Path) -> std::io::Result<Option<PathBuf>> {
+    let mut dir = rootfs.to_owned();
+    for c in rel.components() {
+        dir.push(c);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "whiteout below {}, which is not a folder of the image",
+                        dir.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(dir))
+}
+
+/// Removes a file, link or folder tree; a missing one is fine. A link is removed, never
+/// followed.
 fn remove_any(p: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(p) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
@@ -470,6 +498,33 @@ mod tests {
             matches!(&e, ImageStoreError::Missing { what, .. } if what == "layer gone.tar"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_whiteout_below_a_symbolic_link_never_reaches_outside_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("x"), b"keep").unwrap();
+        let rootfs = dir.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("var")).unwrap();
+        // What a lower layer of a Debian image holds: `var/run -> /run`, here -> `outside`.
+        std::os::unix::fs::symlink(&outside, rootfs.join("var/run")).unwrap();
+        for marker in ["var/run/.wh.x", "var/run/.wh..wh..opq"] {
+            let layer = tar_of(&[(marker, b"")]);
+            let mut reader: &[u8] = &layer;
+            let r: &mut dyn Read = &mut reader;
+            let mut tar = tar::Archive::new(r);
+            assert!(apply_whiteouts(&mut tar, &rootfs).is_err(), "{marker}");
+            assert_eq!(std::fs::read(outside.join("x")).unwrap(), b"keep", "{marker}");
+        }
+        // A whiteout of the link itself removes the link, not what it points to.
+        let layer = tar_of(&[("var/.wh.run", b"")]);
+        let mut reader: &[u8] = &layer;
+        let r: &mut dyn Read = &mut reader;
+        apply_whiteouts(&mut tar::Archive::new(r), &rootfs).unwrap();
+        assert!(std::fs::symlink_metadata(rootfs.join("var/run")).is_err());
+        assert_eq!(std::fs::read(outside.join("x")).unwrap(), b"keep");
     }
 
     #[test]
