@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -112,6 +112,229 @@ const CAPABILITIES: &[&str] = &[
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
+
+/// Docker's default seccomp profile, verbatim: `github.com/moby/profiles/seccomp` v0.2.3
+/// `default.json`, as vendored by moby/moby at commit b985e2313a86
+/// (`vendor/github.com/moby/profiles/seccomp/default.json`; before the split it was moby's
+/// `profiles/seccomp/default.json`). Apache-2.0, as moby. Data only: [`docker_seccomp`] turns
+/// it into the OCI section the way the daemon does.
+const DOCKER_SECCOMP_PROFILE: &str = include_str!("seccomp_default.json");
+
+/// The OCI `linux.seccomp` section of every runc container: Docker's default profile resolved
+/// for this host's architecture and kernel and for [`CAPABILITIES`] as the bounding set. Made
+/// on first use, which is on a blocking thread (the spec is written there).
+static SECCOMP: LazyLock<Value> = LazyLock::new(|| {
+    let profile: Value = serde_json::from_str(DOCKER_SECCOMP_PROFILE)
+        .expect("the embedded seccomp profile is JSON (checked by a unit test)");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    docker_seccomp(
+        &profile,
+        CAPABILITIES,
+        std::env::consts::ARCH,
+        kernel_version(&release),
+    )
+});
+
+/// Docker's default masked paths (moby `daemon/pkg/oci/defaults.go`,
+/// `defaultLinuxMaskedPaths`, at the same commit): the fixed list, and the `thermal_throttle`
+/// folder of each possible CPU that has one (GHSA-6fw5-f8r9-fgfm), as the daemon finds them on
+/// its host. Read once, on a blocking thread, as [`SECCOMP`].
+static MASKED_PATHS: LazyLock<Vec<String>> = LazyLock::new(|| {
+    let possible = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    masked_paths(&possible, |p| Path::new(p).exists())
+});
+
+/// Docker's default read-only paths (moby `daemon/pkg/oci/defaults.go`).
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Docker's masked paths given the content of `/sys/devices/system/cpu/possible` (`0-3,5`)
+/// and a test for a path's existence on the host.
+fn masked_paths(possible_cpus: &str, exists: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut paths: Vec<String> = [
+        "/proc/acpi",
+        "/proc/asound",
+        "/proc/interrupts",
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/latency_stats",
+        "/proc/sched_debug",
+        "/proc/scsi",
+        "/proc/timer_list",
+        "/proc/timer_stats",
+        "/sys/devices/virtual/powercap",
+        "/sys/firmware",
+    ]
+    .map(String::from)
+    .into();
+    for range in possible_cpus.trim().split(',').filter(|r| !r.is_empty()) {
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        let (Ok(first), Ok(last)) = (first.parse::<u32>(), last.parse::<u32>()) else {
+            continue;
+        };
+        for cpu in first..=last {
+            let path = format!("/sys/devices/system/cpu/cpu{cpu}/thermal_throttle");
+            if exists(&path) {
+                paths.push(path);
+            }
+        }
+    }
+    paths
+}
+
+/// `major.minor` of a kernel release string (`6.18.44-fc`), as moby compares `minKernel`;
+/// `(0, 0)` when it cannot be read, so that no kernel-gated rule is added on a guess.
+fn kernel_version(release: &str) -> (u64, u64) {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse().ok());
+    let minor = parts.next().and_then(|p| p.parse().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => (0, 0),
+    }
+}
+
+/// moby's names for an architecture (the `arches` of a rule's `includes`/`excludes`) and its
+/// seccomp name (the `archMap` key), from Rust's `std::env::consts::ARCH`.
+fn moby_arch(arch: &str) -> Option<(&'static str, &'static str)> {
+    Some(match arch {
+        "x86_64" => ("amd64", "SCMP_ARCH_X86_64"),
+        "x86" => ("x86", "SCMP_ARCH_X86"),
+        "aarch64" => ("arm64", "SCMP_ARCH_AARCH64"),
+        "arm" => ("arm", "SCMP_ARCH_ARM"),
+        "s390x" => ("s390x", "SCMP_ARCH_S390X"),
+        "riscv64" => ("riscv64", "SCMP_ARCH_RISCV64"),
+        "powerpc64" if cfg!(target_endian = "little") => ("ppc64le", "SCMP_ARCH_PPC64LE"),
+        "powerpc64" => ("ppc64", "SCMP_ARCH_PPC64"),
+        "loongarch64" => ("loongarch64", "SCMP_ARCH_LOONGARCH64"),
+        _ => return None,
+    })
+}
+
+/// The OCI seccomp section moby's `setupSeccomp` (`profiles/seccomp/seccomp_linux.go`) makes of
+/// `profile` for a container whose bounding set is `caps`: the default action and errno, the
+/// architecture with its sub-architectures from `archMap`, and every rule whose `includes`
+/// hold (all its capabilities granted, this architecture listed, the kernel at least
+/// `minKernel`) and whose `excludes` do not (any capability granted, this architecture listed,
+/// the kernel at least `minKernel`). Rules keep only the OCI fields.
+fn docker_seccomp(profile: &Value, caps: &[&str], arch: &str, kernel: (u64, u64)) -> Value {
+    let arch = moby_arch(arch);
+    let mut section = serde_json::Map::new();
+    for key in ["defaultAction", "defaultErrnoRet", "flags"] {
+        if let Some(v) = profile.get(key).filter(|v| !v.is_null()) {
+            section.insert(key.into(), v.clone());
+        }
+    }
+    let mut architectures = Vec::new();
+    if let Some((_, scmp)) = arch {
+        let entries = profile["archMap"].as_array().map(Vec::as_slice);
+        if let Some(entry) = entries
+            .unwrap_or_default()
+            .iter()
+            .find(|e| e["architecture"] == scmp)
+        {
+            architectures.push(entry["architecture"].clone());
+            architectures.extend(
+                entry["subArchitectures"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+    }
+    section.insert("architectures".into(), Value::Array(architectures));
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let this_arch = |filter: &Value| {
+        let arches = strings(&filter["arches"]);
+        arch.is_some_and(|(name, _)| arches.iter().any(|a| a == name))
+    };
+    let granted = |c: &String| caps.contains(&c.as_str());
+    let new_enough = |filter: &Value| {
+        filter["minKernel"]
+            .as_str()
+            .map(|min| kernel >= kernel_version(min))
+    };
+    let mut rules = Vec::new();
+    for rule in profile["syscalls"].as_array().into_iter().flatten() {
+        let excludes = &rule["excludes"];
+        if !excludes.is_null()
+            && ((!strings(&excludes["arches"]).is_empty() && this_arch(excludes))
+                || strings(&excludes["caps"]).iter().any(granted)
+                || new_enough(excludes) == Some(true))
+        {
+            continue;
+        }
+        let includes = &rule["includes"];
+        if !includes.is_null()
+            && ((!strings(&includes["arches"]).is_empty() && !this_arch(includes))
+                || !strings(&includes["caps"]).iter().all(granted)
+                || new_enough(includes) == Some(false))
+        {
+            continue;
+        }
+        let mut names = strings(&rule["names"]);
+        if let Some(name) = rule["name"].as_str() {
+            names.push(name.to_owned());
+        }
+        let mut out = serde_json::Map::new();
+        out.insert("names".into(), json!(names));
+        out.insert("action".into(), rule["action"].clone());
+        for key in ["errnoRet", "args"] {
+            if let Some(v) = rule.get(key).filter(|v| !v.is_null()) {
+                out.insert(key.into(), v.clone());
+            }
+        }
+        rules.push(Value::Object(out));
+    }
+    section.insert("syscalls".into(), Value::Array(rules));
+    Value::Object(section)
+}
+
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The container's cgroup, relative to each hierarchy's root (runc's `cgroupsPath`).
+fn cgroups_path(name: &str) -> String {
+    format!("/wsk-runc/{name}")
+}
+
+/// How many processes the kernel's OOM killer ended in the cgroup `path` (a `cgroupsPath`)
+/// under the cgroup mount `root` (`/sys/fs/cgroup`): cgroup v2's `memory.events` (`oom_kill`)
+/// when the memory controller is on the unified hierarchy, else cgroup v1's
+/// `memory/<path>/memory.oom_control` (`oom_kill`, kernel 4.13 on; before that `under_oom`
+/// counts as one). `None` when neither can be read (the cgroup is gone).
+fn oom_kills(root: &Path, path: &str) -> Option<u64> {
+    let relative = path.trim_start_matches('/');
+    let field = |text: &str, key: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|v| v.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+    };
+    if let Ok(events) = std::fs::read_to_string(root.join(relative).join("memory.events")) {
+        return field(&events, "oom_kill");
+    }
+    let control = std::fs::read_to_string(
+        root.join("memory")
+            .join(relative)
+            .join("memory.oom_control"),
+    )
+    .ok()?;
+    field(&control, "oom_kill").or_else(|| field(&control, "under_oom"))
+}
 
 /// What an image runs and with which environment.
 #[derive(Clone, Debug)]
@@ -382,12 +605,17 @@ impl RuncFactory {
                 "args": image.args,
                 "env": env,
                 "cwd": image.cwd,
+                // Docker leaves the inheritable set empty since 20.10.14 (CVE-2022-24769)
+                // and never sets an ambient one.
                 "capabilities": {
                     "bounding": CAPABILITIES, "effective": CAPABILITIES,
-                    "permitted": CAPABILITIES, "inheritable": CAPABILITIES,
+                    "permitted": CAPABILITIES, "inheritable": [], "ambient": [],
                 },
                 "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
-                "noNewPrivileges": true
+                // Docker sets no-new-privileges only when asked (`--security-opt
+                // no-new-privileges` or the daemon's `no-new-privileges` option), which the
+                // stock invoker never does.
+                "noNewPrivileges": false
             },
             "root": {"path": bundle.join("rootfs"), "readonly": false},
             "hostname": spec.name.chars().take(63).collect::<String>(),
@@ -407,17 +635,16 @@ impl RuncFactory {
                     {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
                     {"type": "network", "path": netns},
                 ],
-                "cgroupsPath": format!("/wsk-runc/{}", spec.name),
+                "cgroupsPath": cgroups_path(&spec.name),
                 "resources": {
                     "memory": {"limit": memory, "swap": memory},
                     "cpu": cpu,
                     "pids": {"limit": 1024},
                     "devices": [{"allow": false, "access": "rwm"}],
                 },
-                "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys",
-                    "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-                    "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+                "maskedPaths": &*MASKED_PATHS,
+                "readonlyPaths": READONLY_PATHS,
+                "seccomp": &*SECCOMP,
             }
         })
     }
@@ -565,18 +792,22 @@ impl ContainerFactory for RuncFactory {
             .await
             .map_err(|e| CreateError::provision(RuncError::Lease(e)))?;
         let bundle = self.bundles.join(&spec.name);
-        let config = Self::spec_json(spec, &image, lease.netns_path(), &bundle);
         let prepared = {
-            let (dir, image) = (bundle.clone(), image.clone());
-            tokio::task::spawn_blocking(move || Self::prepare_bundle(&dir, &image, &config))
-                .await
-                .map_err(RuncError::Join)
-                .and_then(|r| {
-                    r.map_err(|source| RuncError::Bundle {
-                        path: bundle.clone(),
-                        source,
-                    })
+            let (dir, image, spec) = (bundle.clone(), image.clone(), spec.clone());
+            let netns = lease.netns_path().to_owned();
+            // The spec is made here too: its first use reads the host (kernel, CPUs).
+            tokio::task::spawn_blocking(move || {
+                let config = Self::spec_json(&spec, &image, &netns, &dir);
+                Self::prepare_bundle(&dir, &image, &config)
+            })
+            .await
+            .map_err(RuncError::Join)
+            .and_then(|r| {
+                r.map_err(|source| RuncError::Bundle {
+                    path: bundle.clone(),
+                    source,
                 })
+            })
         };
         if let Err(e) = prepared {
             teardown_bundle(&bundle);
@@ -794,8 +1025,22 @@ impl Container for RuncContainer {
         self.runc("resume", &["resume", &self.id]).await
     }
 
+    /// From the container's memory cgroup, which lasts until `destroy` deletes the container.
     async fn oom_killed(&self) -> bool {
-        false
+        let path = cgroups_path(&self.id);
+        let kills =
+            tokio::task::spawn_blocking(move || oom_kills(Path::new(CGROUP_ROOT), &path)).await;
+        match kills {
+            Ok(Some(n)) => n > 0,
+            Ok(None) => {
+                tracing::warn!(container = %self.id, "no memory cgroup to read OOM kills from");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(container = %self.id, error = %e, "OOM check lost");
+                false
+            }
+        }
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {
@@ -859,5 +1104,208 @@ mod tests {
         }
         // The default PATH when the image sets none.
         assert!(entry_point_exists(root, "node", "/", &[]));
+    }
+
+    fn profile() -> Value {
+        serde_json::from_str(DOCKER_SECCOMP_PROFILE).unwrap()
+    }
+
+    /// The rules that allow `name` (or answer for it with an errno), in order.
+    fn rules_for<'a>(section: &'a Value, name: &str) -> Vec<&'a Value> {
+        section["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == name))
+            .collect()
+    }
+
+    /// On x86_64 with our capabilities: EPERM by default, the x86 family, the plain allow list,
+    /// and the capability-gated rules resolved as the daemon resolves them: CAP_SYS_CHROOT is
+    /// granted (chroot allowed), CAP_SYS_ADMIN is not (no mount, no unshare; clone only
+    /// without namespace flags; clone3 answers ENOSYS so libc falls back to clone).
+    #[test]
+    fn the_seccomp_section_is_dockers_default_for_our_capabilities() {
+        let s = docker_seccomp(&profile(), CAPABILITIES, "x86_64", (6, 18));
+        assert_eq!(s["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(s["defaultErrnoRet"], 1);
+        assert_eq!(
+            s["architectures"],
+            json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+        );
+        for allowed in ["read", "openat", "socket", "chroot", "arch_prctl", "ptrace"] {
+            assert!(
+                rules_for(&s, allowed)
+                    .iter()
+                    .any(|r| r["action"] == "SCMP_ACT_ALLOW"),
+                "{allowed}"
+            );
+        }
+        for refused in [
+            "mount",
+            "unshare",
+            "setns",
+            "bpf",
+            "reboot",
+            "init_module",
+            "syslog",
+            "kcmp",
+            "s390_runtime_instr",
+            "arm_fadvise64_64",
+            "open_by_handle_at",
+        ] {
+            assert!(rules_for(&s, refused).is_empty(), "{refused}");
+        }
+        let clone = rules_for(&s, "clone");
+        assert_eq!(clone.len(), 1, "{clone:?}");
+        assert_eq!(
+            clone[0]["args"],
+            json!([{"index": 0, "value": 2114060288u64, "op": "SCMP_CMP_MASKED_EQ"}])
+        );
+        let clone3 = rules_for(&s, "clone3");
+        assert_eq!(clone3.len(), 1, "{clone3:?}");
+        assert_eq!(clone3[0]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(clone3[0]["errnoRet"], 38);
+        // Only OCI fields are left in a rule.
+        for rule in s["syscalls"].as_array().unwrap() {
+            for key in rule.as_object().unwrap().keys() {
+                assert!(
+                    ["names", "action", "errnoRet", "args"].contains(&key.as_str()),
+                    "{key}"
+                );
+            }
+        }
+    }
+
+    /// The same profile elsewhere: CAP_SYS_ADMIN turns the namespace calls on (and the clone
+    /// filters off), an old kernel loses the `minKernel` rule, another architecture gets its
+    /// own sub-architectures and rules, and an unknown one leaves the choice to libseccomp.
+    #[test]
+    fn the_seccomp_section_follows_capabilities_kernel_and_architecture() {
+        let mut admin = CAPABILITIES.to_vec();
+        admin.push("CAP_SYS_ADMIN");
+        let s = docker_seccomp(&profile(), &admin, "x86_64", (6, 18));
+        assert!(!rules_for(&s, "mount").is_empty());
+        assert!(
+            rules_for(&s, "clone3")
+                .iter()
+                .all(|r| r["action"] == "SCMP_ACT_ALLOW")
+        );
+        assert!(
+            rules_for(&s, "clone")
+                .iter()
+                .all(|r| r.get("args").is_none())
+        );
+
+        let old = docker_seccomp(&profile(), CAPABILITIES, "x86_64", (4, 4));
+        assert!(rules_for(&old, "ptrace").is_empty());
+
+        let arm = docker_seccomp(&profile(), CAPABILITIES, "aarch64", (6, 18));
+        assert_eq!(
+            arm["architectures"],
+            json!(["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"])
+        );
+        assert!(!rules_for(&arm, "arm_fadvise64_64").is_empty());
+        assert!(rules_for(&arm, "arch_prctl").is_empty());
+
+        let unknown = docker_seccomp(&profile(), CAPABILITIES, "sparc64", (6, 18));
+        assert_eq!(unknown["architectures"], json!([]));
+    }
+
+    #[test]
+    fn kernel_versions_are_major_and_minor() {
+        assert_eq!(kernel_version("6.18.44-fc-v1045\n"), (6, 18));
+        assert_eq!(kernel_version("4.8"), (4, 8));
+        assert_eq!(kernel_version("5"), (0, 0));
+        assert_eq!(kernel_version(""), (0, 0));
+    }
+
+    /// Docker's fixed list, and the thermal_throttle folder of each possible CPU that has one.
+    #[test]
+    fn masked_paths_are_dockers() {
+        let none = masked_paths("0-1\n", |_| false);
+        assert_eq!(none.len(), 12);
+        for p in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/interrupts",
+            "/sys/firmware",
+        ] {
+            assert!(none.iter().any(|m| m == p), "{p}");
+        }
+        let some = masked_paths("0-2,5", |p| !p.contains("cpu1/"));
+        let cpus: Vec<_> = some[12..].iter().map(String::as_str).collect();
+        assert_eq!(
+            cpus,
+            [
+                "/sys/devices/system/cpu/cpu0/thermal_throttle",
+                "/sys/devices/system/cpu/cpu2/thermal_throttle",
+                "/sys/devices/system/cpu/cpu5/thermal_throttle",
+            ]
+        );
+    }
+
+    /// Both cgroup layouts, read from fake hierarchies: v2 `memory.events`, v1
+    /// `memory.oom_control` with its `oom_kill` line, and an old v1 kernel's `under_oom`.
+    #[test]
+    fn oom_kills_are_read_from_either_cgroup_layout() {
+        let v2 = tempfile::tempdir().unwrap();
+        let dir = v2.path().join("wsk-runc/c1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(v2.path(), "/wsk-runc/c1"), Some(1));
+        assert_eq!(oom_kills(v2.path(), "/wsk-runc/gone"), None);
+
+        let v1 = tempfile::tempdir().unwrap();
+        let dir = v1.path().join("memory/wsk-runc/c2");
+        std::fs::create_dir_all(&dir).unwrap();
+        let control = dir.join("memory.oom_control");
+        std::fs::write(&control, "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n").unwrap();
+        assert_eq!(oom_kills(v1.path(), "/wsk-runc/c2"), Some(0));
+        std::fs::write(&control, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        assert_eq!(oom_kills(v1.path(), "/wsk-runc/c2"), Some(2));
+        std::fs::write(&control, "oom_kill_disable 0\nunder_oom 1\n").unwrap();
+        assert_eq!(oom_kills(v1.path(), "/wsk-runc/c2"), Some(1));
+    }
+
+    /// The spec carries the sandbox Docker applies: the seccomp section, empty inheritable and
+    /// ambient sets, Docker's masked and read-only paths, no-new-privileges off as in Docker.
+    #[test]
+    fn the_spec_has_dockers_sandbox() {
+        let spec = ContainerSpec {
+            name: "wsk0_1_guest_a".into(),
+            image: super::super::ImageRef::local("img"),
+            memory_mb: 128,
+            cpu_shares: 64,
+            cpus: None,
+            env: vec![],
+        };
+        let image = ImageConfig {
+            rootfs: "/images/x/rootfs".into(),
+            args: vec!["/bin/proxy".into()],
+            env: vec![],
+            cwd: "/".into(),
+        };
+        let v = RuncFactory::spec_json(&spec, &image, Path::new("/run/ns"), Path::new("/b"));
+        let caps = &v["process"]["capabilities"];
+        assert_eq!(caps["inheritable"], json!([]));
+        assert_eq!(caps["ambient"], json!([]));
+        for set in ["bounding", "effective", "permitted"] {
+            assert_eq!(caps[set], json!(CAPABILITIES), "{set}");
+        }
+        assert_eq!(v["process"]["noNewPrivileges"], false);
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(v["linux"]["readonlyPaths"], json!(READONLY_PATHS));
+        assert!(
+            v["linux"]["maskedPaths"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("/proc/kcore"))
+        );
+        assert_eq!(v["linux"]["cgroupsPath"], "/wsk-runc/wsk0_1_guest_a");
     }
 }
