@@ -94,7 +94,6 @@ struct Entry {
     epoch: u64,
     destroying: bool,
     initialized: Arc<tokio::sync::Mutex<InitState>>,
-    log_offset: Arc<tokio::sync::Mutex<u64>>,
 }
 
 impl Entry {
@@ -113,7 +112,6 @@ impl Entry {
             epoch: 0,
             destroying: false,
             initialized: Arc::default(),
-            log_offset: Arc::default(),
         }
     }
 }
@@ -146,7 +144,13 @@ struct Inner {
     changed: Notify,
     keys: AtomicU64,
     names: AtomicU64,
+    /// Creates and removals running on their own tasks; shutdown waits for them before the
+    /// final sweep, so a create that ends late cannot leave its container behind.
+    tasks: tokio_util::task::TaskTracker,
 }
+
+/// How long shutdown waits for creates and removals still running.
+const SHUTDOWN_TASKS_BOUND: Duration = Duration::from_secs(60);
 
 /// A container handed to one activation.
 #[derive(Debug)]
@@ -157,7 +161,6 @@ pub struct Lease {
     pub start: Start,
     /// Held by whoever initializes.
     pub initialized: Arc<tokio::sync::Mutex<InitState>>,
-    pub log_offset: Arc<tokio::sync::Mutex<u64>>,
     /// More than one activation may run in this container at once (logs are not collected).
     pub shared: bool,
     done: bool,
@@ -185,7 +188,6 @@ struct Claim {
     start: Start,
     ready: Ready,
     initialized: Arc<tokio::sync::Mutex<InitState>>,
-    log_offset: Arc<tokio::sync::Mutex<u64>>,
     shared: bool,
     /// The cold start's own run: where the create's error is left for it.
     error: Option<ErrorSlot>,
@@ -211,6 +213,7 @@ impl ContainerPool {
             changed: Notify::new(),
             keys: AtomicU64::new(1),
             names: AtomicU64::new(1),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         let janitor = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -236,11 +239,13 @@ impl ContainerPool {
         for (cell, image) in cells {
             for _ in 0..cell.count {
                 // A task each: dropping this future must not cancel a create half-way.
-                starts.push(tokio::spawn(
-                    self.inner
-                        .clone()
-                        .start_prewarm(cell.clone(), image.clone()),
-                ));
+                starts.push(
+                    self.inner.tasks.spawn(
+                        self.inner
+                            .clone()
+                            .start_prewarm(cell.clone(), image.clone()),
+                    ),
+                );
             }
         }
         futures::future::join_all(starts).await;
@@ -279,7 +284,7 @@ impl ContainerPool {
                         .find(|(c, _)| c.kind == cell.kind && c.memory_mb == cell.memory_mb)
                         .map(|(_, i)| i.clone());
                     if let Some(image) = image {
-                        tokio::spawn(inner.clone().start_prewarm(cell, image));
+                        inner.tasks.spawn(inner.clone().start_prewarm(cell, image));
                     }
                     return Ok(lease);
                 }
@@ -339,8 +344,19 @@ impl ContainerPool {
             }
             self.inner.forget(key);
         }
-        // Creates still running when the pool closed remove their containers when they end;
-        // this catches whatever the backend holds under our prefix anyway.
+        // Creates still running when the pool closed remove their containers when they end:
+        // wait for them (and for removals in flight), then sweep whatever the backend still
+        // holds under our prefix.
+        self.inner.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_TASKS_BOUND, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.inner.tasks.len(),
+                "creates or removals still running after {SHUTDOWN_TASKS_BOUND:?}; sweeping anyway"
+            );
+        }
         self.inner
             .factory
             .remove_all(&format!("{}_", self.inner.config.name_prefix))
@@ -387,7 +403,6 @@ impl Claim {
                     container,
                     start: self.start,
                     initialized: self.initialized.clone(),
-                    log_offset: self.log_offset.clone(),
                     shared: self.shared,
                     done: false,
                 })
@@ -453,7 +468,6 @@ impl Inner {
                     start: Start::Warm,
                     ready: ready.clone(),
                     initialized: e.initialized.clone(),
-                    log_offset: e.log_offset.clone(),
                     shared: e.max_active > 1,
                     error: None,
                     armed: true,
@@ -503,7 +517,6 @@ impl Inner {
                 start: Start::Cold,
                 ready: ready_rx,
                 initialized: entry.initialized.clone(),
-                log_offset: entry.log_offset.clone(),
                 shared: max_active > 1,
                 error: Some(error.clone()),
                 armed: true,
@@ -520,7 +533,8 @@ impl Inner {
                 origin,
             };
             let spec = self.spec(name, image, memory);
-            tokio::spawn(self.clone().cold_start(key, spec, ready_tx, error));
+            self.tasks
+                .spawn(self.clone().cold_start(key, spec, ready_tx, error));
             return Ok(Placement::Starting(claim));
         }
         // 4. Evict least recently used idle warm containers until it would fit.
@@ -562,7 +576,8 @@ impl Inner {
                 tracing::debug!(key, "evicting an idle container");
                 e.destroying = true;
                 if let Some(c) = e.container.clone() {
-                    tokio::spawn(self.clone().destroy_entry(key, c, "evicted"));
+                    self.tasks
+                        .spawn(self.clone().destroy_entry(key, c, "evicted"));
                 }
             }
         }
@@ -582,7 +597,6 @@ impl Inner {
                 .expect("placed entries have a container"),
             start,
             initialized: e.initialized.clone(),
-            log_offset: e.log_offset.clone(),
             shared: e.max_active > 1,
             done: false,
         }
@@ -749,7 +763,8 @@ impl Inner {
         if !healthy && !e.destroying {
             e.destroying = true;
             if let Some(c) = e.container.clone() {
-                tokio::spawn(self.clone().destroy_entry(key, c, "unhealthy"));
+                self.tasks
+                    .spawn(self.clone().destroy_entry(key, c, "unhealthy"));
             }
         } else if e.active == 0 && !e.destroying && e.container.is_some() {
             let epoch = e.epoch;
@@ -800,7 +815,8 @@ impl Inner {
                 && let Some(c) = e.container.clone()
             {
                 e.destroying = true;
-                tokio::spawn(self.clone().destroy_entry(e.key, c, "idle"));
+                self.tasks
+                    .spawn(self.clone().destroy_entry(e.key, c, "idle"));
             }
         }
     }

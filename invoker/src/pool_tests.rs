@@ -754,3 +754,40 @@ async fn a_container_that_fails_to_resume_is_replaced() {
     fake.until(|s| !s.live.contains_key(&id)).await;
     assert_eq!(destroys_of(&fake, &id), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_waits_for_a_create_still_running_before_its_final_sweep() {
+    let (fake, pool) = setup(config(1024));
+    fake.hold_creates();
+    let starting = spawn_acquire(&pool, &action("late", "nodejs:18", 256, 1), "guest");
+    fake.until(|s| s.held == 1).await;
+    let shutdown = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.shutdown().await })
+    };
+    settle().await;
+    assert!(!shutdown.is_finished(), "shutdown must wait for the create");
+    assert_eq!(
+        fake.with(|s| s.count(|c| matches!(c, Call::RemoveAll(_)))),
+        0,
+        "no sweep while a create runs"
+    );
+    fake.open_gate();
+    within(shutdown).await.unwrap().unwrap();
+    assert!(matches!(
+        within(starting).await.unwrap(),
+        Err(CreateError::ShuttingDown)
+    ));
+    // The late container was removed by its own task, before the sweep.
+    let calls = fake.calls();
+    let destroyed = calls
+        .iter()
+        .position(|c| matches!(c, Call::Destroy(id) if id.ends_with("_late")))
+        .expect("the late container is removed");
+    let swept = calls
+        .iter()
+        .position(|c| matches!(c, Call::RemoveAll(_)))
+        .expect("the sweep ran");
+    assert!(destroyed < swept, "{calls:?}");
+    assert_eq!(fake.with(|s| s.live.len()), 0);
+}
