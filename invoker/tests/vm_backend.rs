@@ -169,7 +169,7 @@ async fn shut_down(pool: Arc<netpool::NetPool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_native_action_runs_in_a_microvm_on_a_vm_slot() {
-    let pool = vm_pool("vb", 213).await;
+    let pool = vm_pool("vb", 215).await;
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let cgroup_parent = "wsk-vm-test-vb";
@@ -354,7 +354,7 @@ async fn a_native_action_runs_in_a_microvm_on_a_vm_slot() {
 /// are all gone afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_give_typed_errors_and_leak_nothing() {
-    let pool = vm_pool("vf", 214).await;
+    let pool = vm_pool("vf", 216).await;
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let cgroup_parent = "wsk-vm-test-vf";

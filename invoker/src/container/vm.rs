@@ -243,14 +243,15 @@ fn cpu_weight(shares: u64) -> u64 {
     1 + ((shares - 2) * 9999) / 262_142
 }
 
-/// A VM's cgroup: made and limited, then QEMU's pid written into it.
+/// Makes a VM's cgroup `<root>/<parent>/<name>` with the action's CPU share and quota (QEMU's
+/// pid goes in once it runs).
 fn make_cgroup(
     layout: &CgroupLayout,
     parent: &str,
     name: &str,
     shares: u64,
     cpus: Option<f64>,
-) -> std::io::Result<PathBuf> {
+) -> std::io::Result<()> {
     let parent_dir = layout.root().join(parent);
     let dir = parent_dir.join(name);
     let quota = cpus.map(|c| ((c * 100_000.0).round() as u64).max(1000));
@@ -275,7 +276,7 @@ fn make_cgroup(
             }
         }
     }
-    Ok(dir)
+    Ok(())
 }
 
 fn enable_cpu(subtree_control: &Path) -> std::io::Result<()> {
@@ -519,10 +520,10 @@ fn ip_blocking(args: &[&str]) -> Result<(), VmError> {
     }
 }
 
-/// Whether `ip neigh del` failed only because the entry (or its device) is already gone.
-fn neighbour_gone(e: &VmError) -> bool {
-    matches!(e, VmError::Ip { stderr, .. }
-        if stderr.contains("No such file") || stderr.contains("Cannot find device"))
+/// The arguments that remove the permanent entry of `ip` on `dev`: a flush, which succeeds
+/// when there is nothing to remove (`del` would fail, and only its message would say why).
+fn neighbour_flush_args<'a>(ip: &'a str, dev: &'a str) -> [&'a str; 8] {
+    ["neigh", "flush", "to", ip, "dev", dev, "nud", "permanent"]
 }
 
 /// A permanent neighbour entry the factory added for a guest.
@@ -533,12 +534,16 @@ struct Neighbour {
 }
 
 impl Neighbour {
+    /// Removes the entry; a bridge that is gone took its entries with it.
     async fn remove(&self) -> Result<(), VmError> {
-        let ip_s = self.ip.to_string();
-        match ip_cmd(&["neigh", "del", &ip_s, "dev", &self.dev]).await {
-            Err(e) if !neighbour_gone(&e) => Err(e),
-            _ => Ok(()),
+        let sysfs = Path::new("/sys/class/net").join(&self.dev);
+        if !tokio::fs::try_exists(&sysfs).await.unwrap_or(true) {
+            return Ok(());
         }
+        let ip_s = self.ip.to_string();
+        ip_cmd(&neighbour_flush_args(&ip_s, &self.dev))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -1292,8 +1297,8 @@ fn remove_leftovers(
             let path = e.path();
             if let Ok(record) = std::fs::read_to_string(path.join(NEIGHBOUR_FILE))
                 && let Some((ip, dev)) = record.trim().split_once(' ')
-                && let Err(e) = ip_blocking(&["neigh", "del", ip, "dev", dev])
-                && !neighbour_gone(&e)
+                && Path::new("/sys/class/net").join(dev).exists()
+                && let Err(e) = ip_blocking(&neighbour_flush_args(ip, dev))
             {
                 errors.push(Box::new(e));
             }
