@@ -43,8 +43,7 @@ impl Drop for Cleanup {
 }
 
 async fn docker() -> Docker {
-    let d = Docker::connect_with_local_defaults().expect("docker socket");
-    d.negotiate_version().await.unwrap_or_else(|e| {
+    pcpm::docker::connect().await.unwrap_or_else(|e| {
         panic!("docker is not reachable ({e}); start the stack with scripts/stack.sh up")
     })
 }

@@ -27,8 +27,7 @@ const NODE_IMAGE: &str = "openwhisk/action-nodejs-v18:nightly";
 const CHILD_ENV: &str = "PCPM_TEST_CHILD";
 
 async fn docker() -> Docker {
-    let d = Docker::connect_with_local_defaults().expect("docker socket");
-    d.negotiate_version().await.unwrap_or_else(|e| {
+    pcpm::docker::connect().await.unwrap_or_else(|e| {
         panic!("docker is not reachable ({e}); start the stack with scripts/stack.sh up")
     })
 }

@@ -71,15 +71,8 @@ impl Container {
             .unwrap()
             .id;
         docker.start_container(&id, None).await.unwrap();
-        let ip = docker
-            .inspect_container(&id, None)
-            .await
-            .unwrap()
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|nets| nets.get("bridge").and_then(|e| e.ip_address.clone()))
-            .filter(|ip| !ip.is_empty())
-            .expect("container ip");
+        let info = docker.inspect_container(&id, None).await.unwrap();
+        let ip = pcpm::docker::ip_on(&info, "bridge").expect("container ip");
         Self {
             docker: docker.clone(),
             id,
@@ -161,8 +154,7 @@ fn rand_suffix() -> u128 {
 }
 
 async fn docker() -> Docker {
-    let d = Docker::connect_with_local_defaults().expect("docker socket");
-    d.negotiate_version().await.unwrap_or_else(|e| {
+    pcpm::docker::connect().await.unwrap_or_else(|e| {
         panic!("docker is not reachable ({e}); start the stack with scripts/stack.sh up")
     })
 }
