@@ -416,11 +416,7 @@ impl RuncFactory {
         }
         let info = match self.docker.inspect_image(image).await {
             Ok(i) => i,
-            Err(
-                e @ bollard::errors::Error::DockerResponseServerError {
-                    status_code: 404, ..
-                },
-            ) => {
+            Err(e) if pcpm::docker::is_not_found(&e) => {
                 return Err(CreateError::NoExecutable {
                     image: image.to_owned(),
                     source: Some(Box::new(RuncError::Inspect {
