@@ -234,10 +234,10 @@ impl Actions {
         check_name(name)?;
         let id = ActionDocument::doc_id(namespace, name);
         let doc = self.db.get_doc(&self.name, &id).await?;
-        if doc["entityType"] != action::ENTITY_TYPE {
-            return Err(ActionError::NotFound);
-        }
-        ActionDocument::from_value(doc).map_err(|e| unreadable(&self.name, &id, e))
+        ActionDocument::from_value(doc).map_err(|e| match e {
+            ActionDocError::NotAnAction(_) => ActionError::NotFound,
+            e => unreadable(&self.name, &id, e),
+        })
     }
 
     /// A document as the API shows it, with or without its code.
@@ -284,14 +284,17 @@ impl Actions {
             .docs_with_prefix(&self.name, &format!("{namespace}/"))
             .await?
             .into_iter()
-            .filter(|d| d["entityType"] == action::ENTITY_TYPE)
             .filter_map(|d| {
                 let id = d["_id"].as_str().unwrap_or_default().to_owned();
-                ActionDocument::from_value(d)
-                    .inspect_err(|e| {
-                        tracing::warn!(db = %self.name, id, error = %errors::chain(e), "an action document is unreadable; not listed");
-                    })
-                    .ok()
+                match ActionDocument::from_value(d) {
+                    Ok(doc) => Some(doc),
+                    // Packages, triggers and rules share the database.
+                    Err(ActionDocError::NotAnAction(_)) => None,
+                    Err(e) => {
+                        tracing::warn!(db = %self.name, id, error = %errors::chain(&e), "an action document is unreadable; not listed");
+                        None
+                    }
+                }
             })
             .collect();
         docs.sort_by_key(|d| std::cmp::Reverse(d.updated.unwrap_or(0)));
