@@ -2,7 +2,8 @@
 //!
 //! Every kernel object a pool creates carries the pool's `name` as a prefix, and every address
 //! comes from its `subnet`, so two pools (two tests, two invokers) on one host never collide as
-//! long as their names and subnets differ.
+//! long as their names differ and their subnets do not overlap; a pool whose subnet overlaps
+//! an address or route on the host is refused at start-up.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -23,6 +24,10 @@ pub const MAX_BRIDGE_PORTS: u16 = 1023;
 pub const MAX_BRIDGES: u16 = 100;
 /// Longest pool name; it prefixes every interface name.
 pub const MAX_NAME_LEN: usize = 5;
+/// Where [`PoolConfig::subnet_auto`] looks for a free range: 10.200.0.0 to 10.250.255.255.
+pub const AUTO_SUBNET_FIRST: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 0);
+/// The last address [`PoolConfig::subnet_auto`] may use.
+pub const AUTO_SUBNET_LAST: Ipv4Addr = Ipv4Addr::new(10, 250, 255, 255);
 
 /// What a slot is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +59,12 @@ pub struct PoolConfig {
     pub subnet: Ipv4Addr,
     /// Length of the pool's whole range, e.g. 16.
     pub subnet_prefix_len: u8,
+    /// Instead of `subnet`, take the first range of `subnet_prefix_len` between
+    /// 10.200.0.0 and 10.250.255.255 that overlaps no address or route on the
+    /// host ([`crate::NetPool::subnet`] tells which). A pool that has not created a bridge yet
+    /// is invisible to the search, so the pool creates its first bridge at start-up to claim
+    /// the range. Off by default: an operator's fixed range is predictable.
+    pub subnet_auto: bool,
     /// Length of each bridge's block, e.g. 22.
     pub bridge_prefix_len: u8,
     /// Slots attached to one bridge before the next bridge is created.
@@ -88,6 +99,7 @@ impl PoolConfig {
             name: name.to_owned(),
             subnet,
             subnet_prefix_len,
+            subnet_auto: false,
             bridge_prefix_len: DEFAULT_BRIDGE_PREFIX_LEN.max(subnet_prefix_len),
             slots_per_bridge: DEFAULT_SLOTS_PER_BRIDGE,
             max_slots: 1000,

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::addressing::{SlotAddress, SlotId};
 use crate::config::SlotKind;
 use crate::slot::{ScrubFailure, Slot, TAP_NAME};
-use crate::sys::{BoxFuture, SlotNs, Sys, SysError};
+use crate::sys::{BoxFuture, HostNet, HostNetKind, SlotNs, Sys, SysError};
 
 /// Creations after which the fake stops answering: a pool that retries in a tight loop would
 /// otherwise keep the paused test clock from ever advancing.
@@ -83,6 +83,8 @@ pub(crate) struct Host {
     pub(crate) max_creating: usize,
     /// Requests the kernel would refuse, or that would harm a tenant.
     pub(crate) violations: Vec<String>,
+    /// The host's addresses and routes; a bridge adds its gateway address and its route.
+    pub(crate) nets: Vec<HostNet>,
 }
 
 impl Host {
@@ -107,10 +109,48 @@ impl Host {
         }
     }
 
+    /// An address of someone else on link `link`, with its subnet's route.
+    pub(crate) fn foreign_address(&mut self, link: &str, ip: Ipv4Addr, prefix_len: u8) {
+        if !self.links.contains_key(link) {
+            self.add_link(link);
+        }
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(prefix_len))
+            .unwrap_or(0);
+        self.nets.push(HostNet {
+            kind: HostNetKind::Address,
+            ip,
+            prefix_len,
+            link: link.to_owned(),
+        });
+        self.nets.push(HostNet {
+            kind: HostNetKind::Route,
+            ip: Ipv4Addr::from(u32::from(ip) & mask),
+            prefix_len,
+            link: link.to_owned(),
+        });
+    }
+
     fn remove_link(&mut self, name: &str) {
+        self.nets.retain(|n| n.link != name);
         self.links.remove(name);
         self.pinned.remove(name);
         self.ip_of_veth.remove(name);
+    }
+
+    fn remove_netns(&mut self, path: &Path) -> Result<(), SysError> {
+        let h = self;
+        h.log.push(Op::RemoveNetns(path.to_owned()));
+        if h.fail_remove_netns.contains(path) {
+            return Err(injected("unmount namespace", path.display()));
+        }
+        h.ns_files.remove(path);
+        if let Some(veth) = h.veth_of.remove(path)
+            && !h.pinned.contains(&veth)
+        {
+            h.remove_link(&veth);
+        }
+        Ok(())
     }
 
     pub(crate) fn creates(&self) -> usize {
@@ -225,9 +265,9 @@ impl Sys for FakeSys {
         Box::pin(async { Ok(()) })
     }
 
-    fn remove_ns_dir(&self, _ns_dir: &Path) -> Result<(), SysError> {
+    fn remove_ns_dir<'a>(&'a self, _ns_dir: &'a Path) -> BoxFuture<'a, Result<(), SysError>> {
         self.host.lock().log.push(Op::RemoveNsDir);
-        Ok(())
+        Box::pin(async { Ok(()) })
     }
 
     fn ns_files(&self, ns_dir: &Path) -> Vec<PathBuf> {
@@ -239,19 +279,14 @@ impl Sys for FakeSys {
             .collect()
     }
 
-    fn remove_netns(&self, path: &Path) -> Result<(), SysError> {
-        let mut h = self.host.lock();
-        h.log.push(Op::RemoveNetns(path.to_owned()));
-        if h.fail_remove_netns.contains(path) {
-            return Err(injected("unmount namespace", path.display()));
-        }
-        h.ns_files.remove(path);
-        if let Some(veth) = h.veth_of.remove(path)
-            && !h.pinned.contains(&veth)
-        {
-            h.remove_link(&veth);
-        }
-        Ok(())
+    fn remove_netns<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), SysError>> {
+        let result = self.host.lock().remove_netns(path);
+        Box::pin(async { result })
+    }
+
+    fn host_networks(&self) -> BoxFuture<'_, Result<Vec<HostNet>, SysError>> {
+        let nets = self.host.lock().nets.clone();
+        Box::pin(async { Ok(nets) })
     }
 
     fn host_links(&self) -> BoxFuture<'_, Result<Vec<(u32, String)>, SysError>> {
@@ -299,8 +334,8 @@ impl Sys for FakeSys {
     fn create_bridge<'a>(
         &'a self,
         name: &'a str,
-        _gateway: Ipv4Addr,
-        _prefix_len: u8,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
         _mac: [u8; 6],
     ) -> BoxFuture<'a, Result<u32, SysError>> {
         let mut h = self.host.lock();
@@ -309,7 +344,9 @@ impl Sys for FakeSys {
             h.violations.push(format!("bridge {name} created twice"));
             Err(SysError::NotFound(format!("bridge {name} exists")))
         } else {
-            Ok(h.add_link(name))
+            let index = h.add_link(name);
+            h.foreign_address(name, gateway, prefix_len);
+            Ok(index)
         };
         Box::pin(async { result })
     }

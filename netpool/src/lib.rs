@@ -39,4 +39,4 @@ pub use config::{OnEmpty, PoolConfig, PoolConfigError, SlotKind};
 pub use pool::{Lease, NetPool, PoolError, PoolStats, Released};
 pub use probe::{NamespaceProbe, NamespaceState};
 pub use slot::{ScrubFailure, TAP_NAME};
-pub use sys::SysError;
+pub use sys::{HostNet, HostNetKind, SysError};

@@ -14,11 +14,20 @@
 //!   without release is tainted and destroyed.
 //! - A destroyed slot's id (and so its address and names) is reused only once the kernel has
 //!   removed its host veth.
-//! - [`NetPool::new`] first removes whatever an earlier run of the same pool (same name) left:
-//!   namespace mounts, veths, bridges and their conntrack entries. [`NetPool::shutdown`]
-//!   removes everything the pool made, leased slots included.
+//! - [`NetPool::new`] first refuses a subnet that overlaps an address or a route already on
+//!   the host ([`PoolError::Overlap`], naming the pool, its range and each address or route
+//!   with its link), before changing anything; only the pool's own bridges from an earlier run
+//!   do not count. Each bridge's block is checked again just before the bridge is created, for
+//!   ranges that appeared since. With [`PoolConfig::subnet_auto`] it picks a free range instead.
+//! - It then removes whatever an earlier run of the same pool (same name) left: namespace
+//!   mounts, veths, bridges and their conntrack entries. [`NetPool::shutdown`] removes
+//!   everything the pool made, leased slots included.
+//! - A pool dropped without shutdown closes and is freed with its last lease; its kernel
+//!   objects stay for the next start's reconcile (see [`NetPool`]).
 //!
-//! All host work goes through [`Sys`] ([`Kernel`] outside unit tests).
+//! All host work goes through [`Sys`] ([`Kernel`] outside unit tests); its unmounts, file
+//! removals and conntrack table reads run on tokio's blocking pool, and destructors hand
+//! their destroys to a task, so no tokio worker blocks on them.
 //!
 //! # Limitations
 //! - Slots of an earlier run are destroyed, not adopted: their tenants' state is unknown.
@@ -26,7 +35,8 @@
 //!   tenant can read its predecessor's traffic volume.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,11 +47,11 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::addressing::{Addressing, Allocator, SlotAddress, SlotId};
-use crate::config::{OnEmpty, PoolConfig, PoolConfigError};
+use crate::config::{AUTO_SUBNET_FIRST, AUTO_SUBNET_LAST, OnEmpty, PoolConfig, PoolConfigError};
 use crate::metrics as m;
 use crate::slot::{ScrubFailure, Slot};
 use crate::sys::kernel::Kernel;
-use crate::sys::{Sys, SysError};
+use crate::sys::{HostNet, Sys, SysError};
 
 /// How long a destroyed slot's host veth may take to disappear before it is deleted by hand.
 const VETH_GONE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,6 +72,23 @@ pub enum PoolError {
     Timeout { pool: String, waited: Duration },
     #[error("pool {0} is shut down")]
     ShutDown(String),
+    #[error(
+        "pool {pool}: subnet {subnet}/{prefix_len} overlaps what is already on the host: {}; \
+         give each pool on a host a range of its own",
+        conflicts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Overlap {
+        pool: String,
+        subnet: Ipv4Addr,
+        prefix_len: u8,
+        /// Every address and route of the host (not of this pool) that the range overlaps.
+        conflicts: Vec<HostNet>,
+    },
+    #[error(
+        "pool {pool}: no /{prefix_len} between {AUTO_SUBNET_FIRST} and {AUTO_SUBNET_LAST} is free \
+         of the host's addresses and routes"
+    )]
+    NoFreeSubnet { pool: String, prefix_len: u8 },
     #[error("pool {pool}: {} teardown step(s) failed: {}", errors.len(), join(errors))]
     Teardown { pool: String, errors: Vec<SysError> },
 }
@@ -138,21 +165,61 @@ struct Inner {
     state: Mutex<State>,
     /// Woken whenever a slot becomes idle or the pool closes.
     available: Notify,
-    /// Wakes the background task.
-    wake: Notify,
+    /// Wakes the background task, which holds its own reference: it waits holding only a
+    /// `Weak` to the pool.
+    wake: Arc<Notify>,
     create_permits: Semaphore,
     /// Bridge index by bridge number; the async lock serializes their creation.
     bridges: tokio::sync::Mutex<HashMap<u16, u32>>,
-    returns: mpsc::UnboundedSender<Returned>,
+    /// Each slot travels with a reference to the pool, so the pool lives until the slot is
+    /// dealt with even when its last lease sent it.
+    returns: mpsc::UnboundedSender<(Returned, Arc<Inner>)>,
     /// Slot ids waiting for the kernel to remove their host veth.
     pending_frees: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// A pool of pre-created network namespaces. Cheap to clone; every clone is the same pool.
+///
+/// # Dropped without shutdown
+/// When the last clone is dropped without [`NetPool::shutdown`], the pool closes: the refill
+/// stops, waiting leases fail with [`PoolError::ShutDown`], and the pool's memory, fds and
+/// tasks are freed once the last [`Lease`] is gone (a lease that ends then destroys its slot).
+/// Its kernel objects (namespace mounts, veths, bridges, firewall rules) stay on the host:
+/// removing them needs async netlink work that a destructor cannot wait for. The next
+/// [`NetPool::new`] with the same name removes them, as after a crash.
 #[derive(Clone, Debug)]
 pub struct NetPool {
     inner: Arc<Inner>,
-    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    handle: Arc<PoolHandle>,
+}
+
+/// Shared by a pool's clones; closes the pool when the last one goes without a shutdown.
+struct PoolHandle {
+    inner: Arc<Inner>,
+    /// The background task; `None` once shut down.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PoolHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolHandle")
+            .field("task", &self.task)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PoolHandle {
+    fn drop(&mut self) {
+        // The task keeps destroying what leases still return, and ends with the pool.
+        if self.task.get_mut().take().is_none() {
+            return;
+        }
+        self.inner.close();
+        tracing::warn!(
+            pool = %self.inner.config.name,
+            "pool dropped without shutdown: its namespaces, veths and bridges stay until the next start of this pool removes them"
+        );
+    }
 }
 
 impl NetPool {
@@ -165,10 +232,19 @@ impl NetPool {
     }
 
     /// [`NetPool::new`] on any [`Sys`]: the kernel, or a fake in unit tests.
-    pub(crate) async fn with_sys(config: PoolConfig, sys: Box<dyn Sys>) -> Result<Self, PoolError> {
+    pub(crate) async fn with_sys(
+        mut config: PoolConfig,
+        sys: Box<dyn Sys>,
+    ) -> Result<Self, PoolError> {
         config.validate()?;
         m::describe();
+        if config.subnet_auto {
+            config.subnet = pick_free_subnet(&config, &*sys).await?;
+            tracing::info!(pool = %config.name, subnet = %config.subnet, prefix_len = config.subnet_prefix_len, "free subnet chosen");
+        }
         let addressing = Addressing::new(&config);
+        // Before anything changes on the host: a refused pool leaves nothing behind.
+        check_overlap(&config, &addressing, &*sys).await?;
         reconcile(&config, &addressing, &*sys).await?;
         sys.prepare(&config.ns_dir).await?;
         let (returns, returns_rx) = mpsc::unbounded_channel();
@@ -190,19 +266,44 @@ impl NetPool {
             addressing,
             sys,
             available: Notify::new(),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             bridges: tokio::sync::Mutex::new(HashMap::new()),
             returns,
             pending_frees: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
             config,
         });
-        let task = tokio::spawn(background(Arc::downgrade(&inner), returns_rx));
-        inner.wake.notify_one();
-        tracing::info!(pool = %inner.config.name, "netpool started");
-        Ok(Self {
+        let task = tokio::spawn(background(
+            Arc::downgrade(&inner),
+            inner.wake.clone(),
+            returns_rx,
+        ));
+        let pool = Self {
+            handle: Arc::new(PoolHandle {
+                inner: inner.clone(),
+                task: Mutex::new(Some(task)),
+            }),
             inner,
-            task: Arc::new(Mutex::new(Some(task))),
-        })
+        };
+        if pool.inner.config.subnet_auto
+            && let Err(e) = pool.inner.bridge(0).await
+        {
+            // Undo what the start made (the namespace folder), then report the cause.
+            if let Err(teardown) = pool.clone().shutdown().await {
+                tracing::error!(pool = %pool.inner.config.name, error = %teardown, "teardown after a failed start failed");
+            }
+            return Err(e);
+        }
+        pool.inner.wake.notify_one();
+        tracing::info!(pool = %pool.inner.config.name, "netpool started");
+        Ok(pool)
+    }
+
+    /// The pool's range: the configured one, or the one [`PoolConfig::subnet_auto`] chose.
+    pub fn subnet(&self) -> (Ipv4Addr, u8) {
+        (
+            self.inner.config.subnet,
+            self.inner.config.subnet_prefix_len,
+        )
     }
 
     /// Leases a slot, waiting at most the configured `lease_timeout`.
@@ -300,11 +401,9 @@ impl NetPool {
     pub async fn shutdown(self) -> Result<(), PoolError> {
         let inner = &self.inner;
         let sys = &*inner.sys;
+        inner.close();
         let (idle, leased): (Vec<Slot>, Vec<SlotAddress>) = {
             let mut st = inner.state.lock();
-            st.closed = true;
-            // Dropping the senders tells every waiting lease that the pool is shut down.
-            st.waiters.clear();
             let idle: Vec<Slot> = st.idle.drain(..).collect();
             for s in &idle {
                 st.live.remove(&s.addr.id);
@@ -313,8 +412,7 @@ impl NetPool {
             inner.publish(&st);
             (idle, leased)
         };
-        inner.available.notify_waiters();
-        let task = self.task.lock().take();
+        let task = self.handle.task.lock().take();
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
@@ -328,14 +426,14 @@ impl NetPool {
         let mut gone = Vec::new();
         for slot in idle {
             gone.push(slot.addr.clone());
-            if let Err(e) = slot.destroy(sys) {
+            if let Err(e) = slot.destroy(sys).await {
                 errors.push(e);
             }
             counter!(m::SLOTS_DESTROYED_TOTAL, "pool" => inner.config.name.clone(), "reason" => "shutdown").increment(1);
         }
         for addr in leased {
             // The lease holder's fd keeps its namespace until it lets go; the mount goes now.
-            if let Err(e) = sys.remove_netns(&addr.ns_path) {
+            if let Err(e) = sys.remove_netns(&addr.ns_path).await {
                 errors.push(e);
             }
             gone.push(addr);
@@ -362,7 +460,7 @@ impl NetPool {
                 errors.push(e);
             }
         }
-        if let Err(e) = sys.remove_ns_dir(&inner.config.ns_dir) {
+        if let Err(e) = sys.remove_ns_dir(&inner.config.ns_dir).await {
             errors.push(e);
         }
         tracing::info!(pool = %inner.config.name, errors = errors.len(), "netpool shut down");
@@ -389,8 +487,9 @@ impl Drop for Waiter {
         self.rx.close();
         if let Ok(slot) = self.rx.try_recv() {
             self.pool.state.lock().leased -= 1;
-            if !self.pool.push_idle(slot) {
+            if let Some(slot) = self.pool.push_idle(slot) {
                 tracing::debug!(pool = %self.pool.config.name, "pool closed while a slot was handed over");
+                self.pool.destroy_detached(slot);
             }
         }
     }
@@ -442,6 +541,37 @@ fn create_backoff(failures: u32) -> Duration {
 }
 
 impl Inner {
+    /// Refuses new leases, fails the waiting ones and stops the refill.
+    fn close(&self) {
+        let mut st = self.state.lock();
+        st.closed = true;
+        // Dropping the senders tells every waiting lease that the pool is shut down.
+        st.waiters.clear();
+        self.publish(&st);
+        drop(st);
+        self.available.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Destroys `slot` from a destructor: on tokio's blocking pool through a task when a
+    /// runtime is there; without one the mount stays for the next start's reconcile.
+    fn destroy_detached(self: &Arc<Self>, slot: Slot) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let inner = self.clone();
+                rt.spawn(async move {
+                    let id = slot.addr.id;
+                    if let Err(e) = slot.destroy(&*inner.sys).await {
+                        tracing::error!(pool = %inner.config.name, slot = %id, error = %e, "slot destroy failed");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(pool = %self.config.name, slot = %slot.addr.id, "no tokio runtime to destroy the slot: its mount stays for the next start");
+            }
+        }
+    }
+
     fn publish(&self, st: &State) {
         gauge!(m::SLOTS_IDLE, "pool" => self.config.name.clone()).set(st.idle.len() as f64);
         gauge!(m::SLOTS_LEASED, "pool" => self.config.name.clone()).set(st.leased as f64);
@@ -511,14 +641,16 @@ impl Inner {
         let started = Instant::now();
         let result = async {
             let bridge = self.bridge(id.bridge).await?;
-            self.sys
+            let slot = self
+                .sys
                 .create_slot(
                     self.addressing.slot(id),
                     bridge,
                     self.config.kind,
                     self.config.isolate_slots,
                 )
-                .await
+                .await?;
+            Ok::<_, PoolError>(slot)
         }
         .await;
         match result {
@@ -526,13 +658,17 @@ impl Inner {
                 counter!(m::SLOTS_CREATED_TOTAL, "pool" => self.config.name.clone()).increment(1);
                 histogram!(m::SLOT_CREATE_SECONDS, "pool" => self.config.name.clone())
                     .record(started.elapsed().as_secs_f64());
-                let mut st = self.state.lock();
-                st.create_failures = 0;
-                st.retry_at = None;
-                st.live.insert(id, slot.addr.clone());
-                if st.closed {
-                    drop(st);
-                    let _ = slot.destroy(&*self.sys);
+                let closed = {
+                    let mut st = self.state.lock();
+                    st.create_failures = 0;
+                    st.retry_at = None;
+                    if !st.closed {
+                        st.live.insert(id, slot.addr.clone());
+                    }
+                    st.closed
+                };
+                if closed {
+                    let _ = slot.destroy(&*self.sys).await;
                     return Ok(None);
                 }
                 Ok(Some(slot))
@@ -549,18 +685,35 @@ impl Inner {
                 };
                 tracing::warn!(pool = %self.config.name, slot = %id, error = %e, retry_in_ms = pause.as_millis() as u64, "slot creation failed");
                 self.free_when_gone(self.addressing.slot(id)).await;
-                Err(e.into())
+                Err(e)
             }
         }
     }
 
-    /// The index of bridge `b`, created (with its gateway address) on first use.
-    async fn bridge(&self, b: u16) -> Result<u32, SysError> {
+    /// The index of bridge `b`, created (with its gateway address) on first use, unless its
+    /// block overlaps a range that appeared on the host since the pool started.
+    async fn bridge(&self, b: u16) -> Result<u32, PoolError> {
         let mut bridges = self.bridges.lock().await;
         if let Some(&index) = bridges.get(&b) {
             return Ok(index);
         }
         let (name, gateway) = self.addressing.bridge(b);
+        let block = Ipv4Addr::from(u32::from(gateway) - 1);
+        let prefix_len = self.addressing.bridge_prefix_len();
+        let conflicts = foreign_overlaps(
+            &self.addressing.bridge_prefix(),
+            self.sys.host_networks().await?,
+            block,
+            prefix_len,
+        );
+        if !conflicts.is_empty() {
+            return Err(PoolError::Overlap {
+                pool: self.config.name.clone(),
+                subnet: block,
+                prefix_len,
+                conflicts,
+            });
+        }
         let index = self
             .sys
             .create_bridge(
@@ -574,7 +727,7 @@ impl Inner {
             && let Err(e) = self.sys.allow_intra_bridge(&name).await
         {
             let _ = self.sys.delete_host_link(index, &name).await;
-            return Err(e);
+            return Err(e.into());
         }
         tracing::info!(pool = %self.config.name, bridge = %name, %gateway, "bridge created");
         bridges.insert(b, index);
@@ -586,14 +739,16 @@ impl Inner {
     async fn recycle(self: &Arc<Self>, slot: Slot) -> Released {
         let name = self.config.name.clone();
         match slot.scrub().await {
-            Ok(()) => {
-                if self.push_idle(slot) {
+            Ok(()) => match self.push_idle(slot) {
+                None => {
                     counter!(m::SLOTS_RECYCLED_TOTAL, "pool" => name).increment(1);
                     Released::Recycled
-                } else {
+                }
+                Some(slot) => {
+                    self.destroy(slot, "shutdown").await;
                     Released::Destroyed(ScrubFailure::State("the pool is shut down".into()))
                 }
-            }
+            },
             Err(failure) => {
                 counter!(m::SCRUB_FAILURES_TOTAL, "pool" => name.clone(), "check" => failure.check()).increment(1);
                 tracing::info!(pool = %name, slot = %slot.addr.id, reason = %failure, "released slot destroyed");
@@ -603,12 +758,13 @@ impl Inner {
         }
     }
 
-    /// Hands `slot` to the oldest waiting lease, or puts it in the idle queue. False when the
-    /// pool is shut down.
-    fn push_idle(&self, mut slot: Slot) -> bool {
+    /// Hands `slot` to the oldest waiting lease, or puts it in the idle queue. Gives it back
+    /// when the pool is shut down.
+    #[must_use = "a slot given back must be destroyed"]
+    fn push_idle(&self, mut slot: Slot) -> Option<Slot> {
         let mut st = self.state.lock();
         if st.closed {
-            return false;
+            return Some(slot);
         }
         // Senders whose lease gave up fail and give the slot back.
         while let Some(waiter) = st.waiters.pop_front() {
@@ -616,7 +772,7 @@ impl Inner {
                 Ok(()) => {
                     st.leased += 1;
                     self.publish(&st);
-                    return true;
+                    return None;
                 }
                 Err(back) => slot = back,
             }
@@ -625,14 +781,14 @@ impl Inner {
         self.publish(&st);
         drop(st);
         self.available.notify_waiters();
-        true
+        None
     }
 
     /// Destroys a slot and frees its id once the kernel has removed its host veth.
     async fn destroy(self: &Arc<Self>, slot: Slot, reason: &'static str) {
         let addr = slot.addr.clone();
         self.state.lock().live.remove(&addr.id);
-        if let Err(e) = slot.destroy(&*self.sys) {
+        if let Err(e) = slot.destroy(&*self.sys).await {
             tracing::error!(pool = %self.config.name, slot = %addr.id, error = %e, "slot destroy failed");
         }
         counter!(m::SLOTS_DESTROYED_TOTAL, "pool" => self.config.name.clone(), "reason" => reason)
@@ -678,25 +834,37 @@ async fn wait_veth_gone(sys: &dyn Sys, name: &str) -> Result<(), SysError> {
     }
 }
 
-/// The background task: destroys tainted slots and refills between the watermarks.
-async fn background(weak: std::sync::Weak<Inner>, mut returns: mpsc::UnboundedReceiver<Returned>) {
+/// The background task: destroys tainted slots and refills between the watermarks. It waits
+/// holding only `weak`, so a pool whose handles and leases are all gone is freed (the return
+/// channel then closes, which ends the task).
+async fn background(
+    weak: std::sync::Weak<Inner>,
+    wake: Arc<Notify>,
+    mut returns: mpsc::UnboundedReceiver<(Returned, Arc<Inner>)>,
+) {
     loop {
-        let Some(inner) = weak.upgrade() else { return };
-        let retry_at = inner.state.lock().retry_at;
-        let wake = async {
-            tokio::select! {
-                r = returns.recv() => r,
-                () = inner.wake.notified() => None,
-                // The end of a back-off: the refill resumes by itself.
-                () = async {
-                    match retry_at {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                } => None,
-            }
+        let Some(retry_at) = weak.upgrade().map(|inner| inner.state.lock().retry_at) else {
+            return;
         };
-        match wake.await {
+        let (woke, held) = tokio::select! {
+            r = returns.recv() => match r {
+                Some((r, inner)) => (Some(r), Some(inner)),
+                // Every sender is gone with the pool.
+                None => return,
+            },
+            () = wake.notified() => (None, None),
+            // The end of a back-off: the refill resumes by itself.
+            () = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => (None, None),
+        };
+        let Some(inner) = held.or_else(|| weak.upgrade()) else {
+            return;
+        };
+        match woke {
             Some(Returned::Released(slot)) => {
                 let inner = inner.clone();
                 tokio::spawn(async move { inner.recycle(slot).await });
@@ -706,8 +874,10 @@ async fn background(weak: std::sync::Weak<Inner>, mut returns: mpsc::UnboundedRe
         }
         let to_start = {
             let mut st = inner.state.lock();
+            // A closed pool refills no more, but slots its leases return are still destroyed,
+            // until the pool is freed.
             if st.closed {
-                return;
+                continue;
             }
             let now = Instant::now();
             if st.retry_at.is_some_and(|at| at <= now) {
@@ -732,14 +902,91 @@ async fn background(weak: std::sync::Weak<Inner>, mut returns: mpsc::UnboundedRe
                 let created = inner.create_one().await;
                 inner.state.lock().creating -= 1;
                 if let Ok(Some(slot)) = created
-                    && !inner.push_idle(slot)
+                    && let Some(slot) = inner.push_idle(slot)
                 {
                     tracing::debug!("pool closed while a slot was being created");
+                    inner.destroy(slot, "shutdown").await;
                 }
                 inner.wake.notify_one();
             });
         }
     }
+}
+
+/// Whether host link `name` is one of this pool's bridges (`<name>br<digits>`).
+fn is_own_bridge(bridge_prefix: &str, name: &str) -> bool {
+    name.strip_prefix(bridge_prefix)
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Refuses a subnet that overlaps an address or a route already on the host, other than those
+/// of this pool's own bridges (an earlier run's, which reconcile removes). Two pools sharing a
+/// range would both route it, and one's slots would be unreachable.
+///
+/// This sees what exists now: a pool that has not created its first bridge yet (no slot
+/// created) is invisible, so each bridge's block is checked again before it is created.
+async fn check_overlap(
+    config: &PoolConfig,
+    addressing: &Addressing,
+    sys: &dyn Sys,
+) -> Result<(), PoolError> {
+    let conflicts = foreign_overlaps(
+        &addressing.bridge_prefix(),
+        sys.host_networks().await?,
+        config.subnet,
+        config.subnet_prefix_len,
+    );
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(pool = %config.name, subnet = %config.subnet, prefix_len = config.subnet_prefix_len, conflicts = ?conflicts, "subnet overlaps the host's");
+    Err(PoolError::Overlap {
+        pool: config.name.clone(),
+        subnet: config.subnet,
+        prefix_len: config.subnet_prefix_len,
+        conflicts,
+    })
+}
+
+/// The first range of the configured length in the automatic window that overlaps nothing on
+/// the host but this pool's own bridges (an earlier run's, which reconcile removes).
+async fn pick_free_subnet(config: &PoolConfig, sys: &dyn Sys) -> Result<Ipv4Addr, PoolError> {
+    let host = sys.host_networks().await?;
+    let bridge_prefix = Addressing::new(config).bridge_prefix();
+    let size = 1u64 << (32 - u32::from(config.subnet_prefix_len));
+    let first = u64::from(u32::from(AUTO_SUBNET_FIRST)).div_ceil(size) * size;
+    let last = u64::from(u32::from(AUTO_SUBNET_LAST));
+    let mut base = first;
+    while base + size - 1 <= last {
+        let candidate = Ipv4Addr::from(u32::try_from(base).unwrap_or(u32::MAX));
+        if foreign_overlaps(
+            &bridge_prefix,
+            host.clone(),
+            candidate,
+            config.subnet_prefix_len,
+        )
+        .is_empty()
+        {
+            return Ok(candidate);
+        }
+        base += size;
+    }
+    Err(PoolError::NoFreeSubnet {
+        pool: config.name.clone(),
+        prefix_len: config.subnet_prefix_len,
+    })
+}
+
+/// The host ranges that overlap `subnet/prefix_len` and are not on this pool's bridges.
+fn foreign_overlaps(
+    bridge_prefix: &str,
+    host: Vec<HostNet>,
+    subnet: Ipv4Addr,
+    prefix_len: u8,
+) -> Vec<HostNet> {
+    host.into_iter()
+        .filter(|n| n.overlaps(subnet, prefix_len) && !is_own_bridge(bridge_prefix, &n.link))
+        .collect()
 }
 
 /// Removes what an earlier run of the pool named `config.name` left on the host.
@@ -764,7 +1011,7 @@ async fn reconcile(
         {
             ids.insert(id);
         }
-        if let Err(e) = sys.remove_netns(&path) {
+        if let Err(e) = sys.remove_netns(&path).await {
             errors.push(e);
         }
     }
@@ -786,9 +1033,8 @@ async fn reconcile(
             errors.push(e);
         }
     }
-    for (index, name) in links.iter().filter(|(_, n)| n.starts_with(&bridge_prefix)) {
-        let suffix = &name[bridge_prefix.len()..];
-        if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
+    for (index, name) in links.iter() {
+        if is_own_bridge(&bridge_prefix, name) {
             found += 1;
             if let Err(e) = sys.delete_host_link(*index, name).await {
                 errors.push(e);
@@ -803,7 +1049,7 @@ async fn reconcile(
         counter!(m::SLOTS_DESTROYED_TOTAL, "pool" => config.name.clone(), "reason" => "reconcile")
             .increment(found as u64);
     }
-    if let Err(e) = sys.remove_ns_dir(&config.ns_dir) {
+    if let Err(e) = sys.remove_ns_dir(&config.ns_dir).await {
         errors.push(e);
     }
     if errors.is_empty() {
@@ -857,7 +1103,7 @@ impl Lease {
     }
 
     /// The slot's address.
-    pub fn ip(&self) -> std::net::Ipv4Addr {
+    pub fn ip(&self) -> Ipv4Addr {
         self.slot().addr.ip
     }
 
@@ -867,7 +1113,7 @@ impl Lease {
     }
 
     /// The default gateway (the host's address on the bridge).
-    pub fn gateway(&self) -> std::net::Ipv4Addr {
+    pub fn gateway(&self) -> Ipv4Addr {
         self.slot().addr.gateway
     }
 
@@ -901,21 +1147,31 @@ impl Lease {
 
     /// Makes `cmd` start its process inside the slot's namespace (a `setns` between fork and
     /// exec; the parent never changes namespace).
+    ///
+    /// `cmd` holds its own duplicate of the namespace fd (close-on-exec, so the program does
+    /// not inherit it): the lease may end before `spawn`, and the child still enters this
+    /// slot's namespace, never a closed or reused fd. When the fd cannot be duplicated, `spawn`
+    /// fails with that error.
     pub fn enter_on_exec<'c>(
         &self,
         cmd: &'c mut std::process::Command,
     ) -> &'c mut std::process::Command {
         use std::os::unix::process::CommandExt;
-        let fd = self.slot().ns.file().as_raw_fd();
-        // SAFETY: the closure runs in the forked child before exec and calls only `setns`,
-        // which is async-signal-safe; `fd` stays open in the child until exec (the lease,
-        // which owns it, outlives the spawn call that borrows it through `cmd`).
+        let ns: Result<OwnedFd, i32> = self
+            .slot()
+            .ns
+            .file()
+            .try_clone()
+            .map(OwnedFd::from)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE));
+        // SAFETY: the closure runs in the forked child before exec and calls only `setns`, or
+        // builds an OS error (no allocation), both async-signal-safe; the fd it uses is owned
+        // by the closure, which `cmd` keeps until it is dropped, after the spawn.
         unsafe {
-            cmd.pre_exec(move || {
-                // SAFETY: `fd` is an open nsfs fd of the parent, inherited by the child.
-                let ns = BorrowedFd::borrow_raw(fd);
-                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
+            cmd.pre_exec(move || match &ns {
+                Ok(fd) => nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from),
+                Err(errno) => Err(std::io::Error::from_raw_os_error(*errno)),
             })
         }
     }
@@ -943,11 +1199,16 @@ impl Lease {
     /// goes to the metrics and the log. This is what a cold-start path calls on teardown.
     pub fn release_nowait(mut self) {
         let slot = self.take();
-        if let Err(mpsc::error::SendError(Returned::Released(slot) | Returned::Tainted(slot))) =
-            self.pool.returns.send(Returned::Released(slot))
+        if let Err(mpsc::error::SendError((
+            Returned::Released(slot) | Returned::Tainted(slot),
+            _,
+        ))) = self
+            .pool
+            .returns
+            .send((Returned::Released(slot), self.pool.clone()))
         {
-            // The background task is gone (shutdown): destroy right here.
-            let _ = slot.destroy(&*self.pool.sys);
+            // The background task is gone (shutdown, or the pool was dropped).
+            self.pool.destroy_detached(slot);
         }
     }
 }
@@ -960,11 +1221,16 @@ impl Drop for Lease {
             self.pool.publish(&st);
             drop(st);
             tracing::warn!(pool = %self.pool.config.name, slot = %slot.addr.id, "lease dropped without release: slot tainted");
-            if let Err(mpsc::error::SendError(Returned::Released(slot) | Returned::Tainted(slot))) =
-                self.pool.returns.send(Returned::Tainted(slot))
+            if let Err(mpsc::error::SendError((
+                Returned::Released(slot) | Returned::Tainted(slot),
+                _,
+            ))) = self
+                .pool
+                .returns
+                .send((Returned::Tainted(slot), self.pool.clone()))
             {
-                // The background task is gone (shutdown): destroy right here.
-                let _ = slot.destroy(&*self.pool.sys);
+                // The background task is gone (shutdown, or the pool was dropped).
+                self.pool.destroy_detached(slot);
             }
         }
     }
@@ -1010,6 +1276,242 @@ mod tests {
     fn assert_no_violations(fake: &FakeSys) {
         let h = fake.host.lock();
         assert!(h.violations.is_empty(), "{:#?}", h.violations);
+    }
+
+    /// Yields until `weak`'s pool is freed; false when it is still alive after many turns.
+    async fn freed(weak: &std::sync::Weak<Inner>) -> bool {
+        for _ in 0..100 {
+            if weak.upgrade().is_none() {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subnet_overlapping_an_address_on_the_host_is_refused_naming_both() {
+        let fake = FakeSys::default();
+        {
+            let mut h = fake.host.lock();
+            // Another pool's bridge inside our 10.50.0.0/20, and an unrelated network.
+            h.foreign_address("w0br0", Ipv4Addr::new(10, 50, 4, 1), 22);
+            h.foreign_address("eth0", Ipv4Addr::new(192, 168, 1, 7), 24);
+        }
+        let err = NetPool::with_sys(config("ov", 0, 0, 4), Box::new(fake.clone()))
+            .await
+            .unwrap_err();
+        let PoolError::Overlap {
+            pool,
+            subnet,
+            prefix_len,
+            conflicts,
+        } = &err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!(
+            (pool.as_str(), *subnet, *prefix_len),
+            ("ov", Ipv4Addr::new(10, 50, 0, 0), 20)
+        );
+        let found: Vec<String> = conflicts.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "address 10.50.4.1/22 on w0br0",
+                "route 10.50.4.0/22 via w0br0"
+            ]
+        );
+        let msg = err.to_string();
+        for part in ["pool ov", "10.50.0.0/20", "10.50.4.1/22 on w0br0"] {
+            assert!(msg.contains(part), "{msg:?} should name {part:?}");
+        }
+        // Refused before anything changed: no reconcile, no folder, no bridge.
+        assert!(
+            fake.host.lock().log.is_empty(),
+            "{:?}",
+            fake.host.lock().log
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broader_route_through_another_link_overlaps_too() {
+        let fake = FakeSys::default();
+        fake.host.lock().nets.push(HostNet {
+            kind: crate::sys::HostNetKind::Route,
+            ip: Ipv4Addr::new(10, 0, 0, 0),
+            prefix_len: 8,
+            link: "wg0".into(),
+        });
+        let err = NetPool::with_sys(config("rt", 0, 0, 4), Box::new(fake.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, PoolError::Overlap { conflicts, .. } if conflicts.len() == 1),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pools_own_bridges_from_an_earlier_run_do_not_count() {
+        let fake = FakeSys::default();
+        {
+            let mut h = fake.host.lock();
+            h.foreign_address("obbr0", Ipv4Addr::new(10, 50, 0, 1), 24);
+            // Looks alike but is not one of pool ob's bridges (`ob` + `br` + digits).
+            h.foreign_address("obbrx", Ipv4Addr::new(10, 99, 0, 1), 24);
+        }
+        let pool = start(config("ob", 1, 1, 4), &fake).await;
+        pool.wait_idle(1, LONG).await.unwrap();
+        {
+            let h = fake.host.lock();
+            // The earlier run's bridge went with reconcile; this run made its own again.
+            assert_eq!(h.count(&Op::DeleteLink("obbr0".into())), 1);
+            assert_eq!(h.count(&Op::CreateBridge("obbr0".into())), 1);
+        }
+        pool.shutdown().await.unwrap();
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_second_pool_on_the_same_range_is_refused_and_one_beside_it_starts() {
+        let fake = FakeSys::default();
+        let first = start(config("pa", 1, 1, 4), &fake).await;
+        first.wait_idle(1, LONG).await.unwrap();
+        let err = NetPool::with_sys(config("pb", 1, 1, 4), Box::new(fake.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, PoolError::Overlap { pool, .. } if pool == "pb"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("on pabr0"), "{err}");
+        let mut beside = config("pb", 1, 1, 4);
+        beside.subnet = Ipv4Addr::new(10, 50, 16, 0);
+        let second = start(beside, &fake).await;
+        second.wait_idle(1, LONG).await.unwrap();
+        second.shutdown().await.unwrap();
+        first.shutdown().await.unwrap();
+        assert!(fake.host.lock().links.is_empty());
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bridge_block_taken_after_the_start_is_not_created() {
+        let fake = FakeSys::default();
+        let mut c = config("lb", 0, 0, 4);
+        c.on_empty = OnEmpty::CreateInline;
+        let pool = start(c, &fake).await;
+        fake.host
+            .lock()
+            .foreign_address("late0", Ipv4Addr::new(10, 50, 0, 1), 24);
+        let err = pool.lease_within(LONG).await.unwrap_err();
+        assert!(
+            matches!(&err, PoolError::Overlap { subnet, prefix_len: 24, .. } if *subnet == Ipv4Addr::new(10, 50, 0, 0)),
+            "{err}"
+        );
+        assert_eq!(fake.host.lock().count(&Op::CreateBridge("lbbr0".into())), 0);
+        pool.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subnet_auto_takes_the_first_free_range_and_claims_it_at_start() {
+        let fake = FakeSys::default();
+        {
+            let mut h = fake.host.lock();
+            h.foreign_address("w0br0", Ipv4Addr::new(10, 200, 0, 1), 16);
+            h.nets.push(HostNet {
+                kind: crate::sys::HostNetKind::Route,
+                ip: Ipv4Addr::new(10, 201, 0, 0),
+                prefix_len: 16,
+                link: "wg0".into(),
+            });
+        }
+        let mut c = config("au", 0, 0, 4);
+        c.subnet_auto = true;
+        let first = start(c.clone(), &fake).await;
+        assert_eq!(first.subnet(), (Ipv4Addr::new(10, 202, 0, 0), 20));
+        // The first bridge exists before any slot, so the next search sees the range taken.
+        assert_eq!(first.stats().bridges, 1);
+        c.name = "av".into();
+        let second = start(c, &fake).await;
+        assert_eq!(second.subnet(), (Ipv4Addr::new(10, 202, 16, 0), 20));
+        second.shutdown().await.unwrap();
+        first.shutdown().await.unwrap();
+        let h = fake.host.lock();
+        assert_eq!(h.links.keys().collect::<Vec<_>>(), ["w0br0"]);
+        drop(h);
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn subnet_auto_without_a_free_range_is_refused_untouched() {
+        let fake = FakeSys::default();
+        fake.host.lock().nets.push(HostNet {
+            kind: crate::sys::HostNetKind::Route,
+            ip: Ipv4Addr::new(10, 192, 0, 0),
+            prefix_len: 10,
+            link: "wg0".into(),
+        });
+        let mut c = config("an", 0, 0, 4);
+        c.subnet_auto = true;
+        let err = NetPool::with_sys(c, Box::new(fake.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, PoolError::NoFreeSubnet { prefix_len: 20, .. }),
+            "{err}"
+        );
+        assert!(fake.host.lock().log.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_dropped_without_shutdown_is_freed_and_the_next_start_removes_its_objects() {
+        let fake = FakeSys::default();
+        let pool = start(config("dr", 2, 2, 4), &fake).await;
+        pool.wait_idle(2, LONG).await.unwrap();
+        let weak = Arc::downgrade(&pool.inner);
+        let clone = pool.clone();
+        drop(pool);
+        assert!(weak.upgrade().is_some(), "a clone still holds the pool");
+        drop(clone);
+        assert!(freed(&weak).await, "the dropped pool was never freed");
+        {
+            let h = fake.host.lock();
+            // Every slot's fds closed (nothing but the test holds the fake host)...
+            assert_eq!(Arc::strong_count(&fake.host), 1);
+            // ...and its kernel objects left for the next start.
+            assert_eq!(h.ns_files.len(), 2);
+            assert_eq!(h.links.len(), 3, "{:?}", h.links);
+        }
+        let again = start(config("dr", 0, 0, 4), &fake).await;
+        {
+            let h = fake.host.lock();
+            assert!(h.ns_files.is_empty(), "{:?}", h.ns_files);
+            assert!(h.links.is_empty(), "{:?}", h.links);
+        }
+        again.shutdown().await.unwrap();
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_outliving_its_dropped_pool_closes_it_and_destroys_its_slot() {
+        let fake = FakeSys::default();
+        let pool = start(config("dl", 1, 1, 2), &fake).await;
+        let lease = pool.lease().await.unwrap();
+        pool.wait_idle(1, LONG).await.unwrap();
+        let path = lease.netns_path().to_owned();
+        let weak = Arc::downgrade(&pool.inner);
+        drop(pool);
+        assert!(weak.upgrade().is_some(), "the lease still holds the pool");
+        drop(lease);
+        assert!(freed(&weak).await, "the pool outlived its last lease");
+        let h = fake.host.lock();
+        assert!(
+            !h.ns_files.contains(&path),
+            "the ended lease's mount stayed"
+        );
+        assert_eq!(Arc::strong_count(&fake.host), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::addressing::SlotAddress;
 use crate::config::SlotKind;
+use crate::sys::kernel::blocking;
 use crate::sys::net::{self, NetState, Netlink};
 use crate::sys::{BoxFuture, SlotNs, Sys, SysError, conntrack, ns};
 
@@ -49,10 +50,10 @@ impl Slot {
 
     /// Closes the pool's fds on the namespace, then unmounts it; the kernel frees the
     /// namespace and its devices once nothing else holds it.
-    pub(crate) fn destroy(self, sys: &dyn Sys) -> Result<(), SysError> {
+    pub(crate) async fn destroy(self, sys: &dyn Sys) -> Result<(), SysError> {
         let path = self.addr.ns_path.clone();
         drop(self);
-        sys.remove_netns(&path)
+        sys.remove_netns(&path).await
     }
 }
 
@@ -119,7 +120,8 @@ pub(crate) async fn create(
             // Undo: unmounting frees the namespace and eth0 with it; the host end goes with its
             // peer, and is deleted here in case something else pins the namespace.
             let mut cleanup = Vec::new();
-            if let Err(c) = ns::remove_netns(&addr.ns_path) {
+            let path = addr.ns_path.clone();
+            if let Err(c) = blocking(move || ns::remove_netns(&path)).await {
                 cleanup.push(c.to_string());
             }
             if let Ok(Some(index)) = net::link_index(&host.handle, &addr.host_if).await

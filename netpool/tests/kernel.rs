@@ -618,6 +618,95 @@ fn icmp_echo(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_overlapping_another_is_refused_naming_both_and_leaves_nothing() {
+    require_root();
+    let mut c = config("tn", 213);
+    c.low_watermark = 1;
+    c.high_watermark = 1;
+    let first = NetPool::new(c).await.unwrap();
+    first.wait_idle(1, Duration::from_secs(20)).await.unwrap();
+    // Another name, a range inside the first pool's.
+    let mut c = config("to", 213);
+    c.subnet = Ipv4Addr::new(10, 213, 0, 0);
+    c.subnet_prefix_len = 20;
+    let err = NetPool::new(c).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(&err, netpool::PoolError::Overlap { pool, .. } if pool == "to"),
+        "{msg}"
+    );
+    for part in [
+        "pool to",
+        "10.213.0.0/20",
+        "address 10.213.0.1/22 on tnbr0",
+        "route 10.213.0.0/22 via tnbr0",
+    ] {
+        assert!(msg.contains(part), "{msg:?} should name {part:?}");
+    }
+    assert_nothing_left("to");
+    // The first pool is untouched and still serves.
+    let lease = first.lease().await.unwrap();
+    assert!(run_in(&lease, "ip:link,show,eth0"));
+    lease.release().await;
+    first.shutdown().await.unwrap();
+    assert_nothing_left("tn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subnet_auto_picks_a_range_no_address_or_route_of_the_host_overlaps() {
+    require_root();
+    let mut c = config("tq", 0);
+    c.subnet_auto = true;
+    let pool = NetPool::new(c).await.unwrap();
+    let (subnet, len) = pool.subnet();
+    assert_eq!(len, 16);
+    assert!((200..=250).contains(&subnet.octets()[1]), "{subnet}");
+    // Its first bridge claims the range at once; nothing else on the host routes into it.
+    let routes = Command::new("ip")
+        .args(["-4", "-o", "route", "show", "root", &format!("{subnet}/16")])
+        .output()
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    let lines: Vec<&str> = routes.lines().collect();
+    assert_eq!(lines.len(), 1, "{routes}");
+    assert!(lines[0].contains("dev tqbr0"), "{routes}");
+    pool.shutdown().await.unwrap();
+    assert_nothing_left("tq");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enter_on_exec_holds_the_namespace_after_the_lease_ends() {
+    require_root();
+    let mut c = config("tp", 214);
+    c.on_empty = OnEmpty::CreateInline;
+    let pool = NetPool::new(c).await.unwrap();
+    let lease = pool.lease().await.unwrap();
+    let (ip, path) = (lease.ip(), lease.netns_path().to_owned());
+    let mut cmd = Command::new("ip");
+    cmd.args(["-o", "-4", "addr", "show", "dev", "eth0"])
+        .stdout(Stdio::piped());
+    lease.enter_on_exec(&mut cmd);
+    // Dropped before the spawn: the pool closes its fd and unmounts the namespace.
+    drop(lease);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while path.exists() {
+        assert!(Instant::now() < deadline, "the dropped lease's slot stayed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Fresh fds take the lowest free numbers, the pool's old one among them.
+    let _fillers: Vec<std::fs::File> = (0..16)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let out = cmd.output().expect("spawn into the slot's namespace");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains(&format!("inet {ip}/")), "{text}");
+    drop(cmd);
+    pool.shutdown().await.unwrap();
+    assert_nothing_left("tp");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_sigkill_reconciles_and_shutdown_leaves_nothing() {
     require_root();
     let mut holder = child("hold:te:205").spawn().unwrap();

@@ -8,24 +8,38 @@
 use std::net::Ipv4Addr;
 
 use super::SysError;
+use super::kernel::blocking;
 
 const TABLE: &str = "/proc/net/nf_conntrack";
 
 /// True when the host's conntrack table has an entry whose original or reply tuple names `ip`.
-pub(crate) fn has_entries(ip: Ipv4Addr) -> Result<bool, SysError> {
-    let text = match std::fs::read_to_string(TABLE) {
-        Ok(t) => t,
+/// The table can hold hundreds of thousands of lines: it is streamed on tokio's blocking pool,
+/// never read on a worker.
+pub(crate) async fn has_entries(ip: Ipv4Addr) -> Result<bool, SysError> {
+    blocking(move || has_entries_blocking(ip)).await
+}
+
+fn has_entries_blocking(ip: Ipv4Addr) -> Result<bool, SysError> {
+    use std::io::BufRead;
+    let file = match std::fs::File::open(TABLE) {
+        Ok(f) => f,
         // No conntrack module loaded: nothing can be tracked.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(SysError::io("read", TABLE)(e)),
     };
     let (src, dst) = (format!(" src={ip} "), format!(" dst={ip} "));
-    Ok(text.lines().any(|l| l.contains(&src) || l.contains(&dst)))
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(SysError::io("read", TABLE))?;
+        if line.contains(&src) || line.contains(&dst) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Deletes every host conntrack entry of `ip`, in both directions.
 pub(crate) async fn flush(ip: Ipv4Addr) -> Result<(), SysError> {
-    if !has_entries(ip)? {
+    if !has_entries(ip).await? {
         return Ok(());
     }
     let ip_s = ip.to_string();
@@ -48,7 +62,7 @@ pub(crate) async fn flush(ip: Ipv4Addr) -> Result<(), SysError> {
             });
         }
     }
-    if has_entries(ip)? {
+    if has_entries(ip).await? {
         return Err(SysError::Conntrack {
             ip,
             detail: "entries remain after deletion".into(),

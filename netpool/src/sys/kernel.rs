@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use super::net::{self, Netlink};
-use super::{BoxFuture, Sys, SysError, conntrack, firewall, ns};
+use super::{BoxFuture, HostNet, Sys, SysError, conntrack, firewall, ns};
 use crate::addressing::SlotAddress;
 use crate::config::SlotKind;
 use crate::slot::{self, Slot};
@@ -34,19 +34,18 @@ impl Kernel {
 impl Sys for Kernel {
     fn prepare<'a>(&'a self, ns_dir: &'a Path) -> BoxFuture<'a, Result<(), SysError>> {
         Box::pin(async move {
-            ns::prepare_ns_dir(ns_dir)?;
-            let parent = tokio::task::spawn_blocking(ns::create_parent_netns)
-                .await
-                .map_err(|_| SysError::ThreadPanicked)??
-                .map(Arc::new);
+            let dir = ns_dir.to_owned();
+            blocking(move || ns::prepare_ns_dir(&dir)).await?;
+            let parent = blocking(ns::create_parent_netns).await?.map(Arc::new);
             // A second call keeps the first parent: slots already made came from it.
             let _ = self.parent_ns.set(parent);
             Ok(())
         })
     }
 
-    fn remove_ns_dir(&self, ns_dir: &Path) -> Result<(), SysError> {
-        ns::remove_ns_dir(ns_dir)
+    fn remove_ns_dir<'a>(&'a self, ns_dir: &'a Path) -> BoxFuture<'a, Result<(), SysError>> {
+        let dir = ns_dir.to_owned();
+        Box::pin(blocking(move || ns::remove_ns_dir(&dir)))
     }
 
     fn ns_files(&self, ns_dir: &Path) -> Vec<PathBuf> {
@@ -55,8 +54,13 @@ impl Sys for Kernel {
             .unwrap_or_default()
     }
 
-    fn remove_netns(&self, path: &Path) -> Result<(), SysError> {
-        ns::remove_netns(path)
+    fn remove_netns<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), SysError>> {
+        let path = path.to_owned();
+        Box::pin(blocking(move || ns::remove_netns(&path)))
+    }
+
+    fn host_networks(&self) -> BoxFuture<'_, Result<Vec<HostNet>, SysError>> {
+        Box::pin(net::host_networks(&self.host.handle))
     }
 
     fn host_links(&self) -> BoxFuture<'_, Result<Vec<(u32, String)>, SysError>> {
@@ -123,4 +127,16 @@ impl Sys for Kernel {
             isolate,
         ))
     }
+}
+
+/// Runs `f` (unmounts, file removals: calls that can block on the mount table's lock or the
+/// file system) on tokio's blocking pool, off the workers.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, SysError>
+where
+    F: FnOnce() -> Result<T, SysError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| SysError::ThreadPanicked)?
 }

@@ -34,16 +34,19 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Every host operation the pool performs. Methods that return a future do their blocking
 /// work off the tokio workers (on `netpool-ns` threads or through `spawn_blocking`); the
-/// synchronous ones are single non-blocking syscalls or directory reads.
+/// synchronous ones are directory reads of a tmpfs folder.
 pub(crate) trait Sys: Send + Sync + std::fmt::Debug + 'static {
     /// Creates the pool's namespace folder and whatever slots are created from.
     fn prepare<'a>(&'a self, ns_dir: &'a Path) -> BoxFuture<'a, Result<(), SysError>>;
     /// Unmounts and removes the pool's namespace folder.
-    fn remove_ns_dir(&self, ns_dir: &Path) -> Result<(), SysError>;
+    fn remove_ns_dir<'a>(&'a self, ns_dir: &'a Path) -> BoxFuture<'a, Result<(), SysError>>;
     /// The entries of the pool's namespace folder (empty when it does not exist).
     fn ns_files(&self, ns_dir: &Path) -> Vec<PathBuf>;
     /// Unmounts and removes a namespace's bind mount; a missing one is not an error.
-    fn remove_netns(&self, path: &Path) -> Result<(), SysError>;
+    fn remove_netns<'a>(&'a self, path: &'a Path) -> BoxFuture<'a, Result<(), SysError>>;
+    /// Every IPv4 address on a host link and every IPv4 route of the host's main table but
+    /// the default route.
+    fn host_networks(&self) -> BoxFuture<'_, Result<Vec<HostNet>, SysError>>;
     /// Every host link, as (index, name).
     fn host_links(&self) -> BoxFuture<'_, Result<Vec<(u32, String)>, SysError>>;
     /// The index of host link `name`, if it exists.
@@ -88,6 +91,49 @@ pub(crate) trait SlotNs: Send + Sync + std::fmt::Debug {
     fn scrub<'a>(&'a self, addr: &'a SlotAddress) -> BoxFuture<'a, Result<(), ScrubFailure>>;
     /// Opens an fd on TAP device `name` inside the namespace.
     fn open_tap(&self, name: &'static str) -> BoxFuture<'_, Result<OwnedFd, SysError>>;
+}
+
+/// What a [`HostNet`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostNetKind {
+    /// An address on a link, with the prefix length of its subnet.
+    Address,
+    /// A route of the main table.
+    Route,
+}
+
+/// An IPv4 range already in use on the host: an address on a link (`10.230.0.1/22` on
+/// `w0br0`), or a route of the main table (`10.230.0.0/22` dev `w0br0`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostNet {
+    pub kind: HostNetKind,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The link it is on or routes through; empty when the route names none.
+    pub link: String,
+}
+
+impl HostNet {
+    /// Whether this range and `ip/prefix_len` share an address.
+    pub fn overlaps(&self, ip: Ipv4Addr, prefix_len: u8) -> bool {
+        let common = self.prefix_len.min(prefix_len).min(32);
+        let mask = u32::MAX.checked_shl(32 - u32::from(common)).unwrap_or(0);
+        u32::from(self.ip) & mask == u32::from(ip) & mask
+    }
+}
+
+impl std::fmt::Display for HostNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let link = if self.link.is_empty() {
+            "no link"
+        } else {
+            &self.link
+        };
+        match self.kind {
+            HostNetKind::Address => write!(f, "address {}/{} on {link}", self.ip, self.prefix_len),
+            HostNetKind::Route => write!(f, "route {}/{} via {link}", self.ip, self.prefix_len),
+        }
+    }
 }
 
 /// A failed kernel operation; each variant names the operation and its target.

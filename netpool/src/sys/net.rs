@@ -5,17 +5,19 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{NeighbourMessage, NeighbourState};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
 use netlink_packet_route::tc::TcAttribute;
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
 };
 
-use super::SysError;
+use super::{HostNet, HostNetKind, SysError};
 
 /// A netlink connection: the handle, and the task that drives its socket (aborted on drop).
 #[derive(Debug)]
@@ -78,6 +80,75 @@ pub(crate) async fn links(h: &Handle) -> Result<Vec<(u32, String)>, SysError> {
         .iter()
         .map(|m| (m.header.index, link_name(m)))
         .collect())
+}
+
+/// Every IPv4 address on a link, and every IPv4 unicast route of the main table but the
+/// default route (which overlaps everything and is not a claim on a range).
+pub(crate) async fn host_networks(h: &Handle) -> Result<Vec<HostNet>, SysError> {
+    let names: std::collections::HashMap<u32, String> = links(h).await?.into_iter().collect();
+    let name = |index: u32| names.get(&index).cloned().unwrap_or_default();
+    let mut out = Vec::new();
+    let addrs: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(SysError::netlink("list addresses", "of host"))?;
+    for a in &addrs {
+        // IFA_LOCAL is the link's own address; IFA_ADDRESS is the peer's on point-to-point links.
+        let local = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        let address = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        if let Some(ip) = local.or(address) {
+            out.push(HostNet {
+                kind: HostNetKind::Address,
+                ip,
+                prefix_len: a.header.prefix_len,
+                link: name(a.header.index),
+            });
+        }
+    }
+    let routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(SysError::netlink("list routes", "of host"))?;
+    for r in &routes {
+        let mut table = u32::from(r.header.table);
+        let mut dst = None;
+        let mut oif = None;
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Table(t) => table = *t,
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        if table != u32::from(RouteHeader::RT_TABLE_MAIN)
+            || r.header.kind != RouteType::Unicast
+            || r.header.destination_prefix_length == 0
+        {
+            continue;
+        }
+        if let Some(ip) = dst {
+            out.push(HostNet {
+                kind: HostNetKind::Route,
+                ip,
+                prefix_len: r.header.destination_prefix_length,
+                link: oif.map(name).unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn link_name(m: &LinkMessage) -> String {
