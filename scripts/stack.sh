@@ -35,6 +35,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${WHISK_INVOKER_PORT:=18080}"
 : "${WHISK_INVOKER_USER_MEMORY:=8192 m}"
 : "${WHISK_NETWORK_MODE:=netns}"
+# netns mode: invoker 0's namespace range. Other invokers on this host (bench coldstart: 10.231,
+# the e2e tests: 10.150-10.199) take ranges of their own; netpool refuses an overlapping one.
+: "${WHISK_NETNS_SUBNET:=10.230.0.0/16}"
 
 TANSU_VERSION=0.6.0
 POUCHDB_VERSION=4.2.0
@@ -305,6 +308,7 @@ cmd_openwhisk() {
         spawn invoker0 "$WHISK_STACK_DIR" "${common[@]}" PORT="$WHISK_INVOKER_PORT" \
             CONFIG_whisk_containerPool_userMemory="$WHISK_INVOKER_USER_MEMORY" \
             CONFIG_whisk_invoker_network_mode="$WHISK_NETWORK_MODE" \
+            CONFIG_whisk_invoker_network_netns_subnet="$WHISK_NETNS_SUBNET" \
             "$bin/invoker" --id 0 --uniqueName 0
     fi
     if ! pid_of standalone >/dev/null; then

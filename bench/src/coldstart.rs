@@ -182,6 +182,9 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                     "2 seconds",
                 )
                 .env("CONFIG_whisk_invoker_network_mode", mode)
+                // netns mode: a range of its own beside the quickstart's invoker 0, which keeps
+                // the default 10.230.0.0/16 (netpool refuses a pool overlapping another).
+                .env("CONFIG_whisk_invoker_network_netns_subnet", "10.231.0.0/16")
                 .env(
                     "CONFIG_whisk_invoker_network_pool_lowWatermark",
                     POOL_READY.to_string(),
