@@ -9,8 +9,9 @@
 //! this crate is the service built on them:
 //!
 //! - [`action`]: action documents and their code, fetched by revision and cached.
-//! - [`container`]: the seam between the pool and the container backends (Docker today), the
-//!   action proxy protocol and log collection.
+//! - [`container`]: the sandbox seam between the pool and its backends (Docker containers, runc
+//!   sandboxes on netpool namespaces, QEMU microVMs on netpool VM slots), the action proxy
+//!   protocol, log sources and collection, the on-disk image store.
 //! - [`pool`]: the container pool (warm, prewarm, cold, eviction, pause, idle removal).
 //! - [`invoke`]: one activation end to end: acks, record, logs.
 //! - [`feed`]: consuming `invoker<N>` with bounded in-flight work and commits only of finished

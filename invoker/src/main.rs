@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 #[allow(clippy::struct_field_names)]
 struct Cli {
     /// The invoker's instance number: it consumes `invoker<ID>`.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "unique_name")]
     id: Option<u32>,
     /// A name unique among the invokers (defaults to the id).
     #[arg(long = "uniqueName", value_name = "NAME")]
@@ -27,6 +27,10 @@ struct Cli {
     /// The name shown in the controller's invoker list.
     #[arg(long = "displayedName", value_name = "NAME")]
     displayed_name: Option<String>,
+    /// Forces the ZooKeeper mapping of `--uniqueName` to this id (with ZooKeeper id
+    /// assignment only; ignored with `--id`).
+    #[arg(long = "overwriteId", value_name = "ID")]
+    overwrite_id: Option<u32>,
     /// A settings file (`whisk.x.y = value` lines, or HOCON-style nesting).
     #[arg(long, value_name = "FILE")]
     config: Option<String>,
@@ -50,6 +54,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.overwrite_id.is_some() && cli.id.is_some() {
+        tracing::warn!("--overwriteId is for ZooKeeper id assignment; --id is used");
+    }
     let Some(id) = cli.id else {
         anyhow::bail!(
             "--uniqueName without --id needs ZooKeeper id assignment, which is not supported; pass --id"
@@ -83,4 +90,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     Ok(service.await??)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn what_the_deployments_pass_is_accepted() {
+        // ansible: `--id N --uniqueName N`; compose: `--id 0`; helm: `--uniqueName $NAME`.
+        let c = Cli::try_parse_from(["invoker", "--id", "3", "--uniqueName", "3"]).unwrap();
+        assert_eq!((c.id, c.unique_name.as_deref()), (Some(3), Some("3")));
+        let c = Cli::try_parse_from(["invoker", "--id", "0"]).unwrap();
+        assert_eq!(c.id, Some(0));
+        let c = Cli::try_parse_from(["invoker", "--uniqueName", "node-a", "--displayedName", "a"])
+            .unwrap();
+        assert_eq!((c.id, c.displayed_name.as_deref()), (None, Some("a")));
+        let c =
+            Cli::try_parse_from(["invoker", "--uniqueName", "x", "--overwriteId", "7"]).unwrap();
+        assert_eq!(c.overwrite_id, Some(7));
+    }
+
+    #[test]
+    fn neither_id_nor_name_is_a_usage_error() {
+        let e = Cli::try_parse_from(["invoker"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        assert!(Cli::try_parse_from(["invoker", "--id", "x"]).is_err());
+    }
 }

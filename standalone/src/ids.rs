@@ -1,5 +1,5 @@
-//! Identifiers and clocks: activation ids (32 hex digits, as the controller's `ActivationId`),
-//! transaction ids, attachment uuids, epoch milliseconds.
+//! Identifiers: activation ids (32 hex digits, as the controller's `ActivationId`), transaction
+//! ids, attachment uuids (epoch milliseconds come from `openwhisk::time`).
 
 /// `n` random bytes from the kernel.
 fn random<const N: usize>() -> [u8; N] {

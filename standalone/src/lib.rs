@@ -13,7 +13,7 @@
 //! - [`health`]: which invokers may get work, from their pings and completions.
 //! - [`controller`]: the Kafka side: activation messages out, acks and pings in.
 //! - [`api`]: the HTTP routes and the controller's status codes and error bodies.
-//! - [`ids`]: activation and transaction ids, clocks.
+//! - [`ids`]: activation and transaction ids, attachment uuids.
 //! - [`metrics`]: the metric names the front door records.
 //! - [`service`]: the front door as `run(config, shutdown)`; the binary only wires.
 

@@ -1,5 +1,7 @@
 //! The `standalone` binary: the front door (see the crate docs) until SIGTERM or SIGINT.
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use openwhisk::settings::Settings;
 use standalone::service::{self, ServiceConfig};
@@ -26,9 +28,18 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     openwhisk::logging::init();
-    let cli = Cli::parse();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("standalone: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::from_env(cli.config.as_deref())?;
     let config = ServiceConfig {
         settings,
