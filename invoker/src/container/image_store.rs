@@ -516,7 +516,11 @@ mod tests {
             let r: &mut dyn Read = &mut reader;
             let mut tar = tar::Archive::new(r);
             assert!(apply_whiteouts(&mut tar, &rootfs).is_err(), "{marker}");
-            assert_eq!(std::fs::read(outside.join("x")).unwrap(), b"keep", "{marker}");
+            assert_eq!(
+                std::fs::read(outside.join("x")).unwrap(),
+                b"keep",
+                "{marker}"
+            );
         }
         // A whiteout of the link itself removes the link, not what it points to.
         let layer = tar_of(&[("var/.wh.run", b"")]);
