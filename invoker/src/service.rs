@@ -53,12 +53,6 @@ pub enum ServiceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read the runtimes manifest file {path} (RUNTIMES_MANIFEST)")]
-    ManifestFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("the runtimes manifest is invalid")]
     Manifest(#[from] ManifestError),
     #[error("kafka at {hosts}")]
@@ -276,7 +270,7 @@ async fn ping_every_second(invoker: Arc<Invoker>, cancel: CancellationToken) {
 /// Start-up in contract §1.6 order; a failure after the pools exist shuts them down.
 async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
     let settings = &config.settings;
-    let manifest = Arc::new(load_manifest(&settings.runtimes_manifest)?);
+    let manifest = Arc::new(Manifest::load(&settings.runtimes_manifest)?);
     let id = config.id;
     let unique = config.unique_name.clone().unwrap_or_else(|| id.to_string());
     let instance = InvokerInstanceId::new(
@@ -383,19 +377,6 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
             Err(e)
         }
     }
-}
-
-/// `RUNTIMES_MANIFEST` is the JSON itself or a file holding it.
-fn load_manifest(value: &str) -> Result<Manifest, ServiceError> {
-    let text = if value.trim_start().starts_with('{') {
-        value.to_owned()
-    } else {
-        std::fs::read_to_string(value).map_err(|source| ServiceError::ManifestFile {
-            path: value.to_owned(),
-            source,
-        })?
-    };
-    Ok(Manifest::parse(&text)?)
 }
 
 /// The pause-container pool, filled before anything (stem cells first) asks for an endpoint.

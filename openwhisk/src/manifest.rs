@@ -12,6 +12,12 @@ use crate::config::parse_bytes;
 pub enum ManifestError {
     #[error("RUNTIMES_MANIFEST is not a valid runtimes manifest")]
     Json(#[source] serde_json::Error),
+    #[error("cannot read the runtimes manifest file {path} (RUNTIMES_MANIFEST)")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("RUNTIMES_MANIFEST: stem cell of {kind}: {detail}")]
     StemCell { kind: String, detail: String },
     #[error("RUNTIMES_MANIFEST: family {0} has no default kind")]
@@ -118,6 +124,19 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// `RUNTIMES_MANIFEST` as OpenWhisk passes it: the JSON itself, or the path of a file
+    /// holding it.
+    pub fn load(value: &str) -> Result<Self, ManifestError> {
+        if value.trim_start().starts_with('{') {
+            return Self::parse(value);
+        }
+        let text = std::fs::read_to_string(value).map_err(|source| ManifestError::File {
+            path: value.to_owned(),
+            source,
+        })?;
+        Self::parse(&text)
+    }
+
     /// Parses the manifest JSON.
     pub fn parse(json: &str) -> Result<Self, ManifestError> {
         let raw: Raw = serde_json::from_str(json).map_err(ManifestError::Json)?;
@@ -231,5 +250,21 @@ mod tests {
             node.image.reference("registry.local:5000"),
             "registry.local:5000/openwhisk/action-nodejs-v18:nightly"
         );
+    }
+
+    #[test]
+    fn the_manifest_is_loaded_from_json_or_from_a_file() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../runtimes/runtimes.json");
+        let from_file = Manifest::load(path).unwrap();
+        let from_json = Manifest::load(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(from_file.stem_cells, from_json.stem_cells);
+        match Manifest::load("/nonexistent/runtimes.json") {
+            Err(ManifestError::File { path, .. }) => assert_eq!(path, "/nonexistent/runtimes.json"),
+            other => panic!("expected a file error, got {other:?}"),
+        }
+        assert!(matches!(
+            Manifest::load("{not json"),
+            Err(ManifestError::Json(_))
+        ));
     }
 }

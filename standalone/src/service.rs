@@ -60,11 +60,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         controller_id,
         metrics,
     } = config;
-    let manifest_json = match std::fs::read_to_string(&settings.runtimes_manifest) {
-        Ok(text) => text,
-        Err(_) => settings.runtimes_manifest.clone(),
-    };
-    let manifest = Manifest::parse(&manifest_json)?;
+    let manifest = Manifest::load(&settings.runtimes_manifest)?;
     // The port first: a taken port is reported before anything else is set up.
     let listener = TcpListener::bind(("0.0.0.0", port))
         .await
