@@ -21,8 +21,8 @@ use crate::container::proxy::{self, Answer, ProxyClient};
 use crate::pool::{ContainerPool, InitState};
 use openwhisk::couchdb::{CouchDb, CouchDbError};
 use openwhisk::messages::{
-    Ack, AckResponse, ActivationMessage, ActivationResponse, InvokerInstanceId, KeyValue,
-    PingMessage, WhiskActivation,
+    Ack, AckResponse, ActivationMessage, ActivationResponse, EventMessage, InvokerInstanceId,
+    KeyValue, PingMessage, WhiskActivation,
 };
 use openwhisk::settings::Settings;
 
@@ -457,9 +457,9 @@ impl Invoker {
         if !self.settings.user_events {
             return;
         }
-        let event = event_message(msg, a, self.instance.instance, now_ms());
+        let event = EventMessage::activation(msg, a, self.instance.instance, now_ms());
         let topic = format!("{}events", self.settings.user_events_prefix);
-        self.send_once(&topic, &event.to_string(), "user event lost")
+        self.send_once(&topic, &event.to_json(), "user event lost")
             .await;
     }
 
@@ -491,58 +491,6 @@ impl Invoker {
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::SeqCst)
     }
-}
-
-/// The user event of contract §3.5 for a finished activation.
-pub fn event_message(
-    msg: &ActivationMessage,
-    a: &WhiskActivation,
-    invoker: u32,
-    timestamp: i64,
-) -> Value {
-    let ann = |k: &str| {
-        a.annotations
-            .iter()
-            .find(|x| x.key == k)
-            .map(|x| x.value.clone())
-    };
-    let result = a.response.result.as_ref();
-    let user_status = result
-        .and_then(|r| {
-            r.get("error")
-                .and_then(|e| e.get("statusCode"))
-                .or_else(|| r.get("statusCode"))
-        })
-        .cloned();
-    let mut body = json!({
-        "name": ann("path").unwrap_or(Value::Null),
-        "activationId": a.activation_id,
-        "statusCode": a.response.status_code,
-        "duration": a.duration.unwrap_or(0),
-        "waitTime": ann("waitTime").unwrap_or(json!(0)),
-        "initTime": ann("initTime").unwrap_or(json!(0)),
-        "kind": ann("kind").unwrap_or(json!("unknown")),
-        "conductor": ann("conductor").unwrap_or(json!(false)),
-        "memory": ann("limits").and_then(|l| l.get("memory").cloned()).unwrap_or(json!(0)),
-    });
-    if let Some(cause) = &a.cause {
-        body["causedBy"] = json!(cause);
-    }
-    if let Some(size) = a.response.size {
-        body["size"] = json!(size);
-    }
-    if let Some(code) = user_status {
-        body["userDefinedStatusCode"] = code;
-    }
-    json!({
-        "source": format!("invoker{invoker}"),
-        "body": body,
-        "subject": msg.user.subject,
-        "namespace": msg.user.namespace.name,
-        "userId": msg.user.namespace.uuid,
-        "eventType": "Activation",
-        "timestamp": timestamp,
-    })
 }
 
 fn result_ack(msg: &ActivationMessage, a: &WhiskActivation) -> Ack {
@@ -580,32 +528,5 @@ fn stringify(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Contract §3.5's example, field for field.
-    #[test]
-    fn event_message_golden() {
-        let msg = ActivationMessage::parse(br#"{"transid":["x",1],"action":{"path":"guest","name":"hello","version":"0.0.1"},"revision":null,
-            "user":{"subject":"guest","namespace":{"name":"guest","uuid":"23bc46b1-71f6-4ed5-8c54-816aa4f8c502"},"authkey":{},"rights":[],"limits":{}},
-            "activationId":"c7bb1339cb4f40e3a6ccead6c99f804e","rootControllerIndex":{"asString":"0","instanceType":"controller"},"blocking":true}"#).unwrap();
-        let a: WhiskActivation = serde_json::from_value(json!({
-            "namespace":"guest","name":"hello","subject":"guest","activationId":"c7bb1339cb4f40e3a6ccead6c99f804e",
-            "start":1714560000160_i64,"end":1714560000421_i64,"duration":261,
-            "response":{"statusCode":0,"result":{"payload":"Hello World"},"size":25},"logs":[],"version":"0.0.1","publish":false,
-            "annotations":[{"key":"limits","value":{"concurrency":1,"logs":10,"memory":256,"timeout":60000}},
-                {"key":"path","value":"guest/hello"},{"key":"kind","value":"nodejs:20"},{"key":"timeout","value":false},
-                {"key":"initTime","value":212},{"key":"waitTime","value":37}]})).unwrap();
-        let expected = json!({"source":"invoker0",
-            "body":{"name":"guest/hello","activationId":"c7bb1339cb4f40e3a6ccead6c99f804e","statusCode":0,
-                    "duration":261,"waitTime":37,"initTime":212,"kind":"nodejs:20","conductor":false,
-                    "memory":256,"size":25},
-            "subject":"guest","namespace":"guest","userId":"23bc46b1-71f6-4ed5-8c54-816aa4f8c502",
-            "eventType":"Activation","timestamp":1714560000500_i64});
-        assert_eq!(event_message(&msg, &a, 0, 1_714_560_000_500), expected);
     }
 }

@@ -595,10 +595,124 @@ pub struct PingMessage {
     pub is_enabled: Option<bool>,
 }
 
+/// A user event on `<prefix>events` (contract §3.5), written when `whisk.user-events.enabled`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventMessage {
+    /// `invoker<N>`.
+    pub source: String,
+    pub body: ActivationEvent,
+    pub subject: String,
+    pub namespace: String,
+    pub user_id: String,
+    pub event_type: &'static str,
+    pub timestamp: i64,
+}
+
+/// The body of an `Activation` event; the values that come from the record's annotations stay
+/// as the annotations carry them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActivationEvent {
+    pub name: Value,
+    pub activation_id: String,
+    pub status_code: u8,
+    pub duration: i64,
+    pub wait_time: Value,
+    pub init_time: Value,
+    pub kind: Value,
+    pub conductor: Value,
+    pub memory: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caused_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_defined_status_code: Option<Value>,
+}
+
+impl EventMessage {
+    /// The event of a finished activation `a` of `msg`, sent by invoker `invoker` at
+    /// `timestamp` (epoch ms).
+    pub fn activation(
+        msg: &ActivationMessage,
+        a: &WhiskActivation,
+        invoker: u32,
+        timestamp: i64,
+    ) -> Self {
+        let ann = |k: &str| a.annotation(k).cloned();
+        let user_defined_status_code = a
+            .response
+            .result
+            .as_ref()
+            .and_then(|r| {
+                r.get("error")
+                    .and_then(|e| e.get("statusCode"))
+                    .or_else(|| r.get("statusCode"))
+            })
+            .cloned();
+        Self {
+            source: format!("invoker{invoker}"),
+            body: ActivationEvent {
+                name: ann("path").unwrap_or(Value::Null),
+                activation_id: a.activation_id.clone(),
+                status_code: a.response.status_code,
+                duration: a.duration.unwrap_or(0),
+                wait_time: ann("waitTime").unwrap_or(Value::from(0)),
+                init_time: ann("initTime").unwrap_or(Value::from(0)),
+                kind: ann("kind").unwrap_or(Value::from("unknown")),
+                conductor: ann("conductor").unwrap_or(Value::Bool(false)),
+                memory: ann("limits")
+                    .and_then(|l| l.get("memory").cloned())
+                    .unwrap_or(Value::from(0)),
+                caused_by: a.cause.clone(),
+                size: a.response.size,
+                user_defined_status_code,
+            },
+            subject: msg.user.subject.clone(),
+            namespace: msg.user.namespace.name.clone(),
+            user_id: msg.user.namespace.uuid.clone(),
+            event_type: "Activation",
+            timestamp,
+        }
+    }
+
+    /// The message as sent.
+    pub fn to_json(&self) -> String {
+        // Strings, numbers and `Value`s under string keys: serde_json cannot fail.
+        serde_json::to_string(self).expect("an event is always valid JSON")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Contract §3.5's example, field for field.
+    #[test]
+    fn event_message_golden() {
+        let msg = ActivationMessage::parse(br#"{"transid":["x",1],"action":{"path":"guest","name":"hello","version":"0.0.1"},"revision":null,
+            "user":{"subject":"guest","namespace":{"name":"guest","uuid":"23bc46b1-71f6-4ed5-8c54-816aa4f8c502"},"authkey":{},"rights":[],"limits":{}},
+            "activationId":"c7bb1339cb4f40e3a6ccead6c99f804e","rootControllerIndex":{"asString":"0","instanceType":"controller"},"blocking":true}"#).unwrap();
+        let a: WhiskActivation = serde_json::from_value(json!({
+            "namespace":"guest","name":"hello","subject":"guest","activationId":"c7bb1339cb4f40e3a6ccead6c99f804e",
+            "start":1714560000160_i64,"end":1714560000421_i64,"duration":261,
+            "response":{"statusCode":0,"result":{"payload":"Hello World"},"size":25},"logs":[],"version":"0.0.1","publish":false,
+            "annotations":[{"key":"limits","value":{"concurrency":1,"logs":10,"memory":256,"timeout":60000}},
+                {"key":"path","value":"guest/hello"},{"key":"kind","value":"nodejs:20"},{"key":"timeout","value":false},
+                {"key":"initTime","value":212},{"key":"waitTime","value":37}]})).unwrap();
+        let expected = json!({"source":"invoker0",
+            "body":{"name":"guest/hello","activationId":"c7bb1339cb4f40e3a6ccead6c99f804e","statusCode":0,
+                    "duration":261,"waitTime":37,"initTime":212,"kind":"nodejs:20","conductor":false,
+                    "memory":256,"size":25},
+            "subject":"guest","namespace":"guest","userId":"23bc46b1-71f6-4ed5-8c54-816aa4f8c502",
+            "eventType":"Activation","timestamp":1714560000500_i64});
+        assert_eq!(
+            serde_json::to_value(EventMessage::activation(&msg, &a, 0, 1_714_560_000_500)).unwrap(),
+            expected
+        );
+    }
 
     const USER_ACTIVATION: &str = r#"{"transid":["dbyaSw8MclQ8z5XrHc1OHanU8v1yAmMS",1714560000123],
  "action":{"path":"guest","name":"hello","version":"0.0.1"},
