@@ -158,7 +158,14 @@ pub async fn run(
     tasks.close();
     tasks.wait().await;
     let _ = committer.await;
-    commit_with(&consumer, &offsets, &topic, CommitMode::Sync);
+    // The last commit waits for the broker's answer: off the async workers.
+    let last = tokio::task::spawn_blocking(move || {
+        commit_with(&consumer, &offsets, &topic, CommitMode::Sync);
+    })
+    .await;
+    if let Err(e) = last {
+        tracing::warn!(error = %e, "the last offset commit was lost");
+    }
 }
 
 fn commit(consumer: &StreamConsumer, offsets: &Mutex<Offsets>, topic: &str) {
