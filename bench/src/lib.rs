@@ -5,6 +5,8 @@
 //! - [`machine`]: the description of the machine written next to every result.
 //! - [`coldstart`]: `bench coldstart`, the paper's Fig 6 through Kafka per network mode.
 //! - [`activate`]: `bench activate`, the controller's part against a running invoker.
+//! - [`kafka_rtt`]: `bench kafka-rtt`, sequential produce → consume round trips (the floor
+//!   under every hop).
 //! - [`memory`]: process PSS/RSS, cgroup charges and kernel memory growth, for the memory
 //!   figures.
 //! - [`docker_start`]: `bench docker-start`, N concurrent Docker cold starts with bridge
@@ -18,6 +20,7 @@
 pub mod activate;
 pub mod coldstart;
 pub mod docker_start;
+pub mod kafka_rtt;
 pub mod machine;
 pub mod memory;
 pub mod memory_table;

@@ -20,16 +20,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use bench::stats::Summary;
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use openwhisk::kafka::{self, TopicKind};
-use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use testkit::stack::Stack;
 
 /// Benchmarks against the local stack (`scripts/stack.sh up`); results as JSON.
 #[derive(Debug, Parser)]
@@ -124,7 +117,7 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::KafkaRtt { n } => kafka_rtt(n).await,
+        Command::KafkaRtt { n } => bench::kafka_rtt::run(n).await,
         Command::Netns { runs, out } => {
             let mut params = bench::netns::NetnsParams::default();
             if let Some(r) = runs {
@@ -191,54 +184,5 @@ fn write_report(out: &std::path::Path, report: &impl serde::Serialize) -> Result
     }
     std::fs::write(out, serde_json::to_string_pretty(report)?)?;
     println!("wrote {}", out.display());
-    Ok(())
-}
-
-async fn kafka_rtt(n: usize) -> Result<()> {
-    let stack = Stack::from_env();
-    let topic = format!("bench-rtt-{}", std::process::id());
-    let admin = kafka::admin_client(&stack.kafka_hosts)?;
-    kafka::ensure_topic(&admin, &topic, &TopicKind::Invoker.default_config()).await?;
-
-    let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create()?;
-    let consumer: StreamConsumer = kafka::consumer_config(&stack.kafka_hosts, &topic).create()?;
-    consumer.subscribe(&[&topic])?;
-
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let payload = format!("{{\"i\":{i}}}");
-        let start = Instant::now();
-        producer
-            .send(
-                FutureRecord::<(), _>::to(&topic).payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
-        let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
-            .await
-            .context("no message within 30 s")??;
-        samples.push(start.elapsed());
-        anyhow::ensure!(
-            msg.payload() == Some(payload.as_bytes()),
-            "round trip {i} got another message"
-        );
-    }
-    let s = Summary::of(&samples).context("no samples")?;
-    println!(
-        "kafka-rtt n={} p50={:.2}ms p99={:.2}ms max={:.2}ms",
-        s.count,
-        s.p50_s * 1e3,
-        s.p99_s * 1e3,
-        s.max_s * 1e3
-    );
-    // Close the clients before deleting the topic: librdkafka 2.12 crashes in its metadata cache
-    // when a subscribed topic disappears under a live consumer.
-    consumer.unsubscribe();
-    drop(consumer);
-    drop(producer);
-    admin
-        .delete_topics(&[&topic], &rdkafka::admin::AdminOptions::new())
-        .await?;
     Ok(())
 }
