@@ -11,7 +11,7 @@ use openwhisk::couchdb::CouchDb;
 use openwhisk::kafka::{self, TopicKind};
 use openwhisk::messages::{
     Ack, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, Identity, KeyValue,
-    Namespace, TransactionId, USER_RIGHTS,
+    TransactionId, USER_RIGHTS,
 };
 use openwhisk::time::now_ms;
 use rdkafka::Message;
@@ -21,9 +21,6 @@ use serde_json::{Value, json};
 use testkit::stack::Stack;
 
 use crate::stats::Summary;
-
-const GUEST_UUID: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502";
-const GUEST_KEY: &str = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -82,15 +79,7 @@ pub async fn run(p: &ActivateParams) -> Result<()> {
         .put_doc(&p.whisks_db, &doc.id, &doc.to_value())
         .await?
         .rev;
-    let user = Identity::basic(
-        "guest",
-        Namespace {
-            name: "guest".into(),
-            uuid: GUEST_UUID.into(),
-        },
-        GUEST_KEY,
-        &USER_RIGHTS,
-    );
+    let user = Identity::guest(&USER_RIGHTS);
 
     let admin = kafka::admin_client(&stack.kafka_hosts)?;
     let completed = format!("completed{}", p.controller);

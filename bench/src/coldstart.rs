@@ -15,8 +15,7 @@ use openwhisk::action::{self, ActionDocument, ActionLimits, AttachmentRef, Code,
 use openwhisk::couchdb::CouchDb;
 use openwhisk::kafka::{self, TopicKind};
 use openwhisk::messages::{
-    Ack, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, Identity, Namespace,
-    TransactionId,
+    Ack, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, Identity, TransactionId,
 };
 use openwhisk::time::now_ms;
 use rdkafka::Message;
@@ -30,8 +29,6 @@ use crate::machine::Machine;
 use crate::stats::Summary;
 
 const SIEVE: &str = "function main(p) { const n = p.n || 20000; const s = new Uint8Array(n + 1); let c = 0; for (let i = 2; i <= n; i++) { if (!s[i]) { c++; for (let j = i * i; j <= n; j += i) s[j] = 1; } } return {primes: c}; }";
-const GUEST_UUID: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502";
-const GUEST_KEY: &str = "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
 
 /// Benchmark parameters.
 #[derive(Clone, Debug)]
@@ -150,15 +147,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         kafka::consumer_config(&stack.kafka_hosts, &format!("bench-cs-{tag}")).create()?;
     acks.subscribe(&[&completed])?;
     let manifest = manifest_without_stem_cells()?;
-    let user = Identity::basic(
-        "guest",
-        Namespace {
-            name: "guest".into(),
-            uuid: GUEST_UUID.into(),
-        },
-        GUEST_KEY,
-        &[],
-    );
+    let user = Identity::guest(&[]);
     let docker = pcpm::docker::connect().await?;
 
     let mut cells = Vec::new();

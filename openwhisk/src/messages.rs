@@ -169,7 +169,37 @@ impl Identity {
             limits: Map::new(),
         }
     }
+
+    /// OpenWhisk's default development subject `guest` (the key ansible and the standalone
+    /// OpenWhisk ship), with `rights`.
+    pub fn guest(rights: &[&str]) -> Self {
+        let (subject, uuid, key) = DEFAULT_SUBJECTS[0];
+        Self::basic(
+            subject,
+            Namespace {
+                name: subject.to_owned(),
+                uuid: uuid.to_owned(),
+            },
+            key,
+            rights,
+        )
+    }
 }
+
+/// OpenWhisk's default development subjects (`ansible/files/auth.guest`, `auth.whisk.system`):
+/// (subject and namespace, uuid, key).
+pub const DEFAULT_SUBJECTS: [(&str, &str, &str); 2] = [
+    (
+        "guest",
+        "23bc46b1-71f6-4ed5-8c54-816aa4f8c502",
+        "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP",
+    ),
+    (
+        "whisk.system",
+        "789c46b1-71f6-4ed5-8c54-816aa4f8c502",
+        "abczO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP",
+    ),
+];
 
 /// `{"asString": "0", "instanceType": "controller"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

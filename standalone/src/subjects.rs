@@ -12,19 +12,7 @@ use openwhisk::couchdb::{CouchDb, CouchDbError};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-/// OpenWhisk's default development subjects: (subject, uuid, key).
-pub const DEFAULT_SUBJECTS: [(&str, &str, &str); 2] = [
-    (
-        "guest",
-        "23bc46b1-71f6-4ed5-8c54-816aa4f8c502",
-        "123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP",
-    ),
-    (
-        "whisk.system",
-        "789c46b1-71f6-4ed5-8c54-816aa4f8c502",
-        "abczO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP",
-    ),
-];
+use openwhisk::messages::DEFAULT_SUBJECTS;
 
 /// How often an unknown key may trigger a re-read of the database.
 const RELOAD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
