@@ -26,6 +26,7 @@ use crate::action::ActionStore;
 use crate::container::docker::{DockerFactory, Networking};
 use crate::container::proxy::ProxyClient;
 use crate::container::runc::RuncFactory;
+use crate::container::vm::{VmConfig, VmFactory};
 use crate::container::{BackendError, ContainerFactory};
 use crate::invoke::Invoker;
 use crate::pool::{ContainerPool, PoolConfig};
@@ -77,6 +78,8 @@ pub enum ServiceError {
     Pcpm(#[from] pcpm::PcpmError),
     #[error("starting the netpool of network namespaces (needs root)")]
     Netpool(#[from] netpool::PoolError),
+    #[error("starting the netpool of VM slots (needs root)")]
+    VmSlots(#[source] netpool::PoolError),
     #[error("removing leftover action containers")]
     Leftovers(#[source] BackendError),
     #[error("the {task} task stopped on its own ({why})")]
@@ -88,6 +91,8 @@ pub enum ServiceError {
 struct Pools {
     pcpm: Option<pcpm::Pcpm>,
     netpool: Option<netpool::NetPool>,
+    /// vm mode: the VM slots (a namespace with a TAP device each).
+    vm_slots: Option<netpool::NetPool>,
 }
 
 impl Pools {
@@ -102,6 +107,11 @@ impl Pools {
             && let Err(e) = np.shutdown().await
         {
             tracing::warn!(error = %openwhisk::errors::chain(&e), "removing the network namespaces");
+        }
+        if let Some(np) = self.vm_slots
+            && let Err(e) = np.shutdown().await
+        {
+            tracing::warn!(error = %openwhisk::errors::chain(&e), "removing the VM slots");
         }
     }
 }
@@ -147,6 +157,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     let ServiceConfig {
         settings, metrics, ..
     } = config;
+    let vm_mode = settings.network_mode == NetworkMode::Vm;
 
     let wired = (|| {
         let mut producer_config = kafka::producer_config(&settings.kafka_hosts);
@@ -170,7 +181,10 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         }
     };
 
-    let pool = ContainerPool::new(factory, pool_config(&settings, &manifest, &name_prefix));
+    let pool = ContainerPool::new(
+        factory.clone(),
+        pool_config(&settings, &manifest, &name_prefix),
+    );
     let max_peek = settings.max_peek();
     let actions = ActionStore::new(
         db.clone(),
@@ -248,6 +262,17 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     prewarm.abort();
     let removed = pool.shutdown().await;
     tracing::info!(?removed, "containers removed");
+    if vm_mode {
+        // The pool has destroyed its VMs; this also removes the factory's runtime folder and
+        // cgroup parent, which outlive the last VM.
+        match factory.remove_all(&format!("{name_prefix}_")).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(leftovers = n, "VMs the pool did not remove"),
+            Err(e) => {
+                tracing::warn!(error = %openwhisk::errors::chain(&e), "removing the VMs' runtime folder");
+            }
+        }
+    }
     pools.shutdown().await;
     tracing::info!("bye");
     failure.map_or(Ok(()), Err)
@@ -319,10 +344,30 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
             NetworkMode::Pcpm => {
                 pools.pcpm = Some(start_pcpm(settings, &docker, &name_prefix, &key).await?);
             }
-            NetworkMode::Netns => pools.netpool = Some(start_netpool(settings, id).await?),
+            NetworkMode::Netns => {
+                pools.netpool = Some(
+                    start_netpool(settings, NetpoolKind::Containers, id)
+                        .await
+                        .map_err(ServiceError::Netpool)?,
+                );
+            }
+            NetworkMode::Vm => {
+                pools.vm_slots = Some(
+                    start_netpool(settings, NetpoolKind::VmSlots, id)
+                        .await
+                        .map_err(ServiceError::VmSlots)?,
+                );
+            }
         }
-        let factory: Arc<dyn ContainerFactory> = match (&pools.netpool, &pools.pcpm) {
-            (Some(np), _) => {
+        let factory: Arc<dyn ContainerFactory> = match (&pools.vm_slots, &pools.netpool, &pools.pcpm) {
+            (Some(slots), _, _) => Arc::new(
+                VmFactory::new(
+                    Arc::new(slots.clone()),
+                    VmConfig::from_settings(&settings.vm, &name_prefix),
+                )
+                .await,
+            ),
+            (None, Some(np), _) => {
                 let runc = RuncFactory::new(
                     docker.clone(),
                     Arc::new(np.clone()),
@@ -339,12 +384,12 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
                 }
                 Arc::new(runc)
             }
-            (None, Some(p)) => Arc::new(DockerFactory::new(
+            (None, None, Some(p)) => Arc::new(DockerFactory::new(
                 docker.clone(),
                 Networking::Pcpm(p.clone(), key),
                 settings.parallel_runs,
             )),
-            (None, None) => Arc::new(DockerFactory::new(
+            (None, None, None) => Arc::new(DockerFactory::new(
                 docker.clone(),
                 Networking::Bridge(key),
                 settings.parallel_runs,
@@ -410,17 +455,43 @@ async fn start_pcpm(
     Ok(p)
 }
 
-/// The pool of network namespaces for the OCI runtime, filled before the first cold start.
-async fn start_netpool(settings: &Settings, id: u32) -> Result<netpool::NetPool, ServiceError> {
+/// What a netpool pool of the invoker holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NetpoolKind {
+    /// netns mode: namespaces for runc containers.
+    Containers,
+    /// vm mode: namespaces with a TAP device for QEMU.
+    VmSlots,
+}
+
+/// The pool's name and settings: 1 to 5 of [a-z0-9] (netpool's limit), the invoker id keeping
+/// invokers apart and the letter keeping the kinds apart (`w<id>` namespaces, `v<id>` VM
+/// slots), each kind in its own range.
+fn netpool_config(settings: &Settings, kind: NetpoolKind, id: u32) -> netpool::PoolConfig {
     let np = settings.network_pool;
-    let (subnet, len) = settings.netns_subnet;
-    // netpool names are 1 to 5 of [a-z0-9]: the invoker id keeps them apart.
-    let mut config = netpool::PoolConfig::new(&format!("w{}", id % 10_000), subnet, len);
+    let (letter, (subnet, len)) = match kind {
+        NetpoolKind::Containers => ('w', settings.netns_subnet),
+        NetpoolKind::VmSlots => ('v', settings.vm_subnet),
+    };
+    let mut config = netpool::PoolConfig::new(&format!("{letter}{}", id % 10_000), subnet, len);
+    if kind == NetpoolKind::VmSlots {
+        config.kind = netpool::SlotKind::Vm;
+    }
     config.low_watermark = np.low_watermark;
     config.high_watermark = np.high_watermark;
     config.max_slots = np.max;
     config.max_concurrent_creates = np.max_concurrent_creates;
-    let pool = netpool::NetPool::new(config).await?;
+    config
+}
+
+/// A netpool pool (namespaces for runc, or VM slots), filled before the first cold start.
+async fn start_netpool(
+    settings: &Settings,
+    kind: NetpoolKind,
+    id: u32,
+) -> Result<netpool::NetPool, netpool::PoolError> {
+    let np = settings.network_pool;
+    let pool = netpool::NetPool::new(netpool_config(settings, kind, id)).await?;
     if let Err(e) = pool
         .wait_idle(np.high_watermark, Duration::from_secs(60))
         .await
@@ -451,5 +522,49 @@ fn pool_config(settings: &Settings, manifest: &Manifest, name_prefix: &str) -> P
         env,
         user_cpus: settings.user_cpus,
         stem_cells,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(extra: &[(&str, &str)]) -> Settings {
+        let mut vars = vec![
+            ("KAFKA_HOSTS".to_owned(), "127.0.0.1:9092".to_owned()),
+            ("RUNTIMES_MANIFEST".to_owned(), "{}".to_owned()),
+        ];
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        Settings::from_vars(vars, None).unwrap()
+    }
+
+    /// netns namespaces and VM slots are pools of their own: names apart (`w<id>`, `v<id>`,
+    /// within netpool's five characters), ranges apart, and only the VM slots have a TAP.
+    #[test]
+    fn vm_slots_are_a_netpool_pool_of_their_own() {
+        let s = settings(&[
+            ("CONFIG_whisk_invoker_network_pool_lowWatermark", "2"),
+            ("CONFIG_whisk_invoker_network_pool_highWatermark", "4"),
+        ]);
+        let ns = netpool_config(&s, NetpoolKind::Containers, 12_345);
+        let vm = netpool_config(&s, NetpoolKind::VmSlots, 12_345);
+        assert_eq!((ns.name.as_str(), vm.name.as_str()), ("w2345", "v2345"));
+        assert_eq!(ns.kind, netpool::SlotKind::Container);
+        assert_eq!(vm.kind, netpool::SlotKind::Vm);
+        assert_eq!(
+            (ns.subnet, ns.subnet_prefix_len),
+            (std::net::Ipv4Addr::new(10, 230, 0, 0), 16)
+        );
+        assert_eq!(
+            (vm.subnet, vm.subnet_prefix_len),
+            (std::net::Ipv4Addr::new(10, 232, 0, 0), 16)
+        );
+        assert_eq!((vm.low_watermark, vm.high_watermark), (2, 4));
+        vm.validate().unwrap();
+        ns.validate().unwrap();
     }
 }

@@ -62,6 +62,9 @@ pub enum NetworkMode {
     /// runc directly, the network namespace leased from a netpool pool (no Docker daemon on
     /// the cold path).
     Netns,
+    /// Every action in a QEMU microVM on a netpool VM slot (`whisk.invoker.vm.*`); the slots
+    /// have their own range, `whisk.invoker.network.vm.subnet`.
+    Vm,
 }
 
 /// How QEMU runs a VM's vCPU (`whisk.invoker.vm.accelerator`).
@@ -161,6 +164,9 @@ pub struct Settings {
     pub network_pool: NetworkPoolSizes,
     /// netns mode: the namespaces' address range (`whisk.invoker.network.netns.subnet`).
     pub netns_subnet: (std::net::Ipv4Addr, u8),
+    /// vm mode: the VM slots' address range (`whisk.invoker.network.vm.subnet`), apart from
+    /// netns mode's so that an invoker of each mode can run on one host.
+    pub vm_subnet: (std::net::Ipv4Addr, u8),
     /// netns mode: unpacked images and bundles (`whisk.invoker.runc.dir`).
     pub runc_dir: std::path::PathBuf,
     /// netns mode: runtime image archives (`docker save` format) read without dockerd
@@ -279,11 +285,12 @@ impl Settings {
                 "bridge" => NetworkMode::Bridge,
                 "pcpm" => NetworkMode::Pcpm,
                 "netns" => NetworkMode::Netns,
+                "vm" => NetworkMode::Vm,
                 other => {
                     return Err(invalid(
                         "whisk.invoker.network.mode",
                         other,
-                        "expected bridge, pcpm or netns",
+                        "expected bridge, pcpm, netns or vm",
                     ));
                 }
             },
@@ -296,13 +303,8 @@ impl Settings {
                 ),
                 fallback: p.bool("whisk.invoker.network.pool.fallback", true)?,
             },
-            netns_subnet: {
-                let key = "whisk.invoker.network.netns.subnet";
-                let v = p.str(key, "10.230.0.0/16");
-                v.split_once('/')
-                    .and_then(|(a, l)| Some((a.parse().ok()?, l.parse().ok()?)))
-                    .ok_or_else(|| invalid(key, &v, "expected an IPv4 range like 10.230.0.0/16"))?
-            },
+            netns_subnet: subnet(&p, "whisk.invoker.network.netns.subnet", "10.230.0.0/16")?,
+            vm_subnet: subnet(&p, "whisk.invoker.network.vm.subnet", "10.232.0.0/16")?,
             runc_dir: p
                 .str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker")
                 .into(),
@@ -410,6 +412,18 @@ fn vm_settings(p: &Props<'_>) -> Result<VmSettings, SettingsError> {
         boot_timeout,
         dir: path("whisk.invoker.vm.dir", "/run/wsk-vm".into()),
     })
+}
+
+/// An IPv4 range `a.b.c.d/len`.
+fn subnet(
+    p: &Props<'_>,
+    key: &str,
+    default: &str,
+) -> Result<(std::net::Ipv4Addr, u8), SettingsError> {
+    let v = p.str(key, default);
+    v.split_once('/')
+        .and_then(|(a, l)| Some((a.parse().ok()?, l.parse().ok()?)))
+        .ok_or_else(|| invalid(key, &v, "expected an IPv4 range like 10.230.0.0/16"))
 }
 
 fn count(n: u64) -> usize {
@@ -737,6 +751,34 @@ mod tests {
         .unwrap_err();
         assert!(
             e.to_string().contains("whisk.invoker.vm.boot-timeout"),
+            "{e}"
+        );
+    }
+
+    /// `vm` mode is a network mode; its slots take a range of their own, apart from netns
+    /// mode's default and the benchmark's 10.231.0.0/16.
+    #[test]
+    fn vm_mode_and_its_subnet() {
+        let s = Settings::from_vars(vars(&[]), None).unwrap();
+        assert_eq!(s.netns_subnet, (std::net::Ipv4Addr::new(10, 230, 0, 0), 16));
+        assert_eq!(s.vm_subnet, (std::net::Ipv4Addr::new(10, 232, 0, 0), 16));
+        let s = Settings::from_vars(
+            vars(&[
+                ("CONFIG_whisk_invoker_network_mode", "vm"),
+                ("CONFIG_whisk_invoker_network_vm_subnet", "10.240.16.0/20"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.network_mode, NetworkMode::Vm);
+        assert_eq!(s.vm_subnet, (std::net::Ipv4Addr::new(10, 240, 16, 0), 20));
+        let e = Settings::from_vars(
+            vars(&[("CONFIG_whisk_invoker_network_vm_subnet", "10.240/x")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("whisk.invoker.network.vm.subnet"),
             "{e}"
         );
     }
