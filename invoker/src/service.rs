@@ -158,6 +158,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         settings, metrics, ..
     } = config;
     let vm_mode = settings.network_mode == NetworkMode::Vm;
+    let vm_dir = settings.vm.dir.clone();
 
     let wired = (|| {
         let mut producer_config = kafka::producer_config(&settings.kafka_hosts);
@@ -272,6 +273,9 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
                 tracing::warn!(error = %openwhisk::errors::chain(&e), "removing the VMs' runtime folder");
             }
         }
+        // The factory made the parent too; it stays while another invoker's VMs are in it (a
+        // folder that is not empty is not removed).
+        let _ = tokio::fs::remove_dir(&vm_dir).await;
     }
     pools.shutdown().await;
     tracing::info!("bye");
