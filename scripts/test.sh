@@ -30,7 +30,7 @@ echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
 echo "== netpool: 1100 slots over two bridges (ignored by default: heavy)"
 cargo test --workspace --locked --test kernel -- --ignored --exact eleven_hundred_slots_over_two_bridges
-for mode in pcpm netns; do
+for mode in pcpm netns vm; do
     echo "== invoker end to end, network mode $mode (the workspace run above used bridge)"
     INVOKER_E2E_NETWORK_MODE=$mode cargo test --locked -p invoker --test invoker_e2e
 done
