@@ -223,10 +223,11 @@ fn network_mode_env() -> Vec<(&'static str, String)> {
     env
 }
 
-/// An action's time limit in ms: `ms`, or `vm_ms` in vm mode where a cold start would not
-/// fit in `ms` there. Under TCG a boot takes about 2 s and Node.js's start about 5 s on a
-/// quiet machine, several times that when a burst boots VMs side by side on 2 cores; the init
-/// runs under the action's limit.
+/// An action's time limit in ms: `ms`, or `vm_ms` in vm mode, for every action whose first
+/// activation is a cold start. The init runs under the action's limit, and under TCG a boot
+/// takes about 2 s and Node.js's start about 5 s on a quiet machine, several times that while
+/// the other test booting VMs beside it and other builds share the 2 cores (a 10 s limit ran
+/// out during a Node.js init in one of the suite's vm runs).
 fn limit_ms(ms: u64, vm_ms: u64) -> u64 {
     if network_mode() == "vm" { vm_ms } else { ms }
 }
@@ -869,7 +870,7 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
             "hello",
             "nodejs:default",
             "function main(p) { console.log('hello from', p.name); return {payload: 'Hello ' + p.name} }",
-            10_000,
+            limit_ms(10_000, 60_000),
         ))
         .await;
     let a = h
@@ -962,7 +963,7 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
             "py",
             "python:3.11",
             "def main(args):\n    return {'sum': args['a'] + args['b']}\n",
-            10_000,
+            limit_ms(10_000, 60_000),
         ))
         .await;
     let a = h
@@ -977,7 +978,7 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
             "apperr",
             "nodejs:default",
             "function main() { return {error: 'nope'} }",
-            10_000,
+            limit_ms(10_000, 60_000),
         ))
         .await;
     let a = h.invoke("apperr", Some(&rev_app), true, json!({})).await;
@@ -993,7 +994,7 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
             "notjson",
             "nodejs:default",
             "function main() { return 42 }",
-            10_000,
+            limit_ms(10_000, 60_000),
         ))
         .await;
     let a = h.invoke("notjson", Some(&rev_bad), true, json!({})).await;
@@ -1004,7 +1005,7 @@ async fn the_invoker_answers_a_controller_like_the_scala_one() {
             "badinit",
             "nodejs:default",
             "this is not javascript(",
-            10_000,
+            limit_ms(10_000, 60_000),
         ))
         .await;
     let a = h.invoke("badinit", Some(&rev_init), true, json!({})).await;
@@ -1147,7 +1148,7 @@ async fn native_actions_with_couch_attachments_and_truncated_logs() {
     let mut doc = json!({"_id": "guest/native", "entityType": "action", "namespace": "guest",
         "name": "native", "exec": {"kind": "blackbox", "image": "openwhisk/dockerskeleton:nightly",
         "binary": true, "code": {"attachmentName": "couch:7a1e6c3d-native", "attachmentType": "application/octet-stream"}},
-        "parameters": [], "limits": {"timeout": 10000, "memory": 256, "logs": 10, "concurrency": 1},
+        "parameters": [], "limits": {"timeout": limit_ms(10_000, 60_000), "memory": 256, "logs": 10, "concurrency": 1},
         "version": "0.0.1", "publish": false, "annotations": []});
     let info = h.db.put_doc(&h.whisks, "guest/native", &doc).await.unwrap();
     let info =
@@ -1190,7 +1191,7 @@ async fn native_actions_with_couch_attachments_and_truncated_logs() {
         "chatty",
         "nodejs:default",
         "function main() { const l = 'x'.repeat(1000); for (let i = 0; i < 2000; i++) console.log(l); return {done: true} }",
-        20_000,
+        limit_ms(20_000, 60_000),
     );
     chatty["limits"]["logs"] = json!(1);
     let rev = h.put_action(&chatty).await;
@@ -1251,7 +1252,7 @@ async fn prewarms_are_taken_memory_is_never_exceeded_and_idle_containers_are_evi
             "p0",
             "nodejs:default",
             "function main(p) { return {n: p.n} }",
-            10_000,
+            limit_ms(10_000, 60_000),
         ))
         .await;
     let a = h.invoke("p0", Some(&rev), true, json!({"n": 0})).await;
@@ -1566,7 +1567,12 @@ async fn with_couchdb_down_activations_are_system_errors_and_processing_recovers
     .await;
     let code = "function main(p) { return {got: p.v} }";
     let rev = h
-        .put_action(&action_doc("before", "nodejs:default", code, 10_000))
+        .put_action(&action_doc(
+            "before",
+            "nodejs:default",
+            code,
+            limit_ms(10_000, 60_000),
+        ))
         .await;
     let a = h.invoke("before", Some(&rev), true, json!({"v": 1})).await;
     assert_eq!(
@@ -1576,7 +1582,12 @@ async fn with_couchdb_down_activations_are_system_errors_and_processing_recovers
 
     proxy.down();
     let rev = h
-        .put_action(&action_doc("during", "nodejs:default", code, 10_000))
+        .put_action(&action_doc(
+            "during",
+            "nodejs:default",
+            code,
+            limit_ms(10_000, 60_000),
+        ))
         .await;
     let a = h.invoke("during", Some(&rev), true, json!({"v": 2})).await;
     let acks = h.acks_of(&a, 1).await;
@@ -1684,7 +1695,7 @@ async fn idle_containers_are_paused_resumed_and_removed() {
             "idle",
             "nodejs:default",
             "function main(p) { return {n: p.n} }",
-            10_000,
+            limit_ms(10_000, 60_000),
         ))
         .await;
     let a = h.invoke("idle", Some(&rev), true, json!({"n": 1})).await;
@@ -1735,7 +1746,7 @@ async fn an_action_allowing_concurrency_shares_one_container() {
         "shared",
         "nodejs:default",
         "function main(p) { return new Promise(r => setTimeout(() => r({n: p.n}), 1500)) }",
-        10_000,
+        limit_ms(10_000, 60_000),
     );
     doc["limits"]["concurrency"] = json!(4);
     let rev = h.put_action(&doc).await;
