@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::action::{ActionStore, Exec, check_namespace_limits};
 use crate::container::CreateError;
 use crate::container::logs::{self, Collect};
-use crate::container::proxy::{self, Answer, ProxyClient};
+use crate::container::proxy::{self, Answer, Broken, ProxyClient};
 use crate::pool::{ContainerPool, InitState};
 use openwhisk::couchdb::{CouchDb, CouchDbError};
 use openwhisk::messages::{
@@ -180,15 +180,12 @@ impl Invoker {
                     value["code"] = Value::String(code.clone());
                 }
                 start_ms = now_ms();
-                let (answer, took) = self
-                    .proxy
-                    .init(
-                        addr,
-                        &json!({ "value": value }),
-                        limit,
-                        self.settings.payload_max,
-                    )
-                    .await;
+                let init_started = Instant::now();
+                let init_body = json!({ "value": value });
+                let (answer, took) = tokio::select! {
+                    a = self.proxy.init(addr, &init_body, limit, self.settings.payload_max) => a,
+                    () = lease.container.ended() => (Answer::Broken(Broken::Other), init_started.elapsed()),
+                };
                 init_ms = Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX));
                 let oom = matches!(answer, Answer::Broken(_)) && lease.container.oom_killed().await;
                 match proxy::init_verdict(&answer, action.limits.timeout_ms, oom) {
@@ -231,10 +228,11 @@ impl Invoker {
             if let Some(k) = &api_key {
                 body["api_key"] = k.clone();
             }
-            let (answer, _) = self
-                .proxy
-                .run(addr, &body, limit, self.settings.payload_max)
-                .await;
+            let (answer, _) = tokio::select! {
+                a = self.proxy.run(addr, &body, limit, self.settings.payload_max) => a,
+                // A sandbox that ended mid-run is a broken connection, as for a container.
+                () = lease.container.ended() => (Answer::Broken(Broken::Other), Duration::ZERO),
+            };
             timed_out = matches!(answer, Answer::Timeout);
             let oom = matches!(answer, Answer::Broken(_)) && lease.container.oom_killed().await;
             response = Some(proxy::run_response(

@@ -1457,30 +1457,11 @@ async fn a_container_killed_mid_run_is_a_developer_error_and_is_replaced() {
     let acks = h.acks_of(&a, 2).await;
     assert_eq!(acks[0]["response"]["response"]["statusCode"], json!(2));
     let error = &acks[0]["response"]["response"]["result"]["error"];
-    if network_mode() == "vm" {
-        // KNOWN DEFECT of the VM backend (issue 14, "a VMM that dies mid-run"): nothing
-        // watches QEMU's exit while a run is in flight, and a dead guest sends no FIN or RST
-        // (its kernel died with it; the TAP just drops), so the run ends at the action's time
-        // limit instead of with the container's answer. It is still the developer error it
-        // should be, and the VM is replaced below. When invoke.rs races the run against the
-        // container's exit, this arm goes and vm mode asserts the same text as the others.
-        eprintln!(
-            "[harness {}] vm mode: a VM killed mid-run ends at its time limit ({error}), not as exited unexpectedly: known defect",
-            h.id
-        );
-        assert_eq!(
-            error,
-            &json!(format!(
-                "The action exceeded its time limits of {} milliseconds.",
-                limit_ms(20_000, 30_000)
-            ))
-        );
-    } else {
-        assert_eq!(
-            error,
-            &json!("The action did not produce a valid response and exited unexpectedly.")
-        );
-    }
+    // In vm mode too: the run races QEMU's exit (a dead guest closes no connection).
+    assert_eq!(
+        error,
+        &json!("The action did not produce a valid response and exited unexpectedly.")
+    );
     assert_eq!(acks[1]["isSystemError"], json!(false));
     // The next activation gets a new container (a cold start again).
     let a = h.invoke("sleepy", Some(&rev), true, json!({"ms": 0})).await;

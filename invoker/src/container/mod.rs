@@ -169,6 +169,12 @@ pub trait Container: Send + Sync + Debug {
     async fn resume(&self) -> Result<(), BackendError>;
     /// Whether the kernel killed the container for memory.
     async fn oom_killed(&self) -> bool;
+    /// Completes when the sandbox has ended on its own. A container's processes close their
+    /// connections when they die, so a request in flight learns of it; a dead VMM's guest
+    /// closes nothing, so callers race requests against this. The default never completes.
+    async fn ended(&self) {
+        std::future::pending::<()>().await;
+    }
     /// Removes the container and gives back what it held (a network endpoint, say).
     async fn destroy(&self) -> Result<(), BackendError>;
 }

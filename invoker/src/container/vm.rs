@@ -1378,6 +1378,21 @@ impl Container for VmContainer {
         Some(&self.logs)
     }
 
+    /// QEMU's exit: the guest's connections die without a FIN or RST, so a request in
+    /// flight would wait out its time limit.
+    async fn ended(&self) {
+        match &self.vm.vmm {
+            Some(vmm) => {
+                let mut exit = vmm.exit.clone();
+                if exit.wait_for(Option::is_some).await.is_err() {
+                    // The watcher is gone without a status: the process is not watched any more.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+
     /// Stops the vCPUs; the guest's memory and connections stay as they are.
     async fn pause(&self) -> Result<(), BackendError> {
         self.qmp("pause", "stop").await
