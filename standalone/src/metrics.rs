@@ -7,7 +7,8 @@
 pub const INVOCATIONS_TOTAL: &str = "standalone_invocations_total";
 /// Histogram: time from an invoke request to its answer, by `blocking`.
 pub const INVOKE_SECONDS: &str = "standalone_invoke_seconds";
-/// Counter: HTTP requests, by `method` and `status` (the status class: `2xx`, `4xx`, `5xx`).
+/// Counter: HTTP requests, by `method` (`GET`, `PUT`, `POST`, `DELETE`, `HEAD`, `OPTIONS`,
+/// `PATCH` or `other`) and `status` (the status class: `2xx`, `4xx`, `5xx`).
 pub const REQUESTS_TOTAL: &str = "standalone_requests_total";
 /// Gauge: invokers by `state` (`up`, `unhealthy`, `down`), set when `/metrics` is read.
 pub const INVOKERS: &str = "standalone_invokers";
