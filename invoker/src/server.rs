@@ -14,6 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::invoke::Invoker;
 
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 256;
+
 /// Serves until `cancel`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -21,7 +24,7 @@ pub async fn serve(
     metrics: Option<PrometheusHandle>,
     cancel: CancellationToken,
 ) {
-    openwhisk::http::serve_http(listener, cancel, move |req| {
+    openwhisk::http::serve_http(listener, cancel, MAX_CONNECTIONS, move |req| {
         let (invoker, metrics) = (invoker.clone(), metrics.clone());
         async move { route(&invoker, metrics.as_ref(), &req).await }
     })

@@ -21,6 +21,9 @@ use crate::ids;
 use crate::metrics;
 use crate::subjects::{Identity, Subjects};
 
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 1024;
+
 /// Everything a request needs.
 #[derive(Debug)]
 pub struct App {
@@ -41,7 +44,7 @@ pub struct App {
 
 /// Serves until `cancel`; connections in progress finish on their own.
 pub async fn serve(listener: TcpListener, app: Arc<App>, cancel: CancellationToken) {
-    openwhisk::http::serve_http(listener, cancel, move |req| {
+    openwhisk::http::serve_http(listener, cancel, MAX_CONNECTIONS, move |req| {
         let app = app.clone();
         async move { handle(&app, req).await }
     })
