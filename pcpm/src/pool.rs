@@ -412,6 +412,18 @@ impl Pcpm {
     }
 }
 
+/// The last manager handle dropped without [`Pcpm::shutdown`]: the refill tasks stop (they hold
+/// their pools, not the manager, so they would go on creating pause containers for nobody).
+/// The pause containers stay for the next start's reconcile, which adopts or removes them.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if !self.cancel.is_cancelled() {
+            warn!(manager = %self.config.name, "pcpm dropped without shutdown; its pause containers stay for the next start's reconcile");
+            self.cancel.cancel();
+        }
+    }
+}
+
 /// A pause container in the pool's hands: what was seen of it when it was new.
 #[derive(Debug)]
 struct PauseContainer {

@@ -686,3 +686,24 @@ fn the_backoff_doubles_from_400_ms_to_at_most_6400_ms() {
     let ms: Vec<u128> = (1..=8).map(|f| backoff(f).as_millis()).collect();
     assert_eq!(ms, [400, 800, 1600, 3200, 6400, 6400, 6400, 6400]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_manager_dropped_without_shutdown_stops_refilling_and_is_freed() {
+    let engine = FakeEngine::new();
+    let pcpm = start(&engine, config("t-drop", 2, 4, 8, LONG)).await;
+    let k = key("t-drop");
+    pcpm.wait_idle(&k, 4, Duration::from_secs(1)).await.unwrap();
+    let pool = Arc::downgrade(&pcpm.pool(&k));
+    let shared = Arc::downgrade(&pcpm.shared);
+    drop(pcpm);
+    settle().await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(shared.upgrade().is_none(), "the manager is freed");
+    assert!(
+        pool.upgrade().is_none(),
+        "the refill task ended and let go of its pool"
+    );
+    // Nothing was created after the drop; what exists stays for the next reconcile.
+    assert_eq!(engine.create_times().len(), 4);
+    assert_eq!(engine.live().len(), 4);
+}
