@@ -670,6 +670,22 @@ impl RuncFactory {
     }
 }
 
+/// [`teardown_bundle`] on the blocking pool (unmount and removal of a tree block).
+async fn teardown_bundle_off_workers(bundle: PathBuf) -> Vec<BoxError> {
+    match tokio::task::spawn_blocking(move || teardown_bundle(&bundle)).await {
+        Ok(errors) => errors,
+        Err(e) => vec![Box::new(RuncError::Join(e))],
+    }
+}
+
+/// Logs what undoing a failed create could not undo (the create's own error is what is
+/// reported).
+fn log_teardown(container: &str, errors: Vec<BoxError>) {
+    for e in errors {
+        tracing::warn!(container, error = %openwhisk::errors::chain(e.as_ref()), "undoing a failed create");
+    }
+}
+
 /// Unmounts a bundle's overlay and removes the bundle; keeps going past errors.
 fn teardown_bundle(bundle: &Path) -> Vec<BoxError> {
     let mut errors: Vec<BoxError> = Vec::new();
@@ -806,14 +822,14 @@ impl ContainerFactory for RuncFactory {
             })
         };
         if let Err(e) = prepared {
-            teardown_bundle(&bundle);
+            log_teardown(&spec.name, teardown_bundle_off_workers(bundle).await);
             lease.release_nowait();
             return Err(CreateError::provision(e));
         }
         let (tx, rx) = logs::channel(logs::CHANNEL_CAPACITY);
         if let Err(e) = self.start(&spec.name, &bundle, tx).await {
             let _ = self.runc(&["delete", "--force", &spec.name]).await;
-            teardown_bundle(&bundle);
+            log_teardown(&spec.name, teardown_bundle_off_workers(bundle).await);
             lease.release_nowait();
             return Err(CreateError::provision(e));
         }
@@ -840,19 +856,31 @@ impl ContainerFactory for RuncFactory {
                 }
             }
         }
-        if let Ok(entries) = std::fs::read_dir(&self.bundles) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(prefix) {
-                    errors.extend(teardown_bundle(&e.path()));
+        // Unmounts and folder removals: on the blocking pool.
+        let (bundles, state, prefix_owned) =
+            (self.bundles.clone(), self.state.clone(), prefix.to_owned());
+        let swept = tokio::task::spawn_blocking(move || {
+            let mut errors = Vec::new();
+            if let Ok(entries) = std::fs::read_dir(&bundles) {
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&prefix_owned) {
+                        errors.extend(teardown_bundle(&e.path()));
+                    }
                 }
             }
-        }
-        // This invoker's folders go too when nothing is left in them (runc and the next
-        // create make them again); a folder still holding something is kept.
-        if errors.is_empty() {
-            for dir in [&self.state, &self.bundles] {
-                let _ = std::fs::remove_dir(dir);
+            // This invoker's folders go too when nothing is left in them (runc and the next
+            // create make them again); a folder still holding something is kept.
+            if errors.is_empty() {
+                for dir in [&state, &bundles] {
+                    let _ = std::fs::remove_dir(dir);
+                }
             }
+            errors
+        })
+        .await;
+        match swept {
+            Ok(e) => errors.extend(e),
+            Err(e) => errors.push(Box::new(RuncError::Join(e))),
         }
         if errors.is_empty() {
             Ok(removed)
@@ -1043,9 +1071,7 @@ impl Container for RuncContainer {
         let _ = self.runc("resume", &["resume", &self.id]).await;
         let deleted = self.runc("delete", &["delete", "--force", &self.id]).await;
         let bundle = self.bundle.clone();
-        let errors = tokio::task::spawn_blocking(move || teardown_bundle(&bundle))
-            .await
-            .unwrap_or_default();
+        let errors = teardown_bundle_off_workers(bundle).await;
         let lease = self.lease.lock().take();
         if let Some(lease) = lease {
             // Processes are gone: the slot's scrub decides whether it is reused.
