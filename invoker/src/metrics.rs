@@ -31,6 +31,19 @@ pub const RECORD_BATCH_SIZE: &str = "invoker_record_batch_records";
 /// Counter: records the database refused or never took.
 pub const RECORDS_LOST_TOTAL: &str = "invoker_records_lost_total";
 
+/// Counter: microVM boots (actions' and `auto`'s canaries), by `outcome` (`ready`,
+/// `timeout`, `exited`, `error`).
+pub const VM_BOOTS_TOTAL: &str = "invoker_vm_boots_total";
+/// Histogram: QEMU's spawn to the guest's proxy accepting connections, for boots that got
+/// there.
+pub const VM_BOOT_SECONDS: &str = "invoker_vm_boot_seconds";
+/// Gauge: 1 for the accelerator the VMs run with, 0 for the other, by `accelerator` (`tcg`,
+/// `kvm`).
+pub const VM_ACCELERATOR: &str = "invoker_vm_accelerator";
+/// Counter: `auto`'s canary boots, by `accelerator` (`tcg`, `kvm`) and `outcome` (`ready`,
+/// `timeout`, `exited`, `error`, `unavailable`: `/dev/kvm` does not open).
+pub const VM_CANARY_TOTAL: &str = "invoker_vm_canary_total";
+
 /// Every metric above, for documentation and the catalogue test.
 pub const ALL: &[&str] = &[
     ACTIVATIONS_TOTAL,
@@ -46,6 +59,10 @@ pub const ALL: &[&str] = &[
     REDELIVERED_TOTAL,
     RECORD_BATCH_SIZE,
     RECORDS_LOST_TOTAL,
+    VM_BOOTS_TOTAL,
+    VM_BOOT_SECONDS,
+    VM_ACCELERATOR,
+    VM_CANARY_TOTAL,
 ];
 
 /// The status label of a status code.
@@ -67,6 +84,7 @@ mod tests {
             include_str!("feed.rs"),
             include_str!("pool.rs"),
             include_str!("store.rs"),
+            include_str!("container/vm.rs"),
         ]
         .concat();
         let consts: Vec<&str> = include_str!("metrics.rs")

@@ -80,6 +80,8 @@ pub enum ServiceError {
     Netpool(#[from] netpool::PoolError),
     #[error("starting the netpool of VM slots (needs root)")]
     VmSlots(#[source] netpool::PoolError),
+    #[error("starting the VM backend")]
+    VmFactory(#[source] crate::container::vm::VmError),
     #[error("removing leftover action containers")]
     Leftovers(#[source] BackendError),
     #[error("the {task} task stopped on its own ({why})")]
@@ -369,7 +371,8 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
                     Arc::new(slots.clone()),
                     VmConfig::from_settings(&settings.vm, &name_prefix),
                 )
-                .await,
+                .await
+                .map_err(ServiceError::VmFactory)?,
             ),
             (None, Some(np), _) => {
                 let runc = RuncFactory::new(

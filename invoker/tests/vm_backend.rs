@@ -5,6 +5,9 @@
 //! process, file, cgroup or neighbour entry and gives the slot back; a missing kernel, a kernel
 //! QEMU cannot load and a boot timeout each give their typed error and leak nothing.
 //!
+//! `auto` on this machine, whose `/dev/kvm` is a PVM that opens but cannot run the guest, ends
+//! on TCG, says why, and leaves nothing of its canaries.
+//!
 //! Needs root. Boots cost seconds of CPU under TCG, so each test boots as few VMs as it can.
 
 #[path = "common/native.rs"]
@@ -53,6 +56,8 @@ fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
         run_dir: run_dir.to_owned(),
         cgroup_parent: Some(cgroup_parent.to_owned()),
         vcpus: 1,
+        canary_name: "wskvx0_canary".into(),
+        canary_timeout: vm::DEFAULT_CANARY_TIMEOUT,
     }
 }
 
@@ -173,7 +178,9 @@ async fn a_native_action_runs_in_a_microvm_on_a_vm_slot() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let cgroup_parent = "wsk-vm-test-vb";
-    let factory = VmFactory::new(pool.clone(), config(&run_dir, cgroup_parent)).await;
+    let factory = VmFactory::new(pool.clone(), config(&run_dir, cgroup_parent))
+        .await
+        .unwrap();
     let name = "wskvb0_1_guest_native";
 
     // A runtime image with no guest is the developer's error, before any slot is taken.
@@ -361,7 +368,7 @@ async fn faults_give_typed_errors_and_leak_nothing() {
     // A missing kernel: refused before a slot is leased or QEMU started.
     let mut missing = config(&run_dir, cgroup_parent);
     missing.kernel = dir.path().join("no-such-vmlinux");
-    let factory = VmFactory::new(pool.clone(), missing).await;
+    let factory = VmFactory::new(pool.clone(), missing).await.unwrap();
     let name = "wskvf0_1_guest_nokernel";
     let e = factory.create(&spec(name)).await.expect_err("no kernel");
     println!("{name}: {}", openwhisk::errors::chain(&e));
@@ -384,7 +391,7 @@ async fn faults_give_typed_errors_and_leak_nothing() {
     std::fs::write(&corrupt, b"this is not a kernel image\n").unwrap();
     let mut bad = config(&run_dir, cgroup_parent);
     bad.kernel = corrupt;
-    let factory = VmFactory::new(pool.clone(), bad).await;
+    let factory = VmFactory::new(pool.clone(), bad).await.unwrap();
     let name = "wskvf0_2_guest_corrupt";
     let e = factory
         .create(&spec(name))
@@ -410,7 +417,7 @@ async fn faults_give_typed_errors_and_leak_nothing() {
     // A guest that cannot boot in time.
     let mut hurried = config(&run_dir, cgroup_parent);
     hurried.boot_timeout = Duration::from_secs(1);
-    let factory = VmFactory::new(pool.clone(), hurried).await;
+    let factory = VmFactory::new(pool.clone(), hurried).await.unwrap();
     let name = "wskvf0_3_guest_slow";
     let e = factory.create(&spec(name)).await.expect_err("boot timeout");
     println!("{name}: {}", openwhisk::errors::chain(&e));
@@ -433,6 +440,99 @@ async fn faults_give_typed_errors_and_leak_nothing() {
         !Path::new("/sys/fs/cgroup/cpu").join(cgroup_parent).exists(),
         "the empty cgroup parent is left"
     );
+    drop(factory);
+    shut_down(pool).await;
+}
+
+/// This test binary's Prometheus recorder (one per process), to read the metrics back.
+fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder of this test binary")
+    })
+}
+
+/// `auto` here: `/dev/kvm` opens, but the KVM canary does not boot (the PVM hangs the guest,
+/// `shared/unikernel-notes.md` §0), so the factory runs on TCG, says why KVM was not used
+/// (also in `invoker_vm_canary_total`), and both canaries leave no QEMU, folder, cgroup,
+/// neighbour entry or leased slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_picks_tcg_here_says_why_and_leaves_nothing() {
+    let metrics = recorder();
+    assert!(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+        "this test is about a host whose /dev/kvm opens"
+    );
+    let pool = vm_pool("va", 217).await;
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let cgroup_parent = "wsk-vm-test-va";
+    let mut cfg = config(&run_dir, cgroup_parent);
+    cfg.accelerator = vm::Accelerator::Auto;
+    cfg.canary_name = "wskva0_canary".into();
+    let started = std::time::Instant::now();
+    let factory = VmFactory::new(pool.clone(), cfg).await.unwrap_or_else(|e| {
+        panic!(
+            "auto found no accelerator: {}",
+            openwhisk::errors::chain(&e)
+        )
+    });
+    println!("auto settled in {:?}", started.elapsed());
+    assert_eq!(factory.engine(), vm::Engine::Tcg);
+    let why = factory.kvm_failure().expect("the reason KVM was not used");
+    println!("kvm not used: {}", openwhisk::errors::chain(why));
+    // The device opened, so KVM failed by booting, not by being absent.
+    assert!(
+        matches!(why, vm::CanaryFailure::Boot(_)),
+        "expected a failed KVM boot, got {why:?}"
+    );
+
+    let text = metrics.render();
+    assert!(
+        text.lines()
+            .any(|l| l == r#"invoker_vm_accelerator{accelerator="tcg"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l == r#"invoker_vm_accelerator{accelerator="kvm"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("invoker_vm_canary_total{")
+                && l.contains(r#"accelerator="tcg""#)
+                && l.contains(r#"outcome="ready""#)),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("invoker_vm_canary_total{")
+                && l.contains(r#"accelerator="kvm""#)
+                && !l.contains(r#"outcome="ready""#)),
+        "{text}"
+    );
+
+    // The failed KVM canary gave its slot back without waiting for the scrub, which may
+    // still be running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while pool.stats().leased != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a canary's slot was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_nothing_left(&run_dir, cgroup_parent, "wskva0_canary", "va", &pool);
+    assert_eq!(factory.remove_all("wskva0_").await.expect("remove_all"), 0);
+    assert!(!run_dir.exists(), "the empty runtime folder is left");
     drop(factory);
     shut_down(pool).await;
 }

@@ -74,6 +74,9 @@ pub enum VmAccelerator {
     Tcg,
     /// The host's `/dev/kvm` (hardware virtualisation).
     Kvm,
+    /// Decided once when the VM backend starts: a canary guest is booted with KVM and, if
+    /// that fails, with TCG; the first that boots is used for every VM.
+    Auto,
 }
 
 /// The VM backend's settings (`whisk.invoker.vm.*`).
@@ -387,7 +390,8 @@ fn vm_settings(p: &Props<'_>) -> Result<VmSettings, SettingsError> {
     let accelerator = match p.str(key, "tcg").as_str() {
         "tcg" => VmAccelerator::Tcg,
         "kvm" => VmAccelerator::Kvm,
-        other => return Err(invalid(key, other, "expected tcg or kvm")),
+        "auto" => VmAccelerator::Auto,
+        other => return Err(invalid(key, other, "expected tcg, kvm or auto")),
     };
     let guest_dir =
         std::path::PathBuf::from(p.str("whisk.invoker.vm.guest-dir", DEFAULT_VM_GUEST_DIR));
@@ -735,8 +739,15 @@ mod tests {
         assert_eq!(s.initrd, std::path::Path::new("/i/initrd"));
         assert_eq!(s.root_images, std::path::Path::new("/g"));
         assert_eq!(s.boot_timeout, Duration::from_secs(5));
-        let e = Settings::from_vars(
+        let s = Settings::from_vars(
             vars(&[("CONFIG_whisk_invoker_vm_accelerator", "auto")]),
+            None,
+        )
+        .unwrap()
+        .vm;
+        assert_eq!(s.accelerator, VmAccelerator::Auto);
+        let e = Settings::from_vars(
+            vars(&[("CONFIG_whisk_invoker_vm_accelerator", "hvf")]),
             None,
         )
         .unwrap_err();

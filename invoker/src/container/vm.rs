@@ -24,6 +24,11 @@
 //!   file and the neighbour entry it added; [`VmFactory::remove_all`] finds QEMU processes of an
 //!   earlier run by their `-pidfile` argument under that folder, kills them and removes the
 //!   folders and cgroups.
+//! - **Accelerator:** `tcg`, `kvm`, or `auto`, which [`VmFactory::new`] settles once by booting
+//!   a canary guest (the native root image) on a slot of the factory's own pool, with KVM and
+//!   then with TCG ([`choose_accelerator`]). The canary goes through the same lease, boot and
+//!   teardown as an action's VM, so what it proves is what the actions get, and it leaves
+//!   exactly what an action's VM leaves: nothing.
 
 pub mod qmp;
 
@@ -79,6 +84,14 @@ const STDERR_TAG: &str = "err| ";
 const QMP_SOCKET: &str = "qmp";
 const PID_FILE: &str = "qemu.pid";
 const NEIGHBOUR_FILE: &str = "neighbour";
+/// The bound of a KVM canary boot under `auto`: a Linux guest that KVM can run is listening
+/// well within a second; one it cannot run (the PVM `/dev/kvm` of `shared/unikernel-notes.md`
+/// §0) never is, and this is all `auto` spends on finding that out.
+pub const DEFAULT_CANARY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The device KVM is reached through.
+const KVM_DEVICE: &str = "/dev/kvm";
+/// The canary's memory: ample for the native guest, whose proxy alone runs in it.
+const CANARY_MEMORY_MB: u64 = 256;
 /// The longest unix socket path (`sun_path` is 108 bytes with its NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -151,6 +164,137 @@ pub enum VmError {
     },
     #[error("a blocking task was lost")]
     Join(#[source] tokio::task::JoinError),
+    /// `auto` found no accelerator that boots the canary guest.
+    #[error("no accelerator boots the canary guest: kvm: {}; tcg: {}", openwhisk::errors::chain(.kvm.as_ref()), openwhisk::errors::chain(.tcg.as_ref()))]
+    NoAccelerator {
+        kvm: Box<CanaryFailure>,
+        tcg: Box<CanaryFailure>,
+    },
+}
+
+/// Why a canary boot under `auto` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CanaryFailure {
+    #[error("{KVM_DEVICE} cannot be opened")]
+    NoDevice(#[source] std::io::Error),
+    #[error("the canary guest did not boot")]
+    Boot(#[source] VmError),
+}
+
+impl CanaryFailure {
+    /// The `outcome` label of `invoker_vm_canary_total`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::NoDevice(_) => "unavailable",
+            Self::Boot(e) => boot_outcome(e),
+        }
+    }
+}
+
+/// The `outcome` label of a failed boot (`invoker_vm_boots_total`).
+fn boot_outcome(e: &VmError) -> &'static str {
+    match e {
+        VmError::BootTimeout { .. } => "timeout",
+        VmError::Exited { .. } => "exited",
+        _ => "error",
+    }
+}
+
+/// The accelerator the VMs run with, once `auto` is settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Tcg,
+    Kvm,
+}
+
+impl Engine {
+    /// The `accelerator` label, and QEMU's name for it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tcg => "tcg",
+            Self::Kvm => "kvm",
+        }
+    }
+}
+
+/// What `auto` chose, and why KVM was not it.
+#[derive(Debug)]
+pub struct Choice {
+    pub engine: Engine,
+    /// Set when the choice is TCG.
+    pub kvm_failure: Option<CanaryFailure>,
+}
+
+/// One canary boot with an accelerator, bounded by `timeout`, that leaves nothing behind; a
+/// seam so that the choice can be tested without QEMU.
+#[async_trait::async_trait]
+pub trait Canary: Send + Sync {
+    async fn boot(&self, engine: Engine, timeout: Duration) -> Result<(), VmError>;
+}
+
+/// `auto`: KVM if `/dev/kvm` opened (`kvm_device`) and the canary boots with it within
+/// `kvm_timeout`, else TCG if the canary boots with it within `tcg_timeout`, else the error
+/// naming both failures. Each attempt is counted in `invoker_vm_canary_total`.
+pub async fn choose_accelerator(
+    kvm_device: std::io::Result<()>,
+    canary: &dyn Canary,
+    kvm_timeout: Duration,
+    tcg_timeout: Duration,
+) -> Result<Choice, VmError> {
+    let count = |engine: Engine, outcome: &'static str| {
+        metrics::counter!(crate::metrics::VM_CANARY_TOTAL, "accelerator" => engine.label(), "outcome" => outcome)
+            .increment(1);
+    };
+    let kvm = match kvm_device {
+        Err(e) => Err(CanaryFailure::NoDevice(e)),
+        Ok(()) => canary
+            .boot(Engine::Kvm, kvm_timeout)
+            .await
+            .map_err(CanaryFailure::Boot),
+    };
+    let kvm_failure = match kvm {
+        Ok(()) => {
+            count(Engine::Kvm, "ready");
+            return Ok(Choice {
+                engine: Engine::Kvm,
+                kvm_failure: None,
+            });
+        }
+        Err(f) => {
+            count(Engine::Kvm, f.outcome());
+            f
+        }
+    };
+    match canary.boot(Engine::Tcg, tcg_timeout).await {
+        Ok(()) => {
+            count(Engine::Tcg, "ready");
+            Ok(Choice {
+                engine: Engine::Tcg,
+                kvm_failure: Some(kvm_failure),
+            })
+        }
+        Err(e) => {
+            let tcg = CanaryFailure::Boot(e);
+            count(Engine::Tcg, tcg.outcome());
+            Err(VmError::NoAccelerator {
+                kvm: Box::new(kvm_failure),
+                tcg: Box::new(tcg),
+            })
+        }
+    }
+}
+
+/// Whether `/dev/kvm` opens for reading and writing (what QEMU needs), on a blocking thread.
+async fn open_kvm() -> std::io::Result<()> {
+    tokio::task::spawn_blocking(|| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(KVM_DEVICE)
+            .map(drop)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }
 
 /// What the factory needs; [`VmConfig::from_settings`] builds it from `whisk.invoker.vm.*`.
@@ -172,6 +316,12 @@ pub struct VmConfig {
     /// `None` runs QEMU in the invoker's cgroup.
     pub cgroup_parent: Option<String>,
     pub vcpus: u32,
+    /// `auto`'s canary VM, named with this invoker's prefix so that `remove_all` finds it
+    /// after a crash.
+    pub canary_name: String,
+    /// The bound of `auto`'s KVM canary boot; the TCG one has `boot_timeout`, since the
+    /// factory would accept a boot that slow for an action.
+    pub canary_timeout: Duration,
 }
 
 impl VmConfig {
@@ -189,6 +339,8 @@ impl VmConfig {
             run_dir: s.dir.join(name_prefix),
             cgroup_parent: Some("wsk-vm".into()),
             vcpus: 1,
+            canary_name: format!("{name_prefix}canary"),
+            canary_timeout: DEFAULT_CANARY_TIMEOUT,
         }
     }
 }
@@ -395,6 +547,7 @@ fn vm_dir_name(run_dir: &Path, name: &str) -> Result<String, VmError> {
 #[allow(clippy::too_many_arguments)]
 fn qemu_args(
     config: &VmConfig,
+    engine: Engine,
     name: &str,
     memory_mb: u64,
     dir: &Path,
@@ -410,16 +563,19 @@ fn qemu_args(
     // microvm has no HPET or ACPI PM timer: the guest calibrates against the PIT.
     push("-M");
     push("microvm,pit=on,pic=on,rtc=on");
-    match config.accelerator {
-        Accelerator::Tcg => {
+    match engine {
+        Engine::Tcg => {
             push("-accel");
             push("tcg");
         }
-        Accelerator::Kvm => {
+        Engine::Kvm => {
             push("-accel");
             push("kvm");
+            // Without `-arch-capabilities`, QEMU aborts on a PVM `/dev/kvm`, which refuses
+            // the MSR (`shared/unikernel-notes.md` §1.4), instead of failing as a boot that
+            // `auto` can fall back from.
             push("-cpu");
-            push("host");
+            push("host,-arch-capabilities");
         }
     }
     push("-m");
@@ -772,6 +928,10 @@ async fn wait_ready(
 pub struct VmFactory {
     netpool: Arc<NetPool>,
     config: VmConfig,
+    /// The accelerator every VM runs with (`auto` settled at start).
+    engine: Engine,
+    /// Under `auto`, when TCG was chosen: why KVM was not.
+    kvm_failure: Option<CanaryFailure>,
     tsc_khz: Option<u64>,
     cgroups: Option<CgroupLayout>,
     /// The host device of each of the pool's bridges, by bridge index.
@@ -780,8 +940,9 @@ pub struct VmFactory {
 
 impl VmFactory {
     /// A factory on `netpool` (a pool of [`netpool::SlotKind::Vm`] slots). Reads the host's TSC
-    /// frequency and finds the `cpu` cgroup controller once.
-    pub async fn new(netpool: Arc<NetPool>, config: VmConfig) -> Self {
+    /// frequency and finds the `cpu` cgroup controller once; under `auto`, boots the canary
+    /// and fails when neither accelerator boots it.
+    pub async fn new(netpool: Arc<NetPool>, config: VmConfig) -> Result<Self, VmError> {
         let want_cgroup = config.cgroup_parent.is_some();
         let (tsc, cgroups) = tokio::task::spawn_blocking(move || {
             (tsc_khz(), want_cgroup.then(CgroupLayout::detect).flatten())
@@ -791,13 +952,58 @@ impl VmFactory {
         if want_cgroup && cgroups.is_none() {
             tracing::warn!("no cpu cgroup controller found: VMs run without their CPU share");
         }
-        Self {
+        let setting = config.accelerator;
+        let mut factory = Self {
             netpool,
             config,
+            engine: Engine::Tcg,
+            kvm_failure: None,
             tsc_khz: tsc,
             cgroups,
             bridges: parking_lot::Mutex::new(HashMap::new()),
+        };
+        let engine = match setting {
+            Accelerator::Tcg => Engine::Tcg,
+            Accelerator::Kvm => Engine::Kvm,
+            Accelerator::Auto => {
+                let choice = choose_accelerator(
+                    open_kvm().await,
+                    &factory,
+                    factory.config.canary_timeout,
+                    factory.config.boot_timeout,
+                )
+                .await?;
+                match &choice.kvm_failure {
+                    Some(why) => tracing::warn!(
+                        accelerator = choice.engine.label(),
+                        kvm = %openwhisk::errors::chain(why),
+                        "VM accelerator auto: KVM ({KVM_DEVICE}) does not boot the canary guest; using TCG"
+                    ),
+                    None => tracing::info!(
+                        accelerator = choice.engine.label(),
+                        "VM accelerator auto: KVM boots the canary guest"
+                    ),
+                }
+                factory.kvm_failure = choice.kvm_failure;
+                choice.engine
+            }
+        };
+        factory.engine = engine;
+        for e in [Engine::Tcg, Engine::Kvm] {
+            metrics::gauge!(crate::metrics::VM_ACCELERATOR, "accelerator" => e.label())
+                .set(if e == factory.engine { 1.0 } else { 0.0 });
         }
+        Ok(factory)
+    }
+
+    /// The accelerator the VMs run with.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Under `auto`, when it chose TCG: why KVM was not chosen.
+    pub fn kvm_failure(&self) -> Option<&CanaryFailure> {
+        self.kvm_failure.as_ref()
     }
 
     /// The host device that reaches the slot at `ip` on bridge `bridge` (the bridge itself),
@@ -843,10 +1049,13 @@ impl VmFactory {
 
     /// Everything after the lease: folder, cgroup, neighbour, QEMU, QMP, readiness. What was
     /// set up is recorded in `vm` as it is made, for [`VmParts::teardown`] when this fails.
+    #[allow(clippy::too_many_arguments)]
     async fn boot(
         &self,
         spec: &ContainerSpec,
         root: &Path,
+        engine: Engine,
+        boot_timeout: Duration,
         vm: &mut VmParts,
         logs: LineSender,
     ) -> Result<(), VmError> {
@@ -923,9 +1132,9 @@ impl VmFactory {
         .await
         .map_err(VmError::Join)??;
 
-        let tsc = match self.config.accelerator {
-            Accelerator::Tcg => self.tsc_khz,
-            Accelerator::Kvm => None,
+        let tsc = match engine {
+            Engine::Tcg => self.tsc_khz,
+            Engine::Kvm => None,
         };
         let (cmdline, left_out) =
             kernel_cmdline(ip, gateway, prefix_len, &spec.name, tsc, &spec.env);
@@ -934,6 +1143,7 @@ impl VmFactory {
         }
         let args = qemu_args(
             &self.config,
+            engine,
             &spec.name,
             spec.memory_mb,
             &vm.dir,
@@ -944,6 +1154,7 @@ impl VmFactory {
         );
         let mut cmd = std::process::Command::new(&self.config.qemu);
         cmd.args(&args);
+        let spawned_at = Instant::now();
         let spawned = {
             let lease = vm
                 .lease
@@ -975,15 +1186,15 @@ impl VmFactory {
             .map_err(VmError::Join)??;
         }
 
-        let deadline = started + self.config.boot_timeout;
+        let deadline = started + boot_timeout;
         let socket = vm.dir.join(QMP_SOCKET);
         let connected = tokio::select! {
             q = Qmp::connect(&socket, self.config.qmp_timeout) => q,
-            status = vmm.wait(self.config.boot_timeout) => {
+            status = vmm.wait(boot_timeout) => {
                 return Err(match status {
                     Some(s) => vmm.exited_error(s).await,
                     None => VmError::BootTimeout {
-                        after: self.config.boot_timeout,
+                        after: boot_timeout,
                         console: vmm.console.lock().joined(),
                     },
                 });
@@ -1002,8 +1213,85 @@ impl VmFactory {
         }
 
         let addr = SocketAddr::new(ip.into(), PROXY_PORT);
-        wait_ready(addr, vmm, deadline, self.config.boot_timeout).await?;
-        tracing::info!(vm = %spec.name, %ip, %slot, pid, boot_ms = started.elapsed().as_millis() as u64, "microVM ready");
+        wait_ready(addr, vmm, deadline, boot_timeout).await?;
+        metrics::histogram!(crate::metrics::VM_BOOT_SECONDS)
+            .record(spawned_at.elapsed().as_secs_f64());
+        tracing::info!(vm = %spec.name, %ip, %slot, pid, accelerator = engine.label(), boot_ms = started.elapsed().as_millis() as u64, "microVM ready");
+        Ok(())
+    }
+
+    /// Leases a slot and boots the guest of `kind` on it with `engine`; on failure, everything
+    /// is undone (the slot released without waiting for its scrub). Each boot is counted by
+    /// its outcome.
+    async fn start(
+        &self,
+        spec: &ContainerSpec,
+        kind: &str,
+        engine: Engine,
+        boot_timeout: Duration,
+    ) -> Result<VmContainer, VmError> {
+        let root = self.config.root_images.join(format!("root-{kind}.ext4"));
+        self.check_guest(&root).await?;
+        let dir = self
+            .config
+            .run_dir
+            .join(vm_dir_name(&self.config.run_dir, &spec.name)?);
+        let lease = self.netpool.lease().await.map_err(VmError::Lease)?;
+        let addr = SocketAddr::new(lease.ip().into(), PROXY_PORT);
+        let mut vm = VmParts {
+            name: spec.name.clone(),
+            dir,
+            dir_made: false,
+            cgroup: None,
+            neighbour: None,
+            vmm: None,
+            qmp: tokio::sync::Mutex::new(None),
+            lease: parking_lot::Mutex::new(Some(lease)),
+            qmp_timeout: self.config.qmp_timeout,
+            quit_timeout: self.config.quit_timeout,
+        };
+        let (tx, rx) = logs::channel(logs::CHANNEL_CAPACITY);
+        if let Err(e) = self
+            .boot(spec, &root, engine, boot_timeout, &mut vm, tx)
+            .await
+        {
+            metrics::counter!(crate::metrics::VM_BOOTS_TOTAL, "outcome" => boot_outcome(&e))
+                .increment(1);
+            tracing::warn!(vm = %spec.name, error = %openwhisk::errors::chain(&e), "microVM did not boot");
+            let errors = vm.teardown(false, false).await;
+            for t in &errors {
+                tracing::warn!(vm = %spec.name, error = %openwhisk::errors::chain(t.as_ref()), "cleaning up after a failed boot");
+            }
+            return Err(e);
+        }
+        metrics::counter!(crate::metrics::VM_BOOTS_TOTAL, "outcome" => "ready").increment(1);
+        Ok(VmContainer {
+            id: spec.name.clone(),
+            addr,
+            logs: Logs::new(rx),
+            vm,
+        })
+    }
+}
+
+/// The real canary: the native guest on a slot of the factory's pool, destroyed at once.
+#[async_trait::async_trait]
+impl Canary for VmFactory {
+    async fn boot(&self, engine: Engine, timeout: Duration) -> Result<(), VmError> {
+        let spec = ContainerSpec {
+            name: self.config.canary_name.clone(),
+            image: super::ImageRef::local("openwhisk/dockerskeleton"),
+            memory_mb: CANARY_MEMORY_MB,
+            cpu_shares: 1024,
+            cpus: None,
+            env: Vec::new(),
+        };
+        let c = self.start(&spec, "native", engine, timeout).await?;
+        // The canary booted, so the choice stands whatever its teardown reports; what a
+        // failed teardown left is `remove_all`'s to find (the name carries the prefix).
+        for e in c.vm.teardown(true, true).await {
+            tracing::warn!(vm = %spec.name, error = %openwhisk::errors::chain(e.as_ref()), "removing the canary VM");
+        }
         Ok(())
     }
 }
@@ -1133,47 +1421,11 @@ impl ContainerFactory for VmFactory {
                 })),
             });
         };
-        let root = self.config.root_images.join(format!("root-{kind}.ext4"));
-        self.check_guest(&root)
+        let c = self
+            .start(spec, kind, self.engine, self.config.boot_timeout)
             .await
             .map_err(CreateError::provision)?;
-        let dir = self
-            .config
-            .run_dir
-            .join(vm_dir_name(&self.config.run_dir, &spec.name).map_err(CreateError::provision)?);
-        let lease = self
-            .netpool
-            .lease()
-            .await
-            .map_err(|e| CreateError::provision(VmError::Lease(e)))?;
-        let addr = SocketAddr::new(lease.ip().into(), PROXY_PORT);
-        let mut vm = VmParts {
-            name: spec.name.clone(),
-            dir,
-            dir_made: false,
-            cgroup: None,
-            neighbour: None,
-            vmm: None,
-            qmp: tokio::sync::Mutex::new(None),
-            lease: parking_lot::Mutex::new(Some(lease)),
-            qmp_timeout: self.config.qmp_timeout,
-            quit_timeout: self.config.quit_timeout,
-        };
-        let (tx, rx) = logs::channel(logs::CHANNEL_CAPACITY);
-        if let Err(e) = self.boot(spec, &root, &mut vm, tx).await {
-            tracing::warn!(vm = %spec.name, error = %openwhisk::errors::chain(&e), "microVM did not boot");
-            let errors = vm.teardown(false, false).await;
-            for t in &errors {
-                tracing::warn!(vm = %spec.name, error = %openwhisk::errors::chain(t.as_ref()), "cleaning up after a failed boot");
-            }
-            return Err(CreateError::provision(e));
-        }
-        Ok(Box::new(VmContainer {
-            id: spec.name.clone(),
-            addr,
-            logs: Logs::new(rx),
-            vm,
-        }))
+        Ok(Box::new(c))
     }
 
     async fn remove_all(&self, prefix: &str) -> Result<usize, BackendError> {
@@ -1442,6 +1694,124 @@ mod tests {
             run_dir: "/run/wsk-vm/wskinv0".into(),
             cgroup_parent: Some("wsk-vm".into()),
             vcpus: 1,
+            canary_name: "wskinv0_canary".into(),
+            canary_timeout: DEFAULT_CANARY_TIMEOUT,
+        }
+    }
+
+    /// A canary whose boots answer as told, recording what was asked.
+    struct FakeCanary {
+        kvm: fn() -> Result<(), VmError>,
+        tcg: fn() -> Result<(), VmError>,
+        asked: parking_lot::Mutex<Vec<(Engine, Duration)>>,
+    }
+
+    impl FakeCanary {
+        fn new(kvm: fn() -> Result<(), VmError>, tcg: fn() -> Result<(), VmError>) -> Self {
+            Self {
+                kvm,
+                tcg,
+                asked: parking_lot::Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Canary for FakeCanary {
+        async fn boot(&self, engine: Engine, timeout: Duration) -> Result<(), VmError> {
+            self.asked.lock().push((engine, timeout));
+            match engine {
+                Engine::Kvm => (self.kvm)(),
+                Engine::Tcg => (self.tcg)(),
+            }
+        }
+    }
+
+    fn ready() -> Result<(), VmError> {
+        Ok(())
+    }
+
+    fn hangs() -> Result<(), VmError> {
+        Err(VmError::BootTimeout {
+            after: Duration::from_secs(10),
+            console: String::new(),
+        })
+    }
+
+    fn exits() -> Result<(), VmError> {
+        Err(VmError::Exited {
+            status: "exit status: 1".into(),
+            stderr: "qemu: no kernel".into(),
+            console: String::new(),
+        })
+    }
+
+    const KVM_T: Duration = Duration::from_secs(10);
+    const TCG_T: Duration = Duration::from_secs(60);
+
+    /// KVM boots: it is chosen, and TCG is never tried.
+    #[tokio::test]
+    async fn auto_takes_kvm_when_it_boots() {
+        let c = FakeCanary::new(ready, exits);
+        let choice = choose_accelerator(Ok(()), &c, KVM_T, TCG_T).await.unwrap();
+        assert_eq!(choice.engine, Engine::Kvm);
+        assert!(choice.kvm_failure.is_none());
+        assert_eq!(*c.asked.lock(), [(Engine::Kvm, KVM_T)]);
+    }
+
+    /// KVM's canary hangs (the PVM case): TCG, with the hang as the reason.
+    #[tokio::test]
+    async fn auto_falls_back_to_tcg_when_kvm_does_not_boot() {
+        let c = FakeCanary::new(hangs, ready);
+        let choice = choose_accelerator(Ok(()), &c, KVM_T, TCG_T).await.unwrap();
+        assert_eq!(choice.engine, Engine::Tcg);
+        match &choice.kvm_failure {
+            Some(f @ CanaryFailure::Boot(VmError::BootTimeout { .. })) => {
+                assert_eq!(f.outcome(), "timeout")
+            }
+            other => panic!("expected KVM's boot timeout, got {other:?}"),
+        }
+        assert_eq!(
+            *c.asked.lock(),
+            [(Engine::Kvm, KVM_T), (Engine::Tcg, TCG_T)]
+        );
+    }
+
+    /// `/dev/kvm` does not open: no KVM boot is tried at all.
+    #[tokio::test]
+    async fn auto_skips_kvm_when_the_device_does_not_open() {
+        let c = FakeCanary::new(ready, ready);
+        let no_device = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let choice = choose_accelerator(Err(no_device), &c, KVM_T, TCG_T)
+            .await
+            .unwrap();
+        assert_eq!(choice.engine, Engine::Tcg);
+        let why = choice.kvm_failure.expect("a reason");
+        assert!(matches!(why, CanaryFailure::NoDevice(_)), "{why:?}");
+        assert_eq!(why.outcome(), "unavailable");
+        assert!(why.to_string().contains("/dev/kvm"), "{why}");
+        assert_eq!(*c.asked.lock(), [(Engine::Tcg, TCG_T)]);
+    }
+
+    /// Neither boots: the typed error carries both failures, and its message names both.
+    #[tokio::test]
+    async fn auto_fails_naming_both_failures_when_neither_boots() {
+        let c = FakeCanary::new(hangs, exits);
+        match choose_accelerator(Ok(()), &c, KVM_T, TCG_T).await {
+            Err(e @ VmError::NoAccelerator { .. }) => {
+                let text = e.to_string();
+                let VmError::NoAccelerator { kvm, tcg } = e else {
+                    unreachable!()
+                };
+                assert!(matches!(
+                    *kvm,
+                    CanaryFailure::Boot(VmError::BootTimeout { .. })
+                ));
+                assert!(matches!(*tcg, CanaryFailure::Boot(VmError::Exited { .. })));
+                assert!(text.contains("not ready within 10s"), "{text}");
+                assert!(text.contains("qemu: no kernel"), "{text}");
+            }
+            other => panic!("expected NoAccelerator, got {other:?}"),
         }
     }
 
@@ -1514,9 +1884,10 @@ mod tests {
 
     #[test]
     fn qemu_gets_the_slot_s_tap_mac_and_the_action_s_memory() {
-        let mut c = config();
+        let c = config();
         let args = qemu_args(
             &c,
+            Engine::Tcg,
             "wskinv0_1_guest_x",
             256,
             Path::new("/run/wsk-vm/wskinv0/wskinv0_1_guest_x"),
@@ -1557,9 +1928,9 @@ mod tests {
             ["id=root,file=/g/root,,native.ext4,format=raw,if=none,readonly=on"]
         );
         assert_eq!(after("-kernel"), ["/g/vmlinux"]);
-        c.accelerator = Accelerator::Kvm;
         let args = qemu_args(
             &c,
+            Engine::Kvm,
             "n",
             128,
             Path::new("/d"),
@@ -1573,7 +1944,10 @@ mod tests {
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert!(args.windows(2).any(|w| w == ["-accel", "kvm"]));
-        assert!(args.windows(2).any(|w| w == ["-cpu", "host"]));
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["-cpu", "host,-arch-capabilities"])
+        );
     }
 
     #[test]
