@@ -106,7 +106,22 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse().command).await {
+    let command = Cli::parse().command;
+    // Stopped by a signal, the benchmark's future is dropped, which stops the invokers it
+    // started (they drain and remove their containers and pools) before the process exits.
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("bench: cannot listen for SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = tokio::select! {
+        r = run(command) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; the invokers it started were stopped")),
+        _ = term.recv() => Err(anyhow::anyhow!("terminated; the invokers it started were stopped")),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e:#}");

@@ -110,13 +110,30 @@ impl InvokerCommand {
         self
     }
 
-    /// Starts it.
+    /// Starts it. The invoker gets SIGTERM (drains and removes what it made) when the thread
+    /// that started it ends, so a test or benchmark killed by a signal leaves no invoker
+    /// behind.
     pub fn spawn(self) -> io::Result<InvokerProcess> {
-        let child = Command::new(&self.binary)
+        let parent = std::process::id();
+        let mut command = Command::new(&self.binary);
+        command
             .args(&self.args)
             .envs(self.env)
             .stdout(self.stdout.unwrap_or_else(Stdio::null))
-            .stderr(self.stderr.unwrap_or_else(Stdio::inherit))
+            .stderr(self.stderr.unwrap_or_else(Stdio::inherit));
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid, kill on itself); it allocates nothing.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(io::Error::from)?;
+                // The parent may have died before the line above: then no signal would come.
+                if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
+                    let _ = kill(nix::unistd::getpid(), Signal::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.binary.display())))?;
         Ok(InvokerProcess {
@@ -184,4 +201,87 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A stand-in for the invoker binary: writes `TERM` to `$OUT` when SIGTERM arrives.
+    fn stand_in(dir: &std::path::Path) -> PathBuf {
+        let path = dir.join("fake-invoker");
+        std::fs::write(
+            &path,
+            "#!/bin/sh\ntrap 'echo TERM > \"$OUT\"; exit 0' TERM\nwhile :; do sleep 0.05; done\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn stack() -> Stack {
+        Stack::from_env()
+    }
+
+    #[test]
+    fn the_invoker_is_told_to_stop_when_the_thread_that_started_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (binary, out) = (stand_in(dir.path()), dir.path().join("out"));
+        let out2 = out.clone();
+        // Leaked on purpose: no Drop runs, as when the test process is killed.
+        let pid = std::thread::spawn(move || {
+            let p = InvokerCommand::new(binary, &stack(), 7, "7")
+                .env("OUT", &out2)
+                .spawn()
+                .unwrap();
+            let pid = p.pid();
+            std::mem::forget(p);
+            pid
+        })
+        .join()
+        .unwrap();
+        // SIGTERM may arrive before the shell has set its trap: then it dies of the signal.
+        // Either way it ends (waitpid blocks until it does; the process is still our child).
+        let pid = Pid::from_raw(i32::try_from(pid).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)).unwrap()
+            {
+                nix::sys::wait::WaitStatus::StillAlive => {
+                    if Instant::now() > deadline {
+                        let _ = kill(pid, Signal::SIGKILL);
+                        panic!("the invoker got no SIGTERM when the thread that started it ended");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                s => break s,
+            }
+        };
+        let trapped = std::fs::read_to_string(&out).is_ok_and(|s| s.trim() == "TERM");
+        assert!(
+            trapped
+                || matches!(
+                    status,
+                    nix::sys::wait::WaitStatus::Signaled(_, Signal::SIGTERM, _)
+                ),
+            "the invoker ended otherwise: {status:?}"
+        );
+    }
+
+    #[test]
+    fn stop_drains_with_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let (binary, out) = (stand_in(dir.path()), dir.path().join("out"));
+        let mut p = InvokerCommand::new(binary, &stack(), 7, "7")
+            .env("OUT", &out)
+            .spawn()
+            .unwrap();
+        // The trap is set before the loop; give the shell a moment to reach it, bounded.
+        std::thread::sleep(Duration::from_millis(200));
+        p.stop();
+        assert!(matches!(p.try_wait(), Ok(Some(s)) if s.success()));
+        assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "TERM");
+    }
 }
