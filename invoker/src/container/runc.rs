@@ -305,6 +305,22 @@ fn docker_seccomp(profile: &Value, caps: &[&str], arch: &str, kernel: (u64, u64)
 /// Where the cgroup hierarchies are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+/// Removes the `wsk-runc` parent cgroup from every hierarchy under `root` (v1: one per
+/// controller; v2: the unified one) when it is empty; one still holding another invoker's
+/// containers refuses the removal and stays.
+fn remove_empty_cgroup_parents(root: &Path) {
+    let parent = cgroups_path("");
+    let parent = parent.trim_matches('/');
+    if root.join(parent).is_dir() {
+        let _ = std::fs::remove_dir(root.join(parent));
+    }
+    if let Ok(hierarchies) = std::fs::read_dir(root) {
+        for h in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(h.path().join(parent));
+        }
+    }
+}
+
 /// The container's cgroup, relative to each hierarchy's root (runc's `cgroupsPath`).
 fn cgroups_path(name: &str) -> String {
     format!("/wsk-runc/{name}")
@@ -874,6 +890,7 @@ impl ContainerFactory for RuncFactory {
                 for dir in [&state, &bundles] {
                     let _ = std::fs::remove_dir(dir);
                 }
+                remove_empty_cgroup_parents(Path::new(CGROUP_ROOT));
             }
             errors
         })
