@@ -174,6 +174,7 @@ async fn netns_functions(
                 cpu_shares: 128,
                 cpus: None,
                 env: Vec::new(),
+                sandbox: invoker::container::Sandbox::Mode,
             };
             let c = factory.create(&spec).await?;
             let ran = init_and_run(client, c.addr(), true).await;

@@ -179,12 +179,43 @@ impl Invoker {
                 if let Some(code) = code {
                     value["code"] = Value::String(code.clone());
                 }
+                let wasm = action.kind() == WASM_ACTION_KIND;
+                if wasm {
+                    // The unikernel stops a run at the action's time limit itself.
+                    value["timeout"] = json!(action.limits.timeout_ms);
+                }
+                let assembled = match (wasm, code) {
+                    (true, Some(code)) if !*binary => Some(assemble_wat(code.clone()).await),
+                    _ => None,
+                };
                 start_ms = now_ms();
                 let init_started = Instant::now();
-                let init_body = json!({ "value": value });
-                let (answer, took) = tokio::select! {
-                    a = self.proxy.init(addr, &init_body, limit, self.settings.payload_max) => a,
-                    () = lease.container.ended() => (Answer::Broken(Broken::Other), init_started.elapsed()),
+                let answer = match assembled {
+                    // What a runtime that refuses the code answers.
+                    Some(Err(message)) => Some((
+                        Answer::Http {
+                            status: 502,
+                            content_length: None,
+                            body: json!({ "error": message }).to_string().into_bytes(),
+                        },
+                        init_started.elapsed(),
+                    )),
+                    Some(Ok(module)) => {
+                        value["code"] = Value::String(module);
+                        value["binary"] = Value::Bool(true);
+                        None
+                    }
+                    None => None,
+                };
+                let (answer, took) = match answer {
+                    Some(failed) => failed,
+                    None => {
+                        let init_body = json!({ "value": value });
+                        tokio::select! {
+                            a = self.proxy.init(addr, &init_body, limit, self.settings.payload_max) => a,
+                            () = lease.container.ended() => (Answer::Broken(Broken::Other), init_started.elapsed()),
+                        }
+                    }
                 };
                 init_ms = Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX));
                 let oom = matches!(answer, Answer::Broken(_)) && lease.container.oom_killed().await;
@@ -520,11 +551,58 @@ fn combined_ack(msg: &ActivationMessage, a: &WhiskActivation, instance: &Invoker
     }
 }
 
+/// The kind the WebAssembly unikernel runs (`unikernel/`).
+const WASM_ACTION_KIND: &str = "wasm:0.1";
+
+/// `wasm:0.1` code given as WebAssembly text, assembled into the base64 binary module the
+/// unikernel reads; or the developer's error. Off the workers: a large module takes a while.
+async fn assemble_wat(text: String) -> Result<String, String> {
+    use base64::Engine;
+    let assembled = tokio::task::spawn_blocking(move || {
+        wat::parse_str(&text).map(|module| base64::engine::general_purpose::STANDARD.encode(module))
+    })
+    .await;
+    match assembled {
+        Ok(Ok(module)) => Ok(module),
+        Ok(Err(e)) => Err(format!(
+            "The action's WebAssembly text does not assemble: {e}"
+        )),
+        Err(e) => Err(format!(
+            "The action's WebAssembly text was not assembled: {e}"
+        )),
+    }
+}
+
 /// A parameter value as an `/init` env string: strings as is, `null` empty, others as JSON.
 fn stringify(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod wasm_tests {
+    use base64::Engine;
+
+    use super::assemble_wat;
+
+    #[tokio::test]
+    async fn webassembly_text_is_assembled_into_a_base64_module() {
+        let b64 = assemble_wat(r#"(module (func (export "_start")))"#.into())
+            .await
+            .unwrap();
+        let module = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(&module[..4], b"\0asm");
+        let e = assemble_wat("(module (func (export \"_start\") (i32.bogus)))".into())
+            .await
+            .unwrap_err();
+        assert!(
+            e.starts_with("The action's WebAssembly text does not assemble: "),
+            "{e}"
+        );
     }
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::action::{Action, Exec};
 use crate::container::{
-    Container, ContainerFactory, ContainerSpec, CreateError, ImageOrigin, ImageRef,
+    Container, ContainerFactory, ContainerSpec, CreateError, ImageOrigin, ImageRef, Sandbox,
 };
 use openwhisk::manifest::StemCell;
 
@@ -41,6 +41,8 @@ pub struct PoolConfig {
     pub env: Vec<String>,
     pub user_cpus: Option<f64>,
     pub stem_cells: Vec<(StemCell, String)>,
+    /// An action annotated `sandbox: vm` runs in a VM (`whisk.invoker.vm.allow-annotation`).
+    pub allow_vm_annotation: bool,
 }
 
 /// Whether a container's `/init` happened: the first activation in a container initializes it;
@@ -72,7 +74,7 @@ pub enum Start {
 #[derive(Debug)]
 enum Role {
     /// A stem cell of a kind, not yet initialized.
-    Prewarm { kind: String },
+    Prewarm { kind: String, sandbox: Sandbox },
     /// Serves one namespace's action.
     Warm { namespace: String, identity: String },
 }
@@ -447,6 +449,7 @@ impl Inner {
         };
         let memory = action.limits.memory_mb;
         let max_active = action.limits.concurrency.max(1);
+        let sandbox = self.sandbox_of(action, image);
         let mut s = self.state.lock();
         if s.closed {
             return Err(CreateError::ShuttingDown);
@@ -482,7 +485,7 @@ impl Inner {
             !e.destroying
                 && e.container.is_some()
                 && e.memory_mb == memory
-                && matches!(&e.role, Role::Prewarm { kind: k } if k == kind)
+                && matches!(&e.role, Role::Prewarm { kind: k, sandbox: b } if k == kind && *b == sandbox)
         });
         if let Some(e) = pre {
             e.role = Role::Warm {
@@ -532,7 +535,7 @@ impl Inner {
                 name: image.clone(),
                 origin,
             };
-            let spec = self.spec(name, image, memory);
+            let spec = self.spec(name, image, memory, sandbox);
             self.tasks
                 .spawn(self.clone().cold_start(key, spec, ready_tx, error));
             return Ok(Placement::Starting(claim));
@@ -617,7 +620,31 @@ impl Inner {
         )
     }
 
-    fn spec(&self, name: String, image: ImageRef, memory_mb: u64) -> ContainerSpec {
+    /// Where an action with this image runs: a VM for the kinds only a VM runs (`wasm:0.1`) and,
+    /// where allowed, for an action annotated `sandbox: vm`; else the mode's backend.
+    fn sandbox_of(&self, action: &Action, image: &str) -> Sandbox {
+        let annotated = || {
+            action
+                .annotation("sandbox")
+                .and_then(serde_json::Value::as_str)
+                == Some("vm")
+        };
+        if crate::container::vm::requires_vm(image)
+            || (self.config.allow_vm_annotation && annotated())
+        {
+            Sandbox::Vm
+        } else {
+            Sandbox::Mode
+        }
+    }
+
+    fn spec(
+        &self,
+        name: String,
+        image: ImageRef,
+        memory_mb: u64,
+        sandbox: Sandbox,
+    ) -> ContainerSpec {
         let share = (self.config.user_memory_mb / memory_mb.max(1)).max(1);
         ContainerSpec {
             name,
@@ -630,6 +657,7 @@ impl Inner {
                 .map(|c| ((c / share as f64) * 1e5).round() / 1e5)
                 .map(|c| c.max(0.01)),
             env: self.config.env.clone(),
+            sandbox,
         }
     }
 
@@ -687,6 +715,10 @@ impl Inner {
     }
 
     async fn start_prewarm(self: Arc<Self>, cell: StemCell, image: String) {
+        let sandbox = match crate::container::vm::requires_vm(&image) {
+            true => Sandbox::Vm,
+            false => Sandbox::Mode,
+        };
         let key = {
             let mut s = self.state.lock();
             if s.closed || s.used_mb + cell.memory_mb > self.config.user_memory_mb {
@@ -697,13 +729,14 @@ impl Inner {
             let key = self.keys.fetch_add(1, Ordering::Relaxed);
             let role = Role::Prewarm {
                 kind: cell.kind.clone(),
+                sandbox,
             };
             s.entries
                 .push(Entry::starting(key, cell.memory_mb, role, 1));
             key
         };
         let name = self.container_name("prewarm", &cell.kind);
-        let spec = self.spec(name, ImageRef::local(image), cell.memory_mb);
+        let spec = self.spec(name, ImageRef::local(image), cell.memory_mb, sandbox);
         match self.factory.create(&spec).await {
             Ok(c) => {
                 let c: Arc<dyn Container> = Arc::from(c);

@@ -28,6 +28,7 @@ fn config(user_memory_mb: u64) -> PoolConfig {
         env: vec!["__OW_API_HOST=http://localhost".into()],
         user_cpus: None,
         stem_cells: Vec::new(),
+        allow_vm_annotation: true,
     }
 }
 
@@ -790,4 +791,67 @@ async fn shutdown_waits_for_a_create_still_running_before_its_final_sweep() {
         .expect("the sweep ran");
     assert!(destroyed < swept, "{calls:?}");
     assert_eq!(fake.with(|s| s.live.len()), 0);
+}
+
+/// `action` with an annotation.
+fn annotated(mut a: Action, key: &str, value: serde_json::Value) -> Action {
+    a.annotations.push(openwhisk::messages::KeyValue {
+        key: key.into(),
+        value,
+    });
+    a.identity = format!("{}+{key}", a.identity);
+    a
+}
+
+#[tokio::test(start_paused = true)]
+async fn wasm_and_vm_annotated_actions_ask_for_a_vm_and_skip_container_stem_cells() {
+    let mut cfg = config(2048);
+    cfg.stem_cells = vec![stem_cell("nodejs:18", 256, 1)];
+    let (fake, pool) = setup(cfg);
+    pool.prewarm().await;
+    let stem = fake.with(|s| s.live.keys().next().cloned()).unwrap();
+    assert_eq!(fake.with(|s| s.sandboxes[&stem]), Sandbox::Mode);
+
+    let vm_node = annotated(
+        action("isolated", "nodejs:18", 256, 1),
+        "sandbox",
+        json!("vm"),
+    );
+    let l = acquire(&pool, &vm_node, "guest").await.unwrap();
+    assert_eq!(
+        l.start,
+        Start::Cold,
+        "a container stem cell served a VM action"
+    );
+    assert_eq!(fake.with(|s| s.sandboxes[l.container.id()]), Sandbox::Vm);
+
+    let mut wasm = action("w", "wasm:0.1", 256, 1);
+    if let Exec::Runnable { image, .. } = &mut wasm.exec {
+        *image = "openwhisk/action-wasm-v0.1:nightly".into();
+    }
+    let w = acquire(&pool, &wasm, "guest").await.unwrap();
+    assert_eq!(fake.with(|s| s.sandboxes[w.container.id()]), Sandbox::Vm);
+
+    // Any other annotation value, or none, stays in the mode's sandbox (here: the stem cell).
+    let plain = annotated(
+        action("plain", "nodejs:18", 256, 1),
+        "sandbox",
+        json!("container"),
+    );
+    let p = acquire(&pool, &plain, "guest").await.unwrap();
+    assert_eq!((p.start, p.container.id()), (Start::Prewarm, stem.as_str()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_vm_annotation_is_ignored_where_the_invoker_does_not_allow_it() {
+    let mut cfg = config(1024);
+    cfg.allow_vm_annotation = false;
+    let (fake, pool) = setup(cfg);
+    let vm_node = annotated(
+        action("isolated", "nodejs:18", 256, 1),
+        "sandbox",
+        json!("vm"),
+    );
+    let l = acquire(&pool, &vm_node, "guest").await.unwrap();
+    assert_eq!(fake.with(|s| s.sandboxes[l.container.id()]), Sandbox::Mode);
 }

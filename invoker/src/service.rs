@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::action::ActionStore;
 use crate::container::docker::{DockerFactory, Networking};
 use crate::container::proxy::ProxyClient;
+use crate::container::router::Router;
 use crate::container::runc::RuncFactory;
 use crate::container::vm::{VmConfig, VmFactory};
 use crate::container::{BackendError, ContainerFactory};
@@ -93,7 +94,8 @@ pub enum ServiceError {
 struct Pools {
     pcpm: Option<pcpm::Pcpm>,
     netpool: Option<netpool::NetPool>,
-    /// vm mode: the VM slots (a namespace with a TAP device each).
+    /// The VM slots (a namespace with a TAP device each): vm mode's pool, or the VM backend
+    /// beside a container mode's (for `wasm:0.1` and `sandbox: vm` actions).
     vm_slots: Option<netpool::NetPool>,
 }
 
@@ -159,7 +161,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     let ServiceConfig {
         settings, metrics, ..
     } = config;
-    let vm_mode = settings.network_mode == NetworkMode::Vm;
+    let has_vms = pools.vm_slots.is_some();
     let vm_dir = settings.vm.dir.clone();
 
     let wired = (|| {
@@ -265,7 +267,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     prewarm.abort();
     let removed = pool.shutdown().await;
     tracing::info!(?removed, "containers removed");
-    if vm_mode {
+    if has_vms {
         // The pool has destroyed its VMs; this also removes the factory's runtime folder and
         // cgroup parent, which outlive the last VM.
         match factory.remove_all(&format!("{name_prefix}_")).await {
@@ -384,7 +386,11 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
                 )
                 .with_image_store(&settings.runc_image_store);
                 // Unpack the managed runtimes' images before the first cold start needs them.
-                for image in manifest.images(&settings.runtimes_registry) {
+                for image in manifest
+                    .images(&settings.runtimes_registry)
+                    .into_iter()
+                    .filter(|i| !crate::container::vm::requires_vm(i))
+                {
                     if let Err(e) = runc.prepare(&image).await {
                         tracing::warn!(image, error = %openwhisk::errors::chain(&e), "cannot unpack a runtime image");
                     }
@@ -402,6 +408,17 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
                 settings.parallel_runs,
             )),
         };
+        // The container modes run the actions that ask for a VM on a VM backend beside theirs.
+        let factory: Arc<dyn ContainerFactory> =
+            if settings.network_mode != NetworkMode::Vm && wants_vms(settings, &manifest) {
+                let vms = start_vm_backend(settings, id, &name_prefix, &mut pools).await;
+                if let Err(reason) = &vms {
+                    tracing::warn!(reason, "no VM backend: wasm:0.1 actions and actions annotated sandbox: vm will fail");
+                }
+                Arc::new(Router::new(factory, vms))
+            } else {
+                factory
+            };
         let leftovers = factory
             .remove_all(&format!("{name_prefix}_"))
             .await
@@ -429,6 +446,62 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
             Err(e)
         }
     }
+}
+
+/// Whether a container mode needs a VM backend beside its own: the manifest has a kind only a
+/// VM runs (`wasm:0.1`), or actions may ask for a VM with their `sandbox` annotation.
+fn wants_vms(settings: &Settings, manifest: &Manifest) -> bool {
+    settings.vm.allow_annotation
+        || manifest
+            .images(&settings.runtimes_registry)
+            .iter()
+            .any(|image| crate::container::vm::requires_vm(image))
+}
+
+/// The VM backend beside a container mode's: its own pool of VM slots and a [`VmFactory`] on
+/// them, or why there is none (no QEMU, the slots or the factory failed). What it made is in
+/// `pools`, so the invoker's shutdown removes it.
+async fn start_vm_backend(
+    settings: &Settings,
+    id: u32,
+    name_prefix: &str,
+    pools: &mut Pools,
+) -> Result<Arc<dyn ContainerFactory>, String> {
+    let qemu = settings.vm.qemu.clone();
+    let found = tokio::task::spawn_blocking(move || executable_on_path(&qemu))
+        .await
+        .unwrap_or(false);
+    if !found {
+        return Err(format!("{} not found", settings.vm.qemu.display()));
+    }
+    let slots = start_netpool(settings, NetpoolKind::VmSlots, id)
+        .await
+        .map_err(|e| openwhisk::errors::chain(&ServiceError::VmSlots(e)))?;
+    pools.vm_slots = Some(slots.clone());
+    let factory = VmFactory::new(
+        Arc::new(slots),
+        VmConfig::from_settings(&settings.vm, name_prefix),
+    )
+    .await
+    .map_err(|e| openwhisk::errors::chain(&ServiceError::VmFactory(e)))?;
+    tracing::info!(
+        accelerator = factory.engine().label(),
+        "VM backend ready beside the containers"
+    );
+    Ok(Arc::new(factory))
+}
+
+/// `path` itself when it has a slash, else the first match on `PATH`, is an executable file.
+fn executable_on_path(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if path.components().count() > 1 {
+        return runnable(path);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|dirs| std::env::split_paths(&dirs).any(|dir| runnable(&dir.join(path))))
 }
 
 /// The pause-container pool, filled before anything (stem cells first) asks for an endpoint.
@@ -529,6 +602,7 @@ fn pool_config(settings: &Settings, manifest: &Manifest, name_prefix: &str) -> P
         env,
         user_cpus: settings.user_cpus,
         stem_cells,
+        allow_vm_annotation: settings.vm.allow_annotation,
     }
 }
 

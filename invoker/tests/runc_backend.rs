@@ -43,6 +43,7 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
         cpu_shares: 128,
         cpus: Some(0.5),
         env: vec!["__OW_API_HOST=http://127.0.0.1".into()],
+        sandbox: invoker::container::Sandbox::Mode,
     };
     // An image that is not there is the developer's error, as under Docker.
     let missing = ContainerSpec {
@@ -175,6 +176,7 @@ async fn a_runtime_image_from_the_image_store_runs_without_dockerd() {
         cpu_shares: 128,
         cpus: None,
         env: vec!["__OW_API_HOST=http://127.0.0.1".into()],
+        sandbox: invoker::container::Sandbox::Mode,
     };
     let c = factory.create(&spec).await.expect("runc create");
     let client = ProxyClient::new();

@@ -92,6 +92,7 @@ fn spec(name: &str, memory_mb: u64) -> ContainerSpec {
         cpu_shares: 128,
         cpus: None,
         env: vec!["__OW_API_HOST=http://127.0.0.1".into()],
+        sandbox: invoker::container::Sandbox::Mode,
     }
 }
 

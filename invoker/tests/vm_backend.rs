@@ -49,6 +49,8 @@ fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
         accelerator: vm::Accelerator::Tcg,
         kernel: guest_file("vmlinux"),
         initrd: guest_file("initrd.img"),
+        // Checked by the wasm tests that boot it (unikernel_backend.rs).
+        unikernel: guest_dir().join("wasm-unikernel"),
         root_images: guest_dir(),
         boot_timeout: BOOT_TIMEOUT,
         qmp_timeout: vm::DEFAULT_QMP_TIMEOUT,
@@ -84,6 +86,7 @@ fn spec(name: &str) -> ContainerSpec {
         cpu_shares: 128,
         cpus: None,
         env: vec!["__OW_API_HOST=http://127.0.0.1".into()],
+        sandbox: invoker::container::Sandbox::Mode,
     }
 }
 

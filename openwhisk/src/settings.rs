@@ -93,6 +93,12 @@ pub struct VmSettings {
     /// The folder of the read-only root images `root-<kind>.ext4` (`root-images`, default
     /// `<guest-dir>`).
     pub root_images: std::path::PathBuf,
+    /// The WebAssembly unikernel that runs every `wasm:0.1` action (`unikernel`, default
+    /// `<guest-dir>/wasm-unikernel`).
+    pub unikernel: std::path::PathBuf,
+    /// In the container modes, an action annotated `sandbox: vm` runs in a VM
+    /// (`allow-annotation`, default true).
+    pub allow_annotation: bool,
     /// Spawn to the action proxy accepting connections (`boot-timeout`).
     pub boot_timeout: Duration,
     /// Runtime state: a folder per VM with its QMP socket and pid file (`dir`).
@@ -413,6 +419,11 @@ fn vm_settings(p: &Props<'_>) -> Result<VmSettings, SettingsError> {
         kernel: path("whisk.invoker.vm.kernel", guest_dir.join("vmlinux")),
         initrd: path("whisk.invoker.vm.initrd", guest_dir.join("initrd.img")),
         root_images: path("whisk.invoker.vm.root-images", guest_dir.clone()),
+        unikernel: path(
+            "whisk.invoker.vm.unikernel",
+            guest_dir.join("wasm-unikernel"),
+        ),
+        allow_annotation: p.bool("whisk.invoker.vm.allow-annotation", true)?,
         boot_timeout,
         dir: path("whisk.invoker.vm.dir", "/run/wsk-vm".into()),
     })
@@ -721,6 +732,11 @@ mod tests {
             std::path::Path::new("/opt/whisk-tools/vm/initrd.img")
         );
         assert_eq!(s.root_images, std::path::Path::new("/opt/whisk-tools/vm"));
+        assert_eq!(
+            s.unikernel,
+            std::path::Path::new("/opt/whisk-tools/vm/wasm-unikernel")
+        );
+        assert!(s.allow_annotation);
         assert_eq!(s.boot_timeout, Duration::from_secs(60));
         assert_eq!(s.dir, std::path::Path::new("/run/wsk-vm"));
         let s = Settings::from_vars(
@@ -729,6 +745,7 @@ mod tests {
                 ("CONFIG_whisk_invoker_vm_guestDir", "/g"),
                 ("CONFIG_whisk_invoker_vm_initrd", "/i/initrd"),
                 ("CONFIG_whisk_invoker_vm_bootTimeout", "5 seconds"),
+                ("CONFIG_whisk_invoker_vm_allowAnnotation", "false"),
             ]),
             None,
         )
@@ -738,6 +755,8 @@ mod tests {
         assert_eq!(s.kernel, std::path::Path::new("/g/vmlinux"));
         assert_eq!(s.initrd, std::path::Path::new("/i/initrd"));
         assert_eq!(s.root_images, std::path::Path::new("/g"));
+        assert_eq!(s.unikernel, std::path::Path::new("/g/wasm-unikernel"));
+        assert!(!s.allow_annotation);
         assert_eq!(s.boot_timeout, Duration::from_secs(5));
         let s = Settings::from_vars(
             vars(&[("CONFIG_whisk_invoker_vm_accelerator", "auto")]),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore};
 
-use super::{BackendError, Container, ContainerFactory, ContainerSpec, CreateError};
+use super::{BackendError, Container, ContainerFactory, ContainerSpec, CreateError, Sandbox};
 
 /// One backend call, in the order the pool made them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub struct FakeState {
     pub calls: Vec<Call>,
     /// Containers that exist or are being created: id → memory in MB.
     pub live: BTreeMap<String, u64>,
+    /// What sandbox each create asked for, by name.
+    pub sandboxes: BTreeMap<String, Sandbox>,
     /// The most memory `live` ever held at once, in MB.
     pub peak_mb: u64,
     /// Creates waiting at the gate.
@@ -160,6 +162,7 @@ impl ContainerFactory for FakeFactory {
         {
             let mut s = self.shared.state.lock();
             s.calls.push(Call::Create(id.clone()));
+            s.sandboxes.insert(id.clone(), spec.sandbox);
             s.live.insert(id.clone(), spec.memory_mb);
             s.peak_mb = s.peak_mb.max(s.live_mb());
         }

@@ -13,6 +13,8 @@
 //! - [`logs`]: log sources and the collector with sentinels, limits and notices (§5.4).
 //! - [`image_store`]: runtime images read from `docker save` archives on disk, so the OCI-runtime
 //!   backend needs no Docker daemon to unpack them.
+//! - [`router`]: in the container modes, sends the specs that ask for a VM ([`Sandbox::Vm`]) to
+//!   the VM backend and the others to the container backend.
 
 pub mod docker;
 #[cfg(test)]
@@ -20,6 +22,7 @@ pub mod fake;
 pub mod image_store;
 pub mod logs;
 pub mod proxy;
+pub mod router;
 pub mod runc;
 pub mod vm;
 
@@ -63,6 +66,17 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// What kind of sandbox a spec asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Sandbox {
+    /// The invoker's backend for its network mode (a VM in `vm` mode).
+    #[default]
+    Mode,
+    /// A microVM whatever the mode: a `wasm:0.1` action (the unikernel), or an action annotated
+    /// `sandbox: vm` where the invoker allows it.
+    Vm,
+}
+
 /// What a sandbox is created with (contract §5.1): what every backend needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContainerSpec {
@@ -76,6 +90,7 @@ pub struct ContainerSpec {
     pub cpus: Option<f64>,
     /// `K=V` pairs: `__OW_API_HOST` and the configured extra variables.
     pub env: Vec<String>,
+    pub sandbox: Sandbox,
 }
 
 /// No container for a run. The variants decide the activation's answer (see

@@ -1322,6 +1322,7 @@ mod tests {
             cpu_shares: 64,
             cpus: None,
             env: vec![],
+            sandbox: crate::container::Sandbox::Mode,
         };
         let image = ImageConfig {
             rootfs: "/images/x/rootfs".into(),

@@ -306,6 +306,9 @@ pub struct VmConfig {
     pub initrd: PathBuf,
     /// The folder of `root-<kind>.ext4`.
     pub root_images: PathBuf,
+    /// The unikernel that runs every `wasm:0.1` action (`unikernel/`, built by
+    /// `runtimes/build.sh`).
+    pub unikernel: PathBuf,
     pub boot_timeout: Duration,
     pub qmp_timeout: Duration,
     pub quit_timeout: Duration,
@@ -333,6 +336,7 @@ impl VmConfig {
             kernel: s.kernel.clone(),
             initrd: s.initrd.clone(),
             root_images: s.root_images.clone(),
+            unikernel: s.unikernel.clone(),
             boot_timeout: s.boot_timeout,
             qmp_timeout: DEFAULT_QMP_TIMEOUT,
             quit_timeout: DEFAULT_QUIT_TIMEOUT,
@@ -345,6 +349,47 @@ impl VmConfig {
     }
 }
 
+/// The guest kind of `wasm:0.1` actions: our unikernel, not a Linux root image.
+pub const WASM_KIND: &str = "wasm";
+
+/// Memory the unikernel gets beyond the action's limit, which is its WebAssembly memory
+/// limit: its own heap, the compiled module, request and output buffers.
+pub const UNIKERNEL_OVERHEAD_MB: u64 = 16;
+
+/// What a VM boots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Guest {
+    /// The Linux kernel and initramfs with a kind's read-only root image.
+    Linux { root: PathBuf },
+    /// The WebAssembly unikernel: one ELF, no disk, no initramfs.
+    Unikernel,
+}
+
+impl Guest {
+    fn of_kind(config: &VmConfig, kind: &str) -> Self {
+        if kind == WASM_KIND {
+            Self::Unikernel
+        } else {
+            Self::Linux {
+                root: config.root_images.join(format!("root-{kind}.ext4")),
+            }
+        }
+    }
+
+    /// The VM's memory for an action limit of `memory_mb`.
+    fn memory_mb(&self, memory_mb: u64) -> u64 {
+        match self {
+            Self::Linux { .. } => memory_mb,
+            Self::Unikernel => memory_mb + UNIKERNEL_OVERHEAD_MB,
+        }
+    }
+}
+
+/// Whether only a VM runs this image's actions (whatever the network mode): `wasm:0.1`'s.
+pub fn requires_vm(image: &str) -> bool {
+    guest_kind(image) == Some(WASM_KIND)
+}
+
 /// The guest kind of a runtime image, i.e. which `root-<kind>.ext4` of
 /// `runtimes/vm/build-guest.sh` runs it: by the image's repository name, whatever its registry
 /// prefix and tag (the root images are built from the same inputs as the images).
@@ -355,6 +400,7 @@ pub fn guest_kind(image: &str) -> Option<&'static str> {
         "dockerskeleton" => Some("native"),
         "action-nodejs-v18" => Some("nodejs18"),
         "action-python-v3.11" => Some("python311"),
+        "action-wasm-v0.1" => Some(WASM_KIND),
         _ => None,
     }
 }
@@ -543,6 +589,26 @@ fn vm_dir_name(run_dir: &Path, name: &str) -> Result<String, VmError> {
     Ok(format!("{keep}-{hash:016x}"))
 }
 
+/// The unikernel's command line (`unikernel/kernel`): its address, the TSC frequency for its
+/// clock, and the action's memory limit as its WebAssembly memory limit. The environment
+/// reaches the action through `/init` and `/run`, as with any runtime.
+fn unikernel_cmdline(
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    prefix_len: u8,
+    tsc_khz: Option<u64>,
+    memory_mb: u64,
+) -> String {
+    let mut line = format!(
+        "ip={ip}::{gateway}:{}::eth0:off wasm_memory_mb={memory_mb}",
+        netmask(prefix_len)
+    );
+    if let Some(khz) = tsc_khz {
+        line.push_str(&format!(" tsc_khz={khz}"));
+    }
+    line
+}
+
 /// QEMU's command line for one VM.
 #[allow(clippy::too_many_arguments)]
 fn qemu_args(
@@ -551,7 +617,7 @@ fn qemu_args(
     name: &str,
     memory_mb: u64,
     dir: &Path,
-    root: &Path,
+    guest: &Guest,
     tap: &str,
     mac: &str,
     cmdline: &str,
@@ -601,13 +667,22 @@ fn qemu_args(
         "unix:{},server=on,wait=off",
         qemu_escape(&dir.join(QMP_SOCKET))
     ));
-    push("-drive");
-    push(&format!(
-        "id=root,file={},format=raw,if=none,readonly=on",
-        qemu_escape(root)
-    ));
-    push("-device");
-    push("virtio-blk-device,drive=root");
+    match guest {
+        Guest::Linux { root } => {
+            push("-drive");
+            push(&format!(
+                "id=root,file={},format=raw,if=none,readonly=on",
+                qemu_escape(root)
+            ));
+            push("-device");
+            push("virtio-blk-device,drive=root");
+        }
+        // The unikernel ends QEMU through this port on a fatal error, with its own exit code.
+        Guest::Unikernel => {
+            push("-device");
+            push("isa-debug-exit,iobase=0xf4,iosize=0x04");
+        }
+    }
     push("-netdev");
     push(&format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
     push("-device");
@@ -616,10 +691,18 @@ fn qemu_args(
     push(cmdline);
     a.push("-pidfile".into());
     a.push(dir.join(PID_FILE).into());
-    a.push("-kernel".into());
-    a.push(config.kernel.clone().into());
-    a.push("-initrd".into());
-    a.push(config.initrd.clone().into());
+    match guest {
+        Guest::Linux { .. } => {
+            a.push("-kernel".into());
+            a.push(config.kernel.clone().into());
+            a.push("-initrd".into());
+            a.push(config.initrd.clone().into());
+        }
+        Guest::Unikernel => {
+            a.push("-kernel".into());
+            a.push(config.unikernel.clone().into());
+        }
+    }
     a
 }
 
@@ -1029,12 +1112,15 @@ impl VmFactory {
 
     /// Checks that the guest's files are readable, so that a missing one is a clear error
     /// rather than QEMU's.
-    async fn check_guest(&self, root: &Path) -> Result<(), VmError> {
-        let files = [
-            ("kernel", self.config.kernel.clone()),
-            ("initramfs", self.config.initrd.clone()),
-            ("root image", root.to_owned()),
-        ];
+    async fn check_guest(&self, guest: &Guest) -> Result<(), VmError> {
+        let files = match guest {
+            Guest::Linux { root } => vec![
+                ("kernel", self.config.kernel.clone()),
+                ("initramfs", self.config.initrd.clone()),
+                ("root image", root.clone()),
+            ],
+            Guest::Unikernel => vec![("unikernel", self.config.unikernel.clone())],
+        };
         tokio::task::spawn_blocking(move || {
             for (what, path) in files {
                 if let Err(source) = std::fs::File::open(&path) {
@@ -1053,7 +1139,7 @@ impl VmFactory {
     async fn boot(
         &self,
         spec: &ContainerSpec,
-        root: &Path,
+        guest: &Guest,
         engine: Engine,
         boot_timeout: Duration,
         vm: &mut VmParts,
@@ -1136,18 +1222,26 @@ impl VmFactory {
             Engine::Tcg => self.tsc_khz,
             Engine::Kvm => None,
         };
-        let (cmdline, left_out) =
-            kernel_cmdline(ip, gateway, prefix_len, &spec.name, tsc, &spec.env);
-        if !left_out.is_empty() {
-            tracing::warn!(vm = %spec.name, keys = ?left_out, "environment variables the kernel command line cannot carry are left out");
-        }
+        let cmdline = match guest {
+            Guest::Linux { .. } => {
+                let (cmdline, left_out) =
+                    kernel_cmdline(ip, gateway, prefix_len, &spec.name, tsc, &spec.env);
+                if !left_out.is_empty() {
+                    tracing::warn!(vm = %spec.name, keys = ?left_out, "environment variables the kernel command line cannot carry are left out");
+                }
+                cmdline
+            }
+            Guest::Unikernel => {
+                unikernel_cmdline(ip, gateway, prefix_len, self.tsc_khz, spec.memory_mb)
+            }
+        };
         let args = qemu_args(
             &self.config,
             engine,
             &spec.name,
-            spec.memory_mb,
+            guest.memory_mb(spec.memory_mb),
             &vm.dir,
-            root,
+            guest,
             &tap,
             &mac,
             &cmdline,
@@ -1230,8 +1324,8 @@ impl VmFactory {
         engine: Engine,
         boot_timeout: Duration,
     ) -> Result<VmContainer, VmError> {
-        let root = self.config.root_images.join(format!("root-{kind}.ext4"));
-        self.check_guest(&root).await?;
+        let guest = Guest::of_kind(&self.config, kind);
+        self.check_guest(&guest).await?;
         let dir = self
             .config
             .run_dir
@@ -1252,7 +1346,7 @@ impl VmFactory {
         };
         let (tx, rx) = logs::channel(logs::CHANNEL_CAPACITY);
         if let Err(e) = self
-            .boot(spec, &root, engine, boot_timeout, &mut vm, tx)
+            .boot(spec, &guest, engine, boot_timeout, &mut vm, tx)
             .await
         {
             metrics::counter!(crate::metrics::VM_BOOTS_TOTAL, "outcome" => boot_outcome(&e))
@@ -1285,6 +1379,7 @@ impl Canary for VmFactory {
             cpu_shares: 1024,
             cpus: None,
             env: Vec::new(),
+            sandbox: super::Sandbox::Mode,
         };
         let c = self.start(&spec, "native", engine, timeout).await?;
         // The canary booted, so the choice stands whatever its teardown reports; what a
@@ -1688,6 +1783,7 @@ mod tests {
             kernel: "/g/vmlinux".into(),
             initrd: "/g/initrd.img".into(),
             root_images: "/g".into(),
+            unikernel: "/g/wasm-unikernel".into(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             qmp_timeout: DEFAULT_QMP_TIMEOUT,
             quit_timeout: DEFAULT_QUIT_TIMEOUT,
@@ -1891,7 +1987,9 @@ mod tests {
             "wskinv0_1_guest_x",
             256,
             Path::new("/run/wsk-vm/wskinv0/wskinv0_1_guest_x"),
-            Path::new("/g/root,native.ext4"),
+            &Guest::Linux {
+                root: "/g/root,native.ext4".into(),
+            },
             "tap0",
             "02:aa:00:00:00:02",
             "console=ttyS0",
@@ -1934,7 +2032,7 @@ mod tests {
             "n",
             128,
             Path::new("/d"),
-            Path::new("/r"),
+            &Guest::Linux { root: "/r".into() },
             "tap0",
             "m",
             "",
@@ -1948,6 +2046,64 @@ mod tests {
             args.windows(2)
                 .any(|w| w == ["-cpu", "host,-arch-capabilities"])
         );
+    }
+
+    /// A `wasm:0.1` VM boots the unikernel alone (no disk, no initramfs), with the debug-exit
+    /// port it reports faults through, the action's memory plus the overhead, and the limit
+    /// on its command line.
+    #[test]
+    fn the_unikernel_boots_alone_with_its_memory_limit() {
+        let c = config();
+        let guest = Guest::of_kind(
+            &c,
+            guest_kind("openwhisk/action-wasm-v0.1:nightly").unwrap(),
+        );
+        assert_eq!(guest, Guest::Unikernel);
+        let line = unikernel_cmdline(
+            Ipv4Addr::new(10, 232, 0, 5),
+            Ipv4Addr::new(10, 232, 0, 1),
+            24,
+            Some(2_596_000),
+            128,
+        );
+        assert_eq!(
+            line,
+            "ip=10.232.0.5::10.232.0.1:255.255.255.0::eth0:off wasm_memory_mb=128 tsc_khz=2596000"
+        );
+        let args = qemu_args(
+            &c,
+            Engine::Tcg,
+            "n",
+            guest.memory_mb(128),
+            Path::new("/d"),
+            &guest,
+            "tap0",
+            "m",
+            &line,
+        );
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let after = |flag: &str| -> Vec<&str> {
+            args.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].as_str())
+                .collect()
+        };
+        assert_eq!(after("-m"), [format!("{}M", 128 + UNIKERNEL_OVERHEAD_MB)]);
+        assert_eq!(after("-kernel"), ["/g/wasm-unikernel"]);
+        assert!(after("-initrd").is_empty() && after("-drive").is_empty());
+        assert!(after("-device").contains(&"isa-debug-exit,iobase=0xf4,iosize=0x04"));
+        assert_eq!(after("-append"), [line.as_str()]);
+        let linux = Guest::of_kind(&c, "native");
+        assert_eq!(
+            linux,
+            Guest::Linux {
+                root: "/g/root-native.ext4".into()
+            }
+        );
+        assert_eq!(linux.memory_mb(128), 128);
     }
 
     #[test]

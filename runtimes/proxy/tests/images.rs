@@ -192,6 +192,10 @@ async fn manifest_names_the_built_images() {
     let mut kinds = Vec::new();
     for family in manifest["runtimes"].as_object().unwrap().values() {
         for entry in family.as_array().unwrap() {
+            // The unikernel serves wasm:0.1 (its own suite: unikernel/); no image is built.
+            if entry["kind"] == "wasm:0.1" {
+                continue;
+            }
             kinds.push(entry["kind"].as_str().unwrap().to_owned());
             images.push(image_of(&entry["image"]));
         }
