@@ -548,7 +548,10 @@ enum NetpoolKind {
 /// invokers apart and the letter keeping the kinds apart (`w<id>` namespaces, `v<id>` VM
 /// slots), each kind in its own range.
 fn netpool_config(settings: &Settings, kind: NetpoolKind, id: u32) -> netpool::PoolConfig {
-    let np = settings.network_pool;
+    let np = match kind {
+        NetpoolKind::Containers => settings.network_pool,
+        NetpoolKind::VmSlots => settings.vm_pool,
+    };
     let (letter, (subnet, len)) = match kind {
         NetpoolKind::Containers => ('w', settings.netns_subnet),
         NetpoolKind::VmSlots => ('v', settings.vm_subnet),
@@ -570,7 +573,10 @@ async fn start_netpool(
     kind: NetpoolKind,
     id: u32,
 ) -> Result<netpool::NetPool, netpool::PoolError> {
-    let np = settings.network_pool;
+    let np = match kind {
+        NetpoolKind::Containers => settings.network_pool,
+        NetpoolKind::VmSlots => settings.vm_pool,
+    };
     let pool = netpool::NetPool::new(netpool_config(settings, kind, id)).await?;
     if let Err(e) = pool
         .wait_idle(np.high_watermark, Duration::from_secs(60))
@@ -628,6 +634,7 @@ mod tests {
     #[test]
     fn vm_slots_are_a_netpool_pool_of_their_own() {
         let s = settings(&[
+            ("CONFIG_whisk_invoker_network_mode", "vm"),
             ("CONFIG_whisk_invoker_network_pool_lowWatermark", "2"),
             ("CONFIG_whisk_invoker_network_pool_highWatermark", "4"),
         ]);
@@ -645,6 +652,26 @@ mod tests {
             (std::net::Ipv4Addr::new(10, 232, 0, 0), 16)
         );
         assert_eq!((vm.low_watermark, vm.high_watermark), (2, 4));
+        // The VM slots' own sizes, where set (vm mode: the network pool's by default).
+        let s = settings(&[
+            ("CONFIG_whisk_invoker_network_mode", "vm"),
+            ("CONFIG_whisk_invoker_network_pool_lowWatermark", "20"),
+            ("CONFIG_whisk_invoker_network_pool_highWatermark", "40"),
+            ("CONFIG_whisk_invoker_vm_pool_highWatermark", "3"),
+            ("CONFIG_whisk_invoker_vm_pool_lowWatermark", "1"),
+        ]);
+        let ns = netpool_config(&s, NetpoolKind::Containers, 1);
+        let vm = netpool_config(&s, NetpoolKind::VmSlots, 1);
+        assert_eq!((ns.low_watermark, ns.high_watermark), (20, 40));
+        assert_eq!((vm.low_watermark, vm.high_watermark), (1, 3));
+        assert_eq!(vm.max_slots, ns.max_slots);
+        // Beside a container mode: small unless set.
+        let s = settings(&[("CONFIG_whisk_invoker_network_pool_highWatermark", "40")]);
+        let vm = netpool_config(&s, NetpoolKind::VmSlots, 1);
+        assert_eq!(
+            (vm.low_watermark, vm.high_watermark, vm.max_concurrent_creates),
+            (1, 2, 2)
+        );
         vm.validate().unwrap();
         ns.validate().unwrap();
     }

@@ -76,7 +76,9 @@ impl Drop for Harness {
         if let Some(mut invoker) = self.invoker.take() {
             invoker.stop();
         }
-        if network_mode() == "vm" {
+        // Every mode has VMs: vm mode's own, or the VM backend beside the containers
+        // (wasm:0.1 and `sandbox: vm` actions).
+        {
             let left = self.vm_leftovers();
             if std::thread::panicking() {
                 // A second panic would abort the run and hide the first.
@@ -460,6 +462,17 @@ impl Harness {
             }
         }
         left
+    }
+
+    /// VM boots that ended ready, from the invoker's `/metrics` (none yet: 0).
+    async fn vm_boots(&self) -> u64 {
+        let (_, metrics) = self.http("GET", "/metrics", false).await;
+        metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix("invoker_vm_boots_total{outcome=\"ready\"} "))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
     }
 
     /// In netns mode: runc's view of this invoker's containers (id, status).
@@ -1755,4 +1768,153 @@ async fn an_action_allowing_concurrency_shares_one_container() {
         .filter(|(n, _)| n.ends_with("_guest_shared"))
         .collect();
     assert_eq!(containers.len(), 1, "{containers:?}");
+}
+
+/// A WASI command that logs a line and answers `{"echo": <its parameters>}`: argv[1] is the
+/// run's value as JSON (OpenWhisk's native-action convention, which `wasm:0.1` follows).
+const WASM_ECHO: &str = r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $sizes (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "log line from wasm\n{\"echo\":")
+  (data (i32.const 32) "}\n")
+  (func (export "_start")
+    (local $arg i32) (local $len i32)
+    (drop (call $sizes (i32.const 100) (i32.const 104)))
+    (drop (call $args (i32.const 200) (i32.const 1024)))
+    (local.set $arg (i32.load (i32.const 204)))
+    (block $end (loop $next
+      (br_if $end (i32.eqz (i32.load8_u (i32.add (local.get $arg) (local.get $len)))))
+      (local.set $len (i32.add (local.get $len) (i32.const 1)))
+      (br $next)))
+    (i32.store (i32.const 300) (i32.const 0)) (i32.store (i32.const 304) (i32.const 27))
+    (i32.store (i32.const 308) (local.get $arg)) (i32.store (i32.const 312) (local.get $len))
+    (i32.store (i32.const 316) (i32.const 32)) (i32.store (i32.const 320) (i32.const 2))
+    (drop (call $write (i32.const 1) (i32.const 300) (i32.const 3) (i32.const 400)))))"#;
+
+/// The native test action's zip as an inline (`mem:`) attachment.
+fn native_zip_code() -> Value {
+    json!({
+        "attachmentName": format!("mem:{}", base64::engine::general_purpose::URL_SAFE.encode(native::native_zip())),
+        "attachmentType": "application/octet-stream",
+    })
+}
+
+/// `wasm:0.1` actions run in the unikernel on the VM backend whatever the network mode (the
+/// container modes start one beside theirs), from WebAssembly text the invoker assembles; a
+/// trap and text that does not assemble are developer errors; and a native action annotated
+/// `sandbox: vm` runs in the Linux microVM in the container modes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wasm_actions_run_in_the_unikernel_and_annotated_actions_in_a_vm() {
+    let mut h = Harness::start_with(Options {
+        manifest: Some(manifest_without_stem_cells()),
+        ..Options::default()
+    })
+    .await;
+    let boots_before = h.vm_boots().await;
+
+    let rev = h
+        .put_action(&action_doc("echo", "wasm:0.1", WASM_ECHO, 20_000))
+        .await;
+    for name in ["zig", "zag"] {
+        let a = h
+            .invoke("echo", Some(&rev), true, json!({"name": name}))
+            .await;
+        let acks = h.acks_of(&a, 2).await;
+        assert_eq!(
+            acks[0]["response"]["response"]["result"],
+            json!({"echo": {"name": name}}),
+            "{:?}",
+            acks[0]
+        );
+        let record = h.record(&a).await;
+        assert_eq!(annotation(&record, "kind"), Some(json!("wasm:0.1")));
+        let logs = record["logs"].as_array().unwrap().clone();
+        assert_eq!(logs.len(), 1, "{logs:?}");
+        assert!(
+            logs[0]
+                .as_str()
+                .unwrap()
+                .ends_with("stdout: log line from wasm"),
+            "{logs:?}"
+        );
+    }
+    // One boot served both runs (the second was warm), and it was a VM.
+    assert_eq!(h.vm_boots().await, boots_before + 1);
+
+    let rev = h
+        .put_action(&action_doc(
+            "trap",
+            "wasm:0.1",
+            r#"(module (func (export "_start") unreachable))"#,
+            20_000,
+        ))
+        .await;
+    let a = h.invoke("trap", Some(&rev), true, json!({})).await;
+    let acks = h.acks_of(&a, 2).await;
+    assert_eq!(
+        acks[0]["response"]["response"],
+        json!({"statusCode": 2, "result": {"error": "The action did not return a dictionary or array."}}),
+        "{:?}",
+        acks[0]
+    );
+    let logs = h.record(&a).await["logs"].clone();
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("stderr: wasm trap")),
+        "{logs}"
+    );
+
+    let rev = h
+        .put_action(&action_doc("broken", "wasm:0.1", "(module (func", 20_000))
+        .await;
+    let a = h.invoke("broken", Some(&rev), true, json!({})).await;
+    let acks = h.acks_of(&a, 2).await;
+    assert_eq!(acks[0]["response"]["response"]["statusCode"], json!(2));
+    let error = acks[0]["response"]["response"]["result"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.starts_with("The action's WebAssembly text does not assemble: "),
+        "{error}"
+    );
+
+    if network_mode() != "vm" {
+        // The annotation moves a native action into the Linux microVM.
+        let boots = h.vm_boots().await;
+        let mut doc = json!({"_id": "guest/isolated", "entityType": "action", "namespace": "guest",
+            "name": "isolated", "exec": {"kind": "blackbox", "image": "openwhisk/dockerskeleton:nightly",
+            "binary": true, "code": native_zip_code()},
+            "parameters": [], "limits": {"timeout": 60_000, "memory": 256, "logs": 10, "concurrency": 1},
+            "version": "0.0.1", "publish": false,
+            "annotations": [{"key": "sandbox", "value": "vm"}]});
+        let rev = h.put_action(&doc).await;
+        doc["_rev"] = json!(rev);
+        let a = h
+            .invoke("isolated", Some(&rev), true, json!({"name": "vm"}))
+            .await;
+        let acks = h.acks_of(&a, 2).await;
+        assert_eq!(
+            acks[0]["response"]["response"]["result"],
+            json!({"native": "vm"}),
+            "{:?}",
+            acks[0]
+        );
+        assert_eq!(
+            h.vm_boots().await,
+            boots + 1,
+            "the annotated action ran outside a VM"
+        );
+        let containers = h.containers().await;
+        assert!(
+            containers
+                .iter()
+                .all(|(n, _)| !n.ends_with("_guest_isolated")),
+            "a Docker container ran the VM action: {containers:?}"
+        );
+    }
 }

@@ -109,7 +109,7 @@ pub struct VmSettings {
 pub const DEFAULT_VM_GUEST_DIR: &str = "/opt/whisk-tools/vm";
 
 /// Sizes of the network endpoint pool (`whisk.invoker.network.pool.*`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetworkPoolSizes {
     pub low_watermark: usize,
     pub high_watermark: usize,
@@ -171,6 +171,10 @@ pub struct Settings {
     /// Where action containers get their network.
     pub network_mode: NetworkMode,
     pub network_pool: NetworkPoolSizes,
+    /// The VM slots' pool (`whisk.invoker.vm.pool.*`): in vm mode each size defaults to the
+    /// network pool's; beside a container mode, where the VM backend serves only `wasm:0.1` and
+    /// `sandbox: vm` actions, to low 1, high 2, 2 creates at a time (and the network pool's max).
+    pub vm_pool: NetworkPoolSizes,
     /// netns mode: the namespaces' address range (`whisk.invoker.network.netns.subnet`).
     pub netns_subnet: (std::net::Ipv4Addr, u8),
     /// vm mode: the VM slots' address range (`whisk.invoker.network.vm.subnet`), apart from
@@ -237,7 +241,7 @@ impl Settings {
             "whisk.spi.LogStoreProvider",
             "org.apache.openwhisk.core.containerpool.logging.DockerToActivationLogStoreProvider",
         );
-        let settings = Self {
+        let mut settings = Self {
             port,
             kafka_hosts,
             runtimes_manifest,
@@ -312,6 +316,7 @@ impl Settings {
                 ),
                 fallback: p.bool("whisk.invoker.network.pool.fallback", true)?,
             },
+            vm_pool: NetworkPoolSizes::default(),
             netns_subnet: subnet(&p, "whisk.invoker.network.netns.subnet", "10.230.0.0/16")?,
             vm_subnet: subnet(&p, "whisk.invoker.network.vm.subnet", "10.232.0.0/16")?,
             runc_dir: p
@@ -330,6 +335,32 @@ impl Settings {
                 .max(1),
             couchdb,
             properties: props.clone(),
+        };
+        // The VM backend beside a container mode serves only the actions that ask for a VM:
+        // a small pool unless told otherwise.
+        let np = match settings.network_mode {
+            NetworkMode::Vm => settings.network_pool,
+            _ => NetworkPoolSizes {
+                low_watermark: 1,
+                high_watermark: 2,
+                max_concurrent_creates: 2,
+                ..settings.network_pool
+            },
+        };
+        let int_or = |key: &str, default: usize| -> Result<usize, SettingsError> {
+            Ok(count(
+                p.int(key, u64::try_from(default).unwrap_or(u64::MAX))?,
+            ))
+        };
+        settings.vm_pool = NetworkPoolSizes {
+            low_watermark: int_or("whisk.invoker.vm.pool.low-watermark", np.low_watermark)?,
+            high_watermark: int_or("whisk.invoker.vm.pool.high-watermark", np.high_watermark)?,
+            max: int_or("whisk.invoker.vm.pool.max", np.max)?,
+            max_concurrent_creates: int_or(
+                "whisk.invoker.vm.pool.max-concurrent-creates",
+                np.max_concurrent_creates,
+            )?,
+            fallback: false,
         };
         settings.validate()?;
         Ok(settings)
@@ -351,13 +382,17 @@ impl Settings {
                 "must be above 0",
             ));
         }
-        let np = self.network_pool;
-        if np.low_watermark > np.high_watermark || np.high_watermark > np.max || np.max == 0 {
-            return Err(invalid(
-                "whisk.invoker.network.pool",
-                &format!("{np:?}"),
-                "needs low-watermark <= high-watermark <= max and max >= 1",
-            ));
+        for (key, np) in [
+            ("whisk.invoker.network.pool", self.network_pool),
+            ("whisk.invoker.vm.pool", self.vm_pool),
+        ] {
+            if np.low_watermark > np.high_watermark || np.high_watermark > np.max || np.max == 0 {
+                return Err(invalid(
+                    key,
+                    &format!("{np:?}"),
+                    "needs low-watermark <= high-watermark <= max and max >= 1",
+                ));
+            }
         }
         for (k, b) in [
             ("whisk.memory", self.memory_mb),
