@@ -122,7 +122,8 @@ def plot_docker_start(report, out):
 
 
 def plot_coldstart(report, out):
-    modes = sorted({c["mode"] for c in report["cells"]}, key=lambda m: ["bridge", "pcpm", "netns"].index(m) if m in ["bridge", "pcpm", "netns"] else 9)
+    order = ["bridge", "pcpm", "netns", "vm", "unikernel"]
+    modes = sorted({c["mode"] for c in report["cells"]}, key=lambda m: order.index(m) if m in order else 9)
     sizes = sorted({c["n"] for c in report["cells"]})
     cell = {(c["mode"], c["n"]): c for c in report["cells"]}
     timelines = report.get("timelines", {})
@@ -131,13 +132,16 @@ def plot_coldstart(report, out):
         axes = [axes]
     ax = axes[0]
     for mode in modes:
-        med = [cell[(mode, n)]["total"]["p50_s"] for n in sizes]
-        hi = [cell[(mode, n)]["total"]["max_s"] - m for n, m in zip(sizes, med)]
-        color = {"bridge": "C0", "pcpm": "C2", "netns": "C3"}.get(mode, "C4")
-        ax.errorbar(sizes, med, yerr=[[0] * len(med), hi], marker="o", capsize=3, color=color,
+        # A column may stop below the largest N (vm: N <= 50).
+        ns = [n for n in sizes if (mode, n) in cell]
+        med = [cell[(mode, n)]["total"]["p50_s"] for n in ns]
+        hi = [cell[(mode, n)]["total"]["max_s"] - m for n, m in zip(ns, med)]
+        color = {"bridge": "C0", "pcpm": "C2", "netns": "C3", "vm": "C5", "unikernel": "C4"}.get(mode, "C6")
+        ax.errorbar(ns, med, yerr=[[0] * len(med), hi], marker="o", capsize=3, color=color,
                     label=f"{mode} total")
-        p99 = [cell[(mode, n)]["each"]["p99_s"] for n in sizes]
-        ax.plot(sizes, p99, linestyle=":", marker=".", color=color, label=f"{mode} p99 of each")
+        p99 = [cell[(mode, n)]["each"]["p99_s"] for n in ns]
+        ax.plot(ns, p99, linestyle=":", marker=".", color=color, label=f"{mode} p99 of each")
+    ax.set_yscale("log")
     ax.set_xlabel("concurrent cold-start activations N")
     ax.set_ylabel("seconds (total: median of rounds, whisker = max)")
     ratios = ", ".join(f"{m} {r:.2f}" for m, r in report["ratios_at_max_n"].items() if m != "bridge")

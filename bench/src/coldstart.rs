@@ -5,6 +5,10 @@
 //! the paper, and times each from produce to its result. Per cell: p50, p99, max of the
 //! activations and the total until the last result; for N = 50 the timeline of every
 //! activation, split into queue + container start (produce → `/init` start), init and run.
+//!
+//! Columns: `bridge`, `pcpm`, `netns` (Node.js in containers), `vm` (Node.js in the Linux
+//! microVM guest, N ≤ 50) and `unikernel` (the sieve as a WebAssembly module, `wasm:0.1`, in our
+//! unikernel); the last two run an invoker in vm mode, so under TCG on this machine.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -28,6 +32,31 @@ use testkit::stack::Stack;
 use crate::machine::Machine;
 use crate::stats::Summary;
 
+/// The same sieve as a WebAssembly command for the `unikernel` column (`wasm:0.1`), deployed as
+/// a binary module as `wsk action create --kind wasm:0.1` would.
+const SIEVE_WAT: &str = include_str!("../../unikernel/functions/sieve.wat");
+
+/// The largest N of the `vm` column: every Linux guest boots its kernel and Node.js under TCG
+/// (seconds of CPU each on 2 cores; `runtimes/vm/README.md`), so N = 100 would take many minutes
+/// per round and says nothing N = 50 does not.
+const VM_MAX_N: usize = 50;
+
+/// The invoker's network mode for a column: `unikernel` is vm mode running `wasm:0.1`.
+fn network_mode(column: &str) -> &str {
+    match column {
+        "unikernel" => "vm",
+        other => other,
+    }
+}
+
+/// The sizes a column runs.
+fn sizes_of(column: &str, sizes: &[usize]) -> Vec<usize> {
+    match column {
+        "vm" => sizes.iter().copied().filter(|n| *n <= VM_MAX_N).collect(),
+        _ => sizes.to_vec(),
+    }
+}
+
 const SIEVE: &str = "function main(p) { const n = p.n || 20000; const s = new Uint8Array(n + 1); let c = 0; for (let i = 2; i <= n; i++) { if (!s[i]) { c++; for (let j = i * i; j <= n; j += i) s[j] = 1; } } return {primes: c}; }";
 
 /// Benchmark parameters.
@@ -45,7 +74,9 @@ impl Default for ColdstartParams {
         Self {
             sizes: vec![1, 10, 25, 50, 75, 100],
             rounds: 3,
-            modes: vec!["bridge".into(), "pcpm".into(), "netns".into()],
+            modes: ["bridge", "pcpm", "netns", "vm", "unikernel"]
+                .map(String::from)
+                .to_vec(),
             timeline_n: 50,
         }
     }
@@ -81,8 +112,11 @@ pub struct ColdstartReport {
     pub rounds: usize,
     pub cells: Vec<Cell>,
     pub timelines: HashMap<String, Vec<Span>>,
-    /// Median total at the largest N, per mode, over bridge's.
+    /// Median total at the largest N, per mode, over bridge's (a mode that did not run that N
+    /// is left out).
     pub ratios_at_max_n: HashMap<String, f64>,
+    /// Median of each activation (produce → result) at N = 1, per mode, over bridge's.
+    pub ratios_p50_at_n1: HashMap<String, f64>,
     /// Per mode: p99 of each activation at the largest N over p99 at the smallest N.
     pub p99_growth: HashMap<String, f64>,
 }
@@ -149,6 +183,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
     let manifest = manifest_without_stem_cells()?;
     let user = Identity::guest(&[]);
     let docker = pcpm::docker::connect().await?;
+    let sieve_wasm = wat::parse_str(SIEVE_WAT).context("unikernel/functions/sieve.wat")?;
 
     let mut cells = Vec::new();
     let mut timelines = HashMap::new();
@@ -156,8 +191,11 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         let id = 900 + u32::try_from(m).unwrap_or(0);
         let port = 19_000 + u16::try_from(m).unwrap_or(0);
         let prefix = format!("wskcs{id}{id}_");
-        // netns mode: runc keeps a folder per container under the invoker's state root.
+        // netns mode: runc keeps a folder per container under the invoker's state root; the VM
+        // backend a folder per VM.
         let runc_state = std::path::PathBuf::from(format!("/run/wsk-runc/wskcs{id}{id}"));
+        let vm_state = std::path::PathBuf::from(format!("/run/wsk-vm/wskcs{id}{id}"));
+        let sizes = sizes_of(mode, &p.sizes);
         println!("== mode {mode}: starting invoker {id}");
         let _invoker =
             InvokerCommand::new("target/release/invoker", &stack, id, &format!("cs{id}"))
@@ -170,10 +208,13 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                     "CONFIG_whisk_containerProxy_timeouts_idleContainer",
                     "2 seconds",
                 )
-                .env("CONFIG_whisk_invoker_network_mode", mode)
+                .env("CONFIG_whisk_invoker_network_mode", network_mode(mode))
                 // netns mode: a range of its own beside the quickstart's invoker 0, which keeps
                 // the default 10.230.0.0/16 (netpool refuses a pool overlapping another).
                 .env("CONFIG_whisk_invoker_network_netns_subnet", "10.231.0.0/16")
+                // Likewise the VM slots (vm mode's, or the VM backend's beside a container
+                // mode's), apart from the quickstart's 10.232.0.0/16.
+                .env("CONFIG_whisk_invoker_network_vm_subnet", "10.233.0.0/16")
                 .env(
                     "CONFIG_whisk_invoker_network_pool_lowWatermark",
                     POOL_READY.to_string(),
@@ -192,15 +233,22 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         let mut errors: HashMap<usize, usize> = HashMap::new();
         let mut busy: HashMap<usize, Vec<f64>> = HashMap::new();
         for round in 0..p.rounds {
-            for &n in &p.sizes {
+            for &n in &sizes {
                 // Actions named for this cell: nothing can be warm.
                 let mut revs = Vec::new();
                 for i in 0..n {
                     let name = format!("sieve-{mode}-r{round}-n{n}-{i}");
-                    let mut doc = ActionDocument::new(
-                        "guest",
-                        &name,
-                        Exec::Managed(CodeExec {
+                    let exec = match mode.as_str() {
+                        "unikernel" => CodeExec {
+                            kind: "wasm:0.1".into(),
+                            code: Some(Code::Attachment(AttachmentRef::inline(
+                                &sieve_wasm,
+                                action::BINARY_CODE_TYPE,
+                            ))),
+                            main: None,
+                            binary: true,
+                        },
+                        _ => CodeExec {
                             kind: "nodejs:default".into(),
                             code: Some(Code::Attachment(AttachmentRef::inline(
                                 SIEVE.as_bytes(),
@@ -208,11 +256,14 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                             ))),
                             main: None,
                             binary: false,
-                        }),
-                    );
+                        },
+                    };
+                    let mut doc = ActionDocument::new("guest", &name, Exec::Managed(exec));
                     doc.limits = ActionLimits {
                         timeout: 300_000,
-                        memory: 128,
+                        // A Linux guest runs Node.js in its own kernel: more than the
+                        // container's 128 MB would be tight.
+                        memory: if mode == "vm" { 256 } else { 128 },
                         ..ActionLimits::default()
                     };
                     revs.push((
@@ -299,12 +350,12 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 if n == p.timeline_n && round + 1 == p.rounds {
                     timelines.insert(mode.clone(), spans);
                 }
-                wait_no_containers(&docker, &prefix, &runc_state).await?;
+                wait_no_containers(&docker, &prefix, &[&runc_state, &vm_state]).await?;
                 wait_pool_ready(port, mode).await?;
                 wait_cpu_quiet().await;
             }
         }
-        for &n in &p.sizes {
+        for &n in &sizes {
             cells.push(Cell {
                 mode: mode.clone(),
                 n,
@@ -327,6 +378,19 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         .modes
         .iter()
         .map(|m| (m.clone(), median(m) / median("bridge")))
+        .filter(|(_, r)| r.is_finite())
+        .collect();
+    let each_p50 = |mode: &str| {
+        cells
+            .iter()
+            .find(|c| c.mode == mode && c.n == 1)
+            .map_or(f64::NAN, |c| c.each.p50_s)
+    };
+    let ratios_p50_at_n1 = p
+        .modes
+        .iter()
+        .map(|m| (m.clone(), each_p50(m) / each_p50("bridge")))
+        .filter(|(_, r)| r.is_finite())
         .collect();
     let min_n = p.sizes.iter().copied().min().unwrap_or(1);
     let p99 = |mode: &str, n: usize| {
@@ -338,7 +402,10 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
     let p99_growth = p
         .modes
         .iter()
-        .map(|m| (m.clone(), p99(m, max_n) / p99(m, min_n)))
+        .map(|m| {
+            let top = sizes_of(m, &p.sizes).into_iter().max().unwrap_or(max_n);
+            (m.clone(), p99(m, top) / p99(m, min_n))
+        })
         .collect();
     for d in [&whisks, &activations] {
         let _ = db.delete_db(d).await;
@@ -349,6 +416,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         cells,
         timelines,
         ratios_at_max_n,
+        ratios_p50_at_n1,
         p99_growth,
     })
 }
@@ -436,7 +504,7 @@ const POOL_READY: u64 = 100;
 async fn wait_pool_ready(port: u16, mode: &str) -> Result<()> {
     let (idle, leased) = match mode {
         "pcpm" => ("pcpm_pause_containers_idle", "pcpm_pause_containers_leased"),
-        "netns" => ("netpool_slots_idle", "netpool_slots_leased"),
+        "netns" | "vm" | "unikernel" => ("netpool_slots_idle", "netpool_slots_leased"),
         _ => return Ok(()),
     };
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -468,12 +536,13 @@ async fn wait_pool_ready(port: u16, mode: &str) -> Result<()> {
     }
 }
 
-/// Waits until the invoker removed its idle action containers (idle timeout 2 s): Docker's and,
-/// in netns mode, runc's (`runc_state` holds a folder per container).
+/// Waits until the invoker removed its idle action containers (idle timeout 2 s): Docker's and
+/// the ones in `state_dirs`, which hold a folder per container (runc's state in netns mode, the
+/// VM backend's folders).
 async fn wait_no_containers(
     docker: &bollard::Docker,
     prefix: &str,
-    runc_state: &std::path::Path,
+    state_dirs: &[&std::path::Path],
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -482,7 +551,10 @@ async fn wait_no_containers(
             .all(true)
             .filters(&filters)
             .build();
-        let runc_left = std::fs::read_dir(runc_state).map_or(0, |d| d.flatten().count());
+        let runc_left: usize = state_dirs
+            .iter()
+            .map(|dir| std::fs::read_dir(dir).map_or(0, |d| d.flatten().count()))
+            .sum();
         if docker.list_containers(Some(options)).await?.is_empty() && runc_left == 0 {
             return Ok(());
         }
