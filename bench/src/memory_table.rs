@@ -5,7 +5,15 @@
 //! - `warm`: 50 containers with the action initialized and run once (each function: `/run`);
 //! - `prewarm`: 50 stem cells, the runtime started but no action (each: `/init`, `/run`);
 //! - `pcpm`: 50 pause containers (each: create and start joined to one, `/init`, `/run`);
-//! - `netns`: 50 netpool namespaces (each function: runc with the namespace, `/init`, `/run`).
+//! - `netns`: 50 netpool namespaces (each function: runc with the namespace, `/init`, `/run`);
+//! - `vm`: Linux microVMs (QEMU, TCG) on netpool VM slots, Node.js initialized and run once
+//!   (each function: boot, `/init`, `/run`); 10 of them, not 50 (each boots a kernel under TCG
+//!   and keeps about 200 MiB);
+//! - `unikernel`: our WebAssembly unikernels on VM slots with the sieve module initialized and
+//!   run once (each function: boot, `/init`, `/run`).
+//!
+//! For the VM rows the idle objects' CPU is measured too (utime + stime of their QEMU
+//! processes over 5 s while idle, in cores).
 //!
 //! Memory is measured, not estimated: for the 50 idle objects, the PSS of every process they
 //! keep (container processes and their `containerd-shim`s), what their cgroups are charged, and
@@ -45,6 +53,8 @@ pub struct Row {
     pub committed_kib: i64,
     /// Time for 50 concurrent functions from this state, seconds (None: not measured).
     pub total_s: Option<f64>,
+    /// VM rows: CPU the idle objects use together, in cores (None: not measured).
+    pub idle_cpu_cores: Option<f64>,
 }
 
 /// Everything `bench memory` writes.
@@ -56,7 +66,7 @@ pub struct MemoryReport {
     pub method: &'static str,
 }
 
-const METHOD: &str = "For each scenario the machine starts with none of our containers; the kernel's /proc/meminfo is read, the N objects are created and left idle for 2 s, then: the PSS (smaps_rollup) of every process in each container (the init process and its descendants) and of each container's containerd-shim, each container's memory cgroup charge (user + kernel), and the growth of SUnreclaim + KernelStack + PageTables + Percpu. committed = PSS + kernel growth. Times: N concurrent functions from that state at the container level, one sample.";
+const METHOD: &str = "VM rows (vm, unikernel): the PSS of each VM's QEMU process (guest memory it touched included), the kernel's growth as below, no cgroup charge; time: the VMs booted, initialized and run concurrently from nothing; idle CPU: utime+stime of the QEMU processes over 5 s while idle. Other rows: for each scenario the machine starts with none of our containers; the kernel's /proc/meminfo is read, the N objects are created and left idle for 2 s, then: the PSS (smaps_rollup) of every process in each container (the init process and its descendants) and of each container's containerd-shim, each container's memory cgroup charge (user + kernel), and the growth of SUnreclaim + KernelStack + PageTables + Percpu. committed = PSS + kernel growth. Times: N concurrent functions from that state at the container level, one sample.";
 
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -269,6 +279,7 @@ fn row(
         committed_kib: i64::try_from(processes.pss_kib).unwrap_or(0)
             + kernel.unreclaimable_kib.max(0),
         total_s,
+        idle_cpu_cores: None,
     })
 }
 
@@ -403,10 +414,171 @@ pub async fn run(n: usize) -> Result<MemoryReport> {
     );
     rows.push(netns_row);
 
+    // vm and unikernel: VMs on netpool VM slots, as the invoker's VM backend runs them.
+    for (scenario, count) in [("vm", n.min(VM_ROW_MAX)), ("unikernel", n)] {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = vm_row(scenario, count, &client).await?;
+        println!(
+            "{scenario}: {} KiB PSS for {count}, idle CPU {:.3} cores, {count} functions in {:.1} s",
+            r.processes.pss_kib,
+            r.idle_cpu_cores.unwrap_or(f64::NAN),
+            r.total_s.unwrap_or(f64::NAN)
+        );
+        rows.push(r);
+    }
+
     Ok(MemoryReport {
         machine: Machine::describe(),
         n,
         rows,
         method: METHOD,
     })
+}
+
+/// The `vm` row keeps this many Linux guests (see the module docs).
+const VM_ROW_MAX: usize = 10;
+
+/// The sieve as a WebAssembly module, base64 for `/init` (as the invoker sends binary code).
+fn sieve_wasm_b64() -> Result<String> {
+    use base64::Engine;
+    let module = wat::parse_str(include_str!("../../unikernel/functions/sieve.wat"))
+        .context("unikernel/functions/sieve.wat")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(module))
+}
+
+/// `count` VMs of `scenario` (`vm`: the Linux guest with Node.js; `unikernel`: wasm), booted,
+/// initialized and run once concurrently (the time), then idle: PSS of their QEMU processes,
+/// the kernel's growth, their idle CPU.
+async fn vm_row(scenario: &'static str, count: usize, client: &reqwest::Client) -> Result<Row> {
+    use invoker::container::vm::{VmConfig, VmFactory};
+    use invoker::container::{ContainerFactory, ContainerSpec, ImageRef, Sandbox};
+    let settings = openwhisk::settings::Settings::from_vars(
+        [
+            ("KAFKA_HOSTS".to_owned(), "127.0.0.1:9092".to_owned()),
+            ("RUNTIMES_MANIFEST".to_owned(), "{}".to_owned()),
+        ],
+        None,
+    )?;
+    let run_dir = std::env::temp_dir().join(format!("bench-memory-vm-{}", std::process::id()));
+    let mut config = VmConfig::from_settings(&settings.vm, "wskbv");
+    config.run_dir = run_dir.clone();
+    config.cgroup_parent = Some("wsk-bench-vm".into());
+    let (image, init) = match scenario {
+        "vm" => (
+            NODE_IMAGE,
+            json!({"value": {"name": "sieve", "main": "main", "binary": false, "code": SIEVE}}),
+        ),
+        _ => (
+            "openwhisk/action-wasm-v0.1:nightly",
+            json!({"value": {"name": "sieve", "main": "main", "binary": true,
+                             "code": sieve_wasm_b64()?, "timeout": 60_000}}),
+        ),
+    };
+    let before = KernelMemory::now()?;
+    let mut cfg = netpool::PoolConfig::new("bmv", std::net::Ipv4Addr::new(10, 207, 0, 0), 16);
+    cfg.kind = netpool::SlotKind::Vm;
+    cfg.high_watermark = count;
+    cfg.low_watermark = count;
+    cfg.max_slots = count;
+    let np = std::sync::Arc::new(netpool::NetPool::new(cfg).await?);
+    np.wait_idle(count, Duration::from_secs(120)).await?;
+    let factory = VmFactory::new(np.clone(), config).await?;
+    let t0 = Instant::now();
+    let made = futures::future::join_all((0..count).map(|i| {
+        let (factory, init) = (&factory, &init);
+        async move {
+            let spec = ContainerSpec {
+                name: format!("wskbv_{i}_{scenario}"),
+                image: ImageRef::local(image),
+                memory_mb: if scenario == "vm" { 256 } else { 128 },
+                cpu_shares: 128,
+                cpus: None,
+                env: Vec::new(),
+                sandbox: Sandbox::Vm,
+            };
+            let c = factory.create(&spec).await?;
+            let ran = async {
+                post(client, c.addr(), "/init", init).await?;
+                let v = post(client, c.addr(), "/run", &json!({"value": {"n": 20000}})).await?;
+                if v.get("primes").is_none() {
+                    bail!("unexpected result {v}");
+                }
+                Ok(())
+            }
+            .await;
+            anyhow::Ok((spec.name, c, ran))
+        }
+    }))
+    .await;
+    let took = t0.elapsed().as_secs_f64();
+    let mut vms = Vec::new();
+    let mut failed = Vec::new();
+    for m in made {
+        match m {
+            Ok((name, c, ran)) => {
+                if let Err(e) = ran {
+                    failed.push(format!("{e:#}"));
+                }
+                vms.push((name, c));
+            }
+            Err(e) => failed.push(format!("create: {e:#}")),
+        }
+    }
+    let measured = async {
+        if let Some(first) = failed.first() {
+            bail!(
+                "{} of {count} {scenario} functions failed; first: {first}",
+                failed.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pids: Vec<u32> = vms
+            .iter()
+            .map(|(name, _)| {
+                let file = run_dir.join(name).join("qemu.pid");
+                std::fs::read_to_string(&file)
+                    .with_context(|| file.display().to_string())?
+                    .trim()
+                    .parse::<u32>()
+                    .context("QEMU's pid file")
+            })
+            .collect::<Result<_>>()?;
+        let processes = ProcessMemory::sum(pids.iter().filter_map(|&p| ProcessMemory::of(p).ok()));
+        let cpu = |pids: &[u32]| -> u64 { pids.iter().filter_map(|&p| cpu_ticks(p)).sum() };
+        let (c0, t) = (cpu(&pids), Instant::now());
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let ticks = cpu(&pids).saturating_sub(c0);
+        let cores = ticks as f64 / clock_ticks_per_second() / t.elapsed().as_secs_f64();
+        let mut r = row(scenario, count, processes, 0, &before, Some(took))?;
+        r.idle_cpu_cores = Some(cores);
+        Ok(r)
+    }
+    .await;
+    for (_, c) in vms {
+        if let Err(e) = c.destroy().await {
+            eprintln!("{scenario}: destroy: {e}");
+        }
+    }
+    factory.remove_all("wskbv_").await?;
+    drop(factory);
+    if let Ok(np) = std::sync::Arc::try_unwrap(np) {
+        np.shutdown().await?;
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
+    measured
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf with a valid name has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
 }
