@@ -559,6 +559,7 @@ fn netpool_config(settings: &Settings, kind: NetpoolKind, id: u32) -> netpool::P
     let mut config = netpool::PoolConfig::new(&format!("{letter}{}", id % 10_000), subnet, len);
     if kind == NetpoolKind::VmSlots {
         config.kind = netpool::SlotKind::Vm;
+        config.subnet_auto = settings.vm_subnet_auto;
     }
     config.low_watermark = np.low_watermark;
     config.high_watermark = np.high_watermark;
@@ -669,7 +670,11 @@ mod tests {
         let s = settings(&[("CONFIG_whisk_invoker_network_pool_highWatermark", "40")]);
         let vm = netpool_config(&s, NetpoolKind::VmSlots, 1);
         assert_eq!(
-            (vm.low_watermark, vm.high_watermark, vm.max_concurrent_creates),
+            (
+                vm.low_watermark,
+                vm.high_watermark,
+                vm.max_concurrent_creates
+            ),
             (1, 2, 2)
         );
         vm.validate().unwrap();

@@ -180,6 +180,11 @@ pub struct Settings {
     /// vm mode: the VM slots' address range (`whisk.invoker.network.vm.subnet`), apart from
     /// netns mode's so that an invoker of each mode can run on one host.
     pub vm_subnet: (std::net::Ipv4Addr, u8),
+    /// The VM slots take the first free range of `vm_subnet`'s length instead (netpool's
+    /// `subnet_auto`): `whisk.invoker.network.vm.subnet = auto`, and the default beside a
+    /// container mode (a /20), so that the VM backends of several invokers on one host and the
+    /// host's other networks never collide.
+    pub vm_subnet_auto: bool,
     /// netns mode: unpacked images and bundles (`whisk.invoker.runc.dir`).
     pub runc_dir: std::path::PathBuf,
     /// netns mode: runtime image archives (`docker save` format) read without dockerd
@@ -318,7 +323,8 @@ impl Settings {
             },
             vm_pool: NetworkPoolSizes::default(),
             netns_subnet: subnet(&p, "whisk.invoker.network.netns.subnet", "10.230.0.0/16")?,
-            vm_subnet: subnet(&p, "whisk.invoker.network.vm.subnet", "10.232.0.0/16")?,
+            vm_subnet: (std::net::Ipv4Addr::new(10, 232, 0, 0), 16),
+            vm_subnet_auto: false,
             runc_dir: p
                 .str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker")
                 .into(),
@@ -335,6 +341,15 @@ impl Settings {
                 .max(1),
             couchdb,
             properties: props.clone(),
+        };
+        let key = "whisk.invoker.network.vm.subnet";
+        (settings.vm_subnet, settings.vm_subnet_auto) = match p.get(key) {
+            Some(v) if v.trim() == "auto" => ((std::net::Ipv4Addr::new(10, 200, 0, 0), 20), true),
+            Some(_) => (subnet(&p, key, "")?, false),
+            None if settings.network_mode == NetworkMode::Vm => {
+                ((std::net::Ipv4Addr::new(10, 232, 0, 0), 16), false)
+            }
+            None => ((std::net::Ipv4Addr::new(10, 200, 0, 0), 20), true),
         };
         // The VM backend beside a container mode serves only the actions that ask for a VM:
         // a small pool unless told otherwise.
@@ -826,7 +841,22 @@ mod tests {
     fn vm_mode_and_its_subnet() {
         let s = Settings::from_vars(vars(&[]), None).unwrap();
         assert_eq!(s.netns_subnet, (std::net::Ipv4Addr::new(10, 230, 0, 0), 16));
+        // Beside a container mode: a free /20, chosen at start.
+        assert!(s.vm_subnet_auto);
+        assert_eq!(s.vm_subnet.1, 20);
+        let s = Settings::from_vars(vars(&[("CONFIG_whisk_invoker_network_mode", "vm")]), None)
+            .unwrap();
+        assert!(!s.vm_subnet_auto);
         assert_eq!(s.vm_subnet, (std::net::Ipv4Addr::new(10, 232, 0, 0), 16));
+        let s = Settings::from_vars(
+            vars(&[
+                ("CONFIG_whisk_invoker_network_mode", "vm"),
+                ("CONFIG_whisk_invoker_network_vm_subnet", "auto"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert!(s.vm_subnet_auto);
         let s = Settings::from_vars(
             vars(&[
                 ("CONFIG_whisk_invoker_network_mode", "vm"),
@@ -837,6 +867,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.network_mode, NetworkMode::Vm);
         assert_eq!(s.vm_subnet, (std::net::Ipv4Addr::new(10, 240, 16, 0), 20));
+        assert!(!s.vm_subnet_auto);
         let e = Settings::from_vars(
             vars(&[("CONFIG_whisk_invoker_network_vm_subnet", "10.240/x")]),
             None,
