@@ -231,12 +231,28 @@ async fn the_openwhisk_npm_client_works_end_to_end() {
     std::fs::create_dir_all(&dir).unwrap();
     let zip = dir.join("native.zip");
     std::fs::write(&zip, native::native_zip()).unwrap();
+    let hello_wat = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../unikernel/functions/hello.wat"
+    );
+    let wasm_zip = dir.join("wasm.zip");
+    {
+        use std::io::Write as _;
+        let module = wat::parse_file(hello_wat).expect("unikernel/functions/hello.wat");
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&wasm_zip).unwrap());
+        z.start_file("main.wasm", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(&module).unwrap();
+        z.finish().unwrap();
+    }
     let out = tokio::process::Command::new("node")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm/e2e.js"))
         .env("NODE_PATH", &node_path)
         .env("APIHOST", &door.api)
         .env("AUTH", GUEST)
         .env("NATIVE_ZIP", &zip)
+        .env("WASM_WAT", hello_wat)
+        .env("WASM_ZIP", &wasm_zip)
         .output()
         .await
         .expect("node");

@@ -1,6 +1,7 @@
 // End-to-end checks of the front door with the real `openwhisk` npm client.
-// Run by standalone/tests/npm_client.rs with: APIHOST, AUTH (uuid:key), NATIVE_ZIP (a zip with a
-// static `exec`), and NODE_PATH pointing at the installed client. Prints `ok - <check>` per check;
+// Run by standalone/tests/front_door.rs with: APIHOST, AUTH (uuid:key), NATIVE_ZIP (a zip with a
+// static `exec`), WASM_WAT (a wasm:0.1 action as WebAssembly text), WASM_ZIP (the same assembled,
+// as main.wasm in a zip), and NODE_PATH pointing at the installed client. Prints `ok - <check>` per check;
 // exits non-zero at the first failure.
 'use strict'
 const assert = require('node:assert/strict')
@@ -70,6 +71,24 @@ async function main () {
     await ow.actions.invoke({ name: 'native', blocking: true, result: true, params: { name: 'N' } }),
     { native: 'N' })
   ok('native action (a static binary in a zip): create, invoke blocking with result')
+
+  // wasm:0.1: the unikernel, from WebAssembly text and from a zip holding main.wasm (what
+  // `wsk action create f f.zip --kind wasm:0.1` sends).
+  const wat = fs.readFileSync(process.env.WASM_WAT, 'utf8')
+  const wasmText = await ow.actions.create({ name: 'wasmtext', action: wat, kind: 'wasm:0.1' })
+  assert.equal(wasmText.exec.kind, 'wasm:0.1')
+  assert.deepEqual(
+    await ow.actions.invoke({ name: 'wasmtext', blocking: true, result: true, params: { name: 'Wasm' } }),
+    { greeting: 'Hello Wasm' })
+  const wasmZip = await ow.actions.create({
+    name: 'wasmzip', action: fs.readFileSync(process.env.WASM_ZIP), kind: 'wasm:0.1'
+  })
+  assert.equal(wasmZip.exec.binary, true, 'a zip is binary code')
+  const zipped = await ow.actions.invoke({ name: 'wasmzip', blocking: true, params: { name: 'Zip' } })
+  assert.deepEqual(zipped.response.result, { greeting: 'Hello Zip' })
+  const wasmLogs = await ow.activations.logs({ name: zipped.activationId })
+  assert.ok(wasmLogs.logs.some(l => /stdout: hello: composing a greeting$/.test(l)), JSON.stringify(wasmLogs))
+  ok('wasm:0.1 actions from WebAssembly text and from a zip run in the unikernel, with their logs')
 
   const { activationId } = await ow.actions.invoke({ name: 'hello', params: { name: 'Later' } })
   assert.match(activationId, /^[0-9a-f]{32}$/)
