@@ -24,8 +24,12 @@ source "$WHISK_STACK_DIR/env"
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --all --check --manifest-path unikernel/Cargo.toml
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --manifest-path unikernel/Cargo.toml -- -D warnings
+echo "== the unikernel (its own workspace: the wasm runtime on the host, the kernel under QEMU)"
+cargo test --workspace --locked --manifest-path unikernel/Cargo.toml --no-fail-fast
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
 echo "== netpool: 1100 slots over two bridges (ignored by default: heavy)"
