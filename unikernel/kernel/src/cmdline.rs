@@ -14,6 +14,8 @@ pub enum CrashTest {
     InvalidOpcode,
     /// A panic (`crash_test=panic`).
     Panic,
+    /// An allocation the heap cannot satisfy (`crash_test=oom`), which must end as a panic.
+    OutOfMemory,
 }
 
 /// What the kernel takes from its command line; `None` where a word is absent or malformed.
@@ -60,6 +62,7 @@ impl Config {
                         "pf" => Some(CrashTest::PageFault),
                         "ud" => Some(CrashTest::InvalidOpcode),
                         "panic" => Some(CrashTest::Panic),
+                        "oom" => Some(CrashTest::OutOfMemory),
                         _ => None,
                     };
                     config.crash_test.is_some()
@@ -148,6 +151,10 @@ mod tests {
         assert_eq!(c.ip, Some(Ipv4Addr::new(10, 0, 2, 15)));
         assert_eq!((c.gateway, c.prefix_len), (None, None));
         assert_eq!(c.crash_test, Some(CrashTest::PageFault));
+        assert_eq!(
+            parse("crash_test=oom").0.crash_test,
+            Some(CrashTest::OutOfMemory)
+        );
     }
 
     #[test]

@@ -96,6 +96,10 @@ extern "C" fn rust_main(start_info: u64) -> ! {
             unsafe { core::arch::asm!("ud2") };
         }
         Some(CrashTest::Panic) => panic!("crash test"),
+        Some(CrashTest::OutOfMemory) => {
+            let v = alloc::vec::Vec::<u8>::with_capacity(1 << 40);
+            kprintln!("crash test: allocated {} bytes?", v.capacity());
+        }
         None => {}
     }
 
@@ -179,6 +183,15 @@ extern "C" fn rust_main(start_info: u64) -> ! {
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     cpu::cli();
     console::write_bytes(b"\n");
-    kprintln!("fatal: panic: {info}");
+    // One line: PanicInfo's Display puts the message on a line of its own.
+    match info.location() {
+        Some(at) => kprintln!(
+            "fatal: panic: {} (at {}:{})",
+            info.message(),
+            at.file(),
+            at.line()
+        ),
+        None => kprintln!("fatal: panic: {}", info.message()),
+    }
     cpu::exit(Exit::Panic)
 }
