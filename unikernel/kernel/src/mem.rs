@@ -111,6 +111,11 @@ pub unsafe fn init(start_info_paddr: u64) -> Result<Memory, Error> {
     })
 }
 
+/// Free heap bytes (fragmentation aside).
+pub fn heap_free() -> usize {
+    HEAP.lock().free()
+}
+
 /// Copies the command line into a static buffer; non-UTF-8 or absent lines are empty.
 unsafe fn copy_cmdline(paddr: u64) -> &'static str {
     if paddr == 0 {

@@ -167,11 +167,14 @@ fn process(conn: &mut Conn, runtime: &mut Runtime, host: &mut dyn Host) -> bool 
             Ok(None) => return false,
             Ok(Some(head)) => {
                 let total = head.len + head.content_length;
-                // Grow the buffer once to the whole request; refuse what memory cannot hold.
-                if conn
-                    .input
-                    .try_reserve_exact(total.saturating_sub(conn.input.len()))
-                    .is_err()
+                // Grow the buffer once to the whole request. Refuse what memory cannot hold: the
+                // body, and about as much again for the library's copy of what it parses from it
+                // (an allocation failure later would end the VM with a panic).
+                if head.content_length > crate::mem::heap_free() / 2
+                    || conn
+                        .input
+                        .try_reserve_exact(total.saturating_sub(conn.input.len()))
+                        .is_err()
                 {
                     conn.fail(http::Error::BodyTooLarge);
                     return true;
