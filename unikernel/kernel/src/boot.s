@@ -5,7 +5,8 @@
  * The stub clears .bss, identity-maps the first 4 GiB with 2 MiB pages (RAM below 3 GiB on
  * microvm and the MMIO hole above it, which gets PCD|PWT), enables PAE, SSE (OSFXSR,
  * OSXMMEXCPT), long mode and paging, and calls rust_main(start_info) on the boot stack.
- * Memory above 4 GiB is mapped later by mem::init from the PVH memory map.
+ * Memory above 4 GiB is mapped later by mem::init from the PVH memory map, which also unmaps
+ * the guard page below the stack.
  */
 .section .note.Xen, "a"
     .align 4
@@ -104,8 +105,13 @@ boot_gdt_ptr:
 boot_pml4: .skip 4096
 .global boot_pdpt
 boot_pdpt: .skip 4096
+.global boot_pd
 boot_pd:   .skip 4096*4
-.align 16
+/* the page table mem::guard_stack uses to unmap the guard page below the stack */
+.global boot_pt_guard
+boot_pt_guard: .skip 4096
+.global boot_stack_guard
+boot_stack_guard: .skip 4096
 .global boot_stack_bottom
 boot_stack_bottom:
     .skip 1024*1024                 /* the kernel's (and the action's) stack: 1 MiB */

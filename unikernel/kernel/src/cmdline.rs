@@ -14,6 +14,8 @@ pub enum CrashTest {
     InvalidOpcode,
     /// A panic (`crash_test=panic`).
     Panic,
+    /// Unbounded recursion (`crash_test=stack`): a page fault on the stack's guard page.
+    StackOverflow,
     /// An allocation the heap cannot satisfy (`crash_test=oom`), which must end as a panic.
     OutOfMemory,
 }
@@ -63,6 +65,7 @@ impl Config {
                         "ud" => Some(CrashTest::InvalidOpcode),
                         "panic" => Some(CrashTest::Panic),
                         "oom" => Some(CrashTest::OutOfMemory),
+                        "stack" => Some(CrashTest::StackOverflow),
                         _ => None,
                     };
                     config.crash_test.is_some()

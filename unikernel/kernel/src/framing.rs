@@ -1,5 +1,5 @@
-//! The console's line framing (the contract in `docs`' uk-api: `out| `/`err| ` tagged action
-//! lines, untagged kernel lines, every console line at most [`MAX_LINE`] bytes).
+//! The console's line framing, as the invoker reads it: `out| `/`err| ` tagged action lines,
+//! untagged kernel lines, every console line at most [`MAX_LINE`] bytes.
 //!
 //! The action writes arbitrary bytes to its two streams; [`Framer`] cuts them into lines, each
 //! emitted with its tag, and splits a line that would exceed the bound into several tagged lines.

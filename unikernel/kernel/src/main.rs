@@ -96,6 +96,11 @@ extern "C" fn rust_main(start_info: u64) -> ! {
             unsafe { core::arch::asm!("ud2") };
         }
         Some(CrashTest::Panic) => panic!("crash test"),
+        Some(CrashTest::StackOverflow) => {
+            kprintln!("crash test: recursing until the stack's guard page");
+            let v = recurse(0);
+            kprintln!("crash test: {v}?");
+        }
         Some(CrashTest::OutOfMemory) => {
             let v = alloc::vec::Vec::<u8>::with_capacity(1 << 40);
             kprintln!("crash test: allocated {} bytes?", v.capacity());
@@ -177,6 +182,13 @@ extern "C" fn rust_main(start_info: u64) -> ! {
         apic::arm_timer(delay.map(|d| d.total_micros()));
         cpu::enable_and_halt();
     }
+}
+
+/// Recursion without end and without a tail call, for `crash_test=stack`.
+#[allow(unconditional_recursion, reason = "the stack overflow is the point")]
+fn recurse(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 32]);
+    recurse(depth + 1).wrapping_add(frame[depth as usize % 32])
 }
 
 #[panic_handler]

@@ -19,6 +19,9 @@ unsafe extern "C" {
     static __image_end: u8;
     static mut boot_pdpt: [u64; 512];
     static mut boot_pml4: [u64; 512];
+    static mut boot_pd: [u64; 2048];
+    static mut boot_pt_guard: [u64; 512];
+    static boot_stack_guard: u8;
 }
 
 /// The most memory map entries read; microvm has a handful.
@@ -87,6 +90,8 @@ pub unsafe fn init(start_info_paddr: u64) -> Result<Memory, Error> {
             return Err(Error::NoHeap);
         }
     }
+    // SAFETY: boot is single-threaded and the boot tables are only changed here.
+    unsafe { guard_stack() };
     // SAFETY: [heap_start, heap_end) is RAM that is mapped and used by nothing else.
     unsafe {
         HEAP.lock()
@@ -132,6 +137,28 @@ unsafe fn copy_cmdline(paddr: u64) -> &'static str {
         len += 1;
     }
     core::str::from_utf8(&buf[..len]).unwrap_or("")
+}
+
+/// Maps the 2 MiB page that holds the stack's guard page with 4 KiB pages, all but the guard:
+/// a stack overflow then faults (reported on IST1) instead of overwriting the page tables that
+/// lie below the stack.
+unsafe fn guard_stack() {
+    let guard = addr_of!(boot_stack_guard) as u64;
+    let large = guard & !0x1f_ffff;
+    // SAFETY: the boot page table set aside for this, not yet in use.
+    let pt = unsafe { &mut *addr_of_mut!(boot_pt_guard) };
+    for (i, entry) in pt.iter_mut().enumerate() {
+        let phys = large + (i as u64) * 4096;
+        *entry = if phys == guard { 0 } else { phys | 0x3 };
+    }
+    // SAFETY: the PD entry of that 2 MiB page; the new table maps the same frames but the guard.
+    unsafe {
+        (*addr_of_mut!(boot_pd))[(large >> 21) as usize] = addr_of!(boot_pt_guard) as u64 | 0x3
+    };
+    // SAFETY: reloading CR3 flushes the TLB; only the guard page changed.
+    unsafe {
+        core::arch::asm!("mov cr3, {}", in(reg) addr_of!(boot_pml4) as u64, options(nostack))
+    };
 }
 
 /// Identity-maps [4 GiB, ram_end) with 2 MiB pages, one page directory per GiB taken from

@@ -354,6 +354,22 @@ fn a_page_fault_is_reported_and_ends_qemu() {
 }
 
 #[test]
+fn a_stack_overflow_hits_the_guard_page() {
+    let mut vm = Vm::start("crash_test=stack");
+    let status = vm.wait_exit(BOOT_BOUND);
+    assert_eq!(status.code(), Some(7), "console:\n{}", vm.console_text());
+    let console = vm.console_text();
+    assert!(
+        console.contains("uk: fatal: CPU exception 14 (page fault) error 0x2 rip 0x"),
+        "{console}"
+    );
+    assert!(
+        console.contains("uk: fatal: page fault address (cr2) 0x"),
+        "{console}"
+    );
+}
+
+#[test]
 fn a_panic_is_reported_and_ends_qemu() {
     let mut vm = Vm::start("crash_test=panic");
     let status = vm.wait_exit(BOOT_BOUND);
