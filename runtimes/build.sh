@@ -7,6 +7,7 @@
 #   openwhisk/action-nodejs-v18:nightly    Debian 12 nodejs (18) + proxy + launcher.js
 #   openwhisk/action-python-v3.11:nightly  Debian 12 python3 (3.11) + proxy + launcher.py
 #   whisk-pcpm/pause:latest                pcpm's pause container: FROM scratch + pcpm-pause
+#   $WHISK_TOOLS_DIR/vm/wasm-unikernel     the WebAssembly unikernel for wasm:0.1 actions (unikernel/)
 #
 # The three runtime images are also saved (`docker save`) into the image store the invoker's
 # netns mode reads without dockerd ($WHISK_IMAGE_STORE, default /var/lib/wsk-invoker/image-store,
@@ -168,3 +169,16 @@ done
 runtimes/vm/build-guest.sh --proxy "$PROXY" \
     --rootfs nodejs18="$(rootfs nodejs18 nodejs)" --rootfs python311="$(rootfs python311 python3)" \
     ${FORCE:+"$FORCE"}
+
+# 6. The WebAssembly unikernel that runs every wasm:0.1 action (unikernel/): one ELF for all
+#    functions, booted by QEMU -M microvm. Its own cargo workspace (a no_std kernel with its own
+#    linker script and profile); installed beside the Linux guest when it changed.
+log "building the WebAssembly unikernel"
+cargo build --quiet --release --locked --manifest-path unikernel/Cargo.toml -p wasm-unikernel
+UNIKERNEL=unikernel/target/release/wasm-unikernel
+mkdir -p "$WHISK_TOOLS_DIR/vm"
+if ! cmp -s "$UNIKERNEL" "$WHISK_TOOLS_DIR/vm/wasm-unikernel"; then
+    install -m 0644 "$UNIKERNEL" "$WHISK_TOOLS_DIR/vm/wasm-unikernel.tmp"
+    mv "$WHISK_TOOLS_DIR/vm/wasm-unikernel.tmp" "$WHISK_TOOLS_DIR/vm/wasm-unikernel"
+    log "unikernel installed: $WHISK_TOOLS_DIR/vm/wasm-unikernel ($(du -h "$UNIKERNEL" | cut -f1))"
+fi
