@@ -90,7 +90,7 @@ fn module(wat: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(wat::parse_str(wat).expect("valid WAT"))
 }
 
-/// A WASI command: `$body` runs with `$write(ptr, len)` to stdout, `$err(ptr, len)` to stderr,
+/// A WASI command: `$body` (which may use the locals `$m`, `$n`, `$i`) runs with `$write(ptr, len)` to stdout, `$err(ptr, len)` to stderr,
 /// and `$arg` (argv[1], the run's value as JSON) at `$argp`/`$argl`; memory page 0 holds the
 /// data segments given.
 fn command(data: &str, body: &str, pages: u32) -> String {
@@ -117,7 +117,7 @@ fn command(data: &str, body: &str, pages: u32) -> String {
       (local.set $n (i32.add (local.get $n) (i32.const 1)))
       (br $next)))
     (local.get $n))
-  (func (export "_start")
+  (func (export "_start") (local $m i32) (local $n i32) (local $i i32)
     (drop (call $sizes (i32.const 8100) (i32.const 8104)))
     (drop (call $args (i32.const 8200) (i32.const 16384)))
     (global.set $argp (i32.load (i32.const 8204)))
@@ -134,8 +134,7 @@ fn modes() -> String {
         r#"(data (i32.const 0) "stdout line\n{\"echo\":") (data (i32.const 32) "}\n")
   (data (i32.const 48) "stderr line\n") (data (i32.const 64) "{\"error\":\"bad input\"}\n")
   (data (i32.const 96) "just text\n")"#,
-        r#"(local $m i32)
-    (local.set $m (i32.load8_u (i32.add (global.get $argp) (i32.const 6))))
+        r#"(local.set $m (i32.load8_u (i32.add (global.get $argp) (i32.const 6))))
     (if (i32.eq (local.get $m) (i32.const 97)) (then (call $write (i32.const 64) (i32.const 22)) (return)))
     (if (i32.eq (local.get $m) (i32.const 116)) (then unreachable))
     (if (i32.eq (local.get $m) (i32.const 103)) (then
@@ -155,8 +154,7 @@ fn modes() -> String {
 fn environment() -> String {
     command(
         r#"(data (i32.const 0) "{\"env\":\"") (data (i32.const 32) "\"}\n")"#,
-        r#"(local $n i32) (local $i i32)
-    (drop (call $esizes (i32.const 8300) (i32.const 8304)))
+        r#"(drop (call $esizes (i32.const 8300) (i32.const 8304)))
     (drop (call $environ (i32.const 8400) (i32.const 32768)))
     (local.set $n (i32.load (i32.const 8304)))
     ;; NULs between the strings become commas, the last one is dropped; quotes are not
@@ -368,7 +366,6 @@ async fn wasm_functions_run_in_the_unikernel_with_the_runtime_protocol_and_its_e
         false,
     )
     .expect("init");
-    vm.logs().await;
     let r = vm
         .run(
             json!({"value": {}, "namespace": "guest", "activation_id": "a1b2",

@@ -352,8 +352,11 @@ impl VmConfig {
 /// The guest kind of `wasm:0.1` actions: our unikernel, not a Linux root image.
 pub const WASM_KIND: &str = "wasm";
 
-/// Memory the unikernel gets beyond the action's limit, which is its WebAssembly memory
-/// limit: its own heap, the compiled module, request and output buffers.
+/// Memory the unikernel gets beyond twice the action's limit (its WebAssembly memory limit):
+/// its own heap reserve, the compiled module, request and output buffers. Twice, because a
+/// growing linear memory is reallocated and copied (no virtual-memory tricks without an OS),
+/// so reaching the limit needs the old and the new buffer at once. The guest touches only what
+/// it uses, so the unused part costs the host nothing.
 pub const UNIKERNEL_OVERHEAD_MB: u64 = 16;
 
 /// What a VM boots.
@@ -380,7 +383,7 @@ impl Guest {
     fn memory_mb(&self, memory_mb: u64) -> u64 {
         match self {
             Self::Linux { .. } => memory_mb,
-            Self::Unikernel => memory_mb + UNIKERNEL_OVERHEAD_MB,
+            Self::Unikernel => 2 * memory_mb + UNIKERNEL_OVERHEAD_MB,
         }
     }
 }
@@ -2049,7 +2052,7 @@ mod tests {
     }
 
     /// A `wasm:0.1` VM boots the unikernel alone (no disk, no initramfs), with the debug-exit
-    /// port it reports faults through, the action's memory plus the overhead, and the limit
+    /// port it reports faults through, twice the action's memory plus the overhead, and the limit
     /// on its command line.
     #[test]
     fn the_unikernel_boots_alone_with_its_memory_limit() {
@@ -2091,7 +2094,10 @@ mod tests {
                 .map(|w| w[1].as_str())
                 .collect()
         };
-        assert_eq!(after("-m"), [format!("{}M", 128 + UNIKERNEL_OVERHEAD_MB)]);
+        assert_eq!(
+            after("-m"),
+            [format!("{}M", 2 * 128 + UNIKERNEL_OVERHEAD_MB)]
+        );
         assert_eq!(after("-kernel"), ["/g/wasm-unikernel"]);
         assert!(after("-initrd").is_empty() && after("-drive").is_empty());
         assert!(after("-device").contains(&"isa-debug-exit,iobase=0xf4,iosize=0x04"));

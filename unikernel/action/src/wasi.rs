@@ -142,9 +142,14 @@ impl ResourceLimiter for Budget {
 
     fn memory_grow_failed(
         &mut self,
-        _error: &wasmi::errors::MemoryError,
+        error: &wasmi::errors::MemoryError,
     ) -> Result<(), LimiterError> {
         self.undo_last();
+        // The budget allowed it but the guest's heap could not hold it: the action ran out
+        // of memory all the same (the module's own maximum is another error, not this one).
+        if matches!(error, wasmi::errors::MemoryError::OutOfSystemMemory) {
+            self.refused = true;
+        }
         Ok(())
     }
 
