@@ -1855,9 +1855,13 @@ async fn wasm_actions_run_in_the_unikernel_and_annotated_actions_in_a_vm() {
         .await;
     let a = h.invoke("trap", Some(&rev), true, json!({})).await;
     let acks = h.acks_of(&a, 2).await;
+    let response = &acks[0]["response"]["response"];
     assert_eq!(
-        acks[0]["response"]["response"],
-        json!({"statusCode": 2, "result": {"error": "The action did not return a dictionary or array."}}),
+        (&response["statusCode"], &response["result"]),
+        (
+            &json!(2),
+            &json!({"error": "The action did not return a dictionary or array."})
+        ),
         "{:?}",
         acks[0]
     );
@@ -1919,4 +1923,188 @@ async fn wasm_actions_run_in_the_unikernel_and_annotated_actions_in_a_vm() {
             "a Docker container ran the VM action: {containers:?}"
         );
     }
+}
+
+/// Delivery without holes (issue 16): CouchDB unreachable for longer than the old 30 s
+/// give-up: the activations run and are held, not committed, the invoker stops pinging and
+/// says why on `/metrics`; once CouchDB is back each gets its record and slot-freeing ack and
+/// only then is its offset committed (read from outside the consumer group). Then a SIGTERM
+/// with a 3 s grace period ends a 60 s activation with a system error ack and record within
+/// the bound, commits it and removes the containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_couchdb_outage_and_a_sigterm_leave_no_activation_unfinished_or_uncommitted() {
+    /// The invoker group's committed offset of partition 0, from a client that never joins
+    /// the group (a member's `committed` hangs tansu's close).
+    async fn committed(prefix: &str, id: u32) -> Option<i64> {
+        let topic = format!("{prefix}invoker{id}");
+        tokio::task::spawn_blocking(move || {
+            let c: rdkafka::consumer::BaseConsumer =
+                kafka::consumer_config(&Stack::from_env().kafka_hosts, &topic)
+                    .create()
+                    .unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition(&topic, 0);
+            let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+            match got.find_partition(&topic, 0).map(|p| p.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => Some(o),
+                _ => None,
+            }
+        })
+        .await
+        .unwrap()
+    }
+    async fn committed_reaches(prefix: &str, id: u32, want: i64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = committed(prefix, id).await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "committed {got:?}, want {want}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    async fn metrics(port: u16) -> String {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    let mut proxy = CouchProxy::start().await;
+    let mut h = Harness::start_with(Options {
+        couch_port: Some(proxy.port),
+        manifest: Some(manifest_without_stem_cells()),
+        env: vec![("CONFIG_whisk_invoker_shutdown_gracePeriod", "3 seconds")],
+        ..Options::default()
+    })
+    .await;
+    let code = "function main(p) { return {got: p.v} }";
+    let rev = h
+        .put_action(&action_doc(
+            "echo",
+            "nodejs:default",
+            code,
+            limit_ms(10_000, 60_000),
+        ))
+        .await;
+    let first = h.invoke("echo", Some(&rev), true, json!({"v": 0})).await;
+    h.acks_of(&first, 2).await;
+    committed_reaches(&h.prefix, h.id, 1).await;
+
+    // The action is cached: its activations run while the store is down, and are held.
+    proxy.down();
+    let down_at = Instant::now();
+    let mut during = Vec::new();
+    for v in 1..=3 {
+        during.push((v, h.invoke("echo", Some(&rev), true, json!({"v": v})).await));
+    }
+    for (v, id) in &during {
+        // The result ack; the slot-freeing one follows the record (logs are collected).
+        let acks = h.acks_of(id, 1).await;
+        assert_eq!(acks[0]["response"]["response"]["result"], json!({"got": v}));
+        assert!(acks[0].get("instance").is_none(), "{:?}", acks[0]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !metrics(h.port)
+        .await
+        .contains(r#"invoker_component_down{component="couchdb"} 1"#)
+    {
+        assert!(Instant::now() < deadline, "{}", metrics(h.port).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Pings sent before the store was found down may still be queued.
+    while tokio::time::timeout(Duration::from_secs(2), h.health.recv())
+        .await
+        .is_ok()
+    {}
+    let quiet_until = Instant::now() + Duration::from_secs(4);
+    while let Ok(m) = tokio::time::timeout_at(quiet_until.into(), h.health.recv()).await {
+        let v: Value = serde_json::from_slice(m.unwrap().payload().unwrap()).unwrap();
+        assert_ne!(
+            v["name"]["instance"],
+            json!(h.id),
+            "pinged while CouchDB was down"
+        );
+    }
+    // Longer than the old give-up: nothing was dropped, nothing after `first` committed.
+    tokio::time::sleep(
+        (down_at + Duration::from_secs(40)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    assert_eq!(committed(&h.prefix, h.id).await, Some(1));
+    assert!(
+        h.seen
+            .values()
+            .flatten()
+            .all(|a| a.get("instance").is_none())
+    );
+
+    proxy.up().await;
+    for (v, id) in &during {
+        let acks = h.acks_of(id, 1).await;
+        assert_eq!(acks[0]["activationId"], json!(id), "{:?}", acks[0]);
+        assert_eq!(acks[0]["isSystemError"], json!(false));
+        assert_eq!(h.record(id).await["response"]["result"], json!({"got": v}));
+    }
+    committed_reaches(&h.prefix, h.id, 4).await;
+    h.next_ping(Duration::from_secs(10)).await;
+    assert!(
+        metrics(h.port)
+            .await
+            .contains(r#"invoker_component_down{component="couchdb"} 0"#)
+    );
+
+    // SIGTERM with an activation that would take 60 s and a 3 s grace period.
+    let rev = h
+        .put_action(&action_doc(
+            "sleepy",
+            "nodejs:default",
+            "function main() { return new Promise(r => setTimeout(() => r({late: true}), 60000)) }",
+            120_000,
+        ))
+        .await;
+    let slow = h.invoke("sleepy", Some(&rev), true, json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !h
+        .containers()
+        .await
+        .iter()
+        .any(|(n, _)| n.ends_with("_guest_sleepy"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the slow activation never got a container"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut invoker = h.invoker.take().expect("running");
+    let sigterm = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || {
+        invoker.stop();
+        (sigterm.elapsed(), invoker.try_wait().unwrap())
+    });
+    let acks = h.acks_of(&slow, 1).await;
+    let acked_after = sigterm.elapsed();
+    assert!(
+        acked_after < Duration::from_secs(3) + Duration::from_secs(5) + Duration::from_secs(4),
+        "the error ack came {acked_after:?} after SIGTERM"
+    );
+    assert_eq!(acks[0]["isSystemError"], json!(true), "{:?}", acks[0]);
+    assert_eq!(
+        acks[0]["response"]["response"],
+        json!({"statusCode": 3, "result": {"error": "The invoker shut down before the action completed."}})
+    );
+    assert!(acks[0].get("instance").is_some(), "a combined ack");
+    let (exited_after, status) = stopped.await.unwrap();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the invoker did not exit on its own: {status:?} after {exited_after:?}"
+    );
+    assert_eq!(h.record(&slow).await["response"]["statusCode"], json!(3));
+    assert_eq!(committed(&h.prefix, h.id).await, Some(5));
+    let left = h.containers().await;
+    assert!(left.is_empty(), "containers left: {left:?}");
 }
