@@ -194,6 +194,13 @@ pub struct Settings {
     pub vm: VmSettings,
     /// Most `docker run`s at once (`whisk.docker.client.parallel-runs`).
     pub parallel_runs: usize,
+    /// How long a shutdown waits for the activations in flight before it ends them with
+    /// error activations (`whisk.invoker.shutdown.grace-period`). The Scala invoker has no
+    /// such setting; the deployments bound the whole stop from outside (helm: 30 s for the
+    /// actor system's termination and the pod's default termination grace; ansible: `docker
+    /// stop` after 60 s), so the default leaves room within 30 s for the ending, the commit
+    /// and the removal of the containers.
+    pub shutdown_grace: Duration,
     /// Every property seen, for the settings not typed here.
     pub properties: BTreeMap<String, String>,
 }
@@ -339,6 +346,7 @@ impl Settings {
             parallel_runs: usize::try_from(p.int("whisk.docker.client.parallel-runs", 10)?)
                 .unwrap_or(10)
                 .max(1),
+            shutdown_grace: p.duration("whisk.invoker.shutdown.grace-period", "20 seconds")?,
             couchdb,
             properties: props.clone(),
         };
@@ -658,6 +666,7 @@ mod tests {
         assert_eq!(s.user_memory_bytes, 1024 * MB);
         assert_eq!(s.max_peek(), 8);
         assert_eq!(s.pause_grace, Duration::from_secs(10));
+        assert_eq!(s.shutdown_grace, Duration::from_secs(20));
         assert_eq!(
             s.memory_mb,
             Bounds {
@@ -707,6 +716,26 @@ mod tests {
         assert_eq!(s.topic("invoker0"), "dev-invoker0");
         assert_eq!(s.api_host, "http://172.17.0.1:3233");
         assert!(!s.collect_logs);
+    }
+
+    #[test]
+    fn the_shutdown_grace_period_is_a_setting() {
+        let s = Settings::from_vars(
+            vars(&[("CONFIG_whisk_invoker_shutdown_gracePeriod", "3 seconds")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.shutdown_grace, Duration::from_secs(3));
+        let e = Settings::from_vars(
+            vars(&[("CONFIG_whisk_invoker_shutdown_gracePeriod", "soon")]),
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("whisk.invoker.shutdown.grace-period"),
+            "{e}"
+        );
     }
 
     #[test]
