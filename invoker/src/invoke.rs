@@ -5,14 +5,26 @@
 //! Every parsed message produces an ack, whatever fails; the record is stored before the
 //! slot-freeing ack when logs are collected (so a re-delivered activation whose ack was sent
 //! finds its record, see `docs/architecture.md`, "Delivery semantics").
+//!
+//! An activation returns from [`Invoker::process`] only once the broker accepted its acks (the
+//! producer's delivery report) and the database answered for its record: while either is down
+//! both are retried with capped exponential back-off, the component is reported down
+//! ([`Components`]) and the feed keeps the activation's offset uncommitted. A panic in an
+//! activation becomes a system error activation with its ack and record. After the feed's
+//! `stop` (the shutdown grace period is over) an activation that has not begun to deliver its
+//! acks is ended with a system error instead.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use openwhisk::time::now_ms;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::action::{ActionStore, Exec, check_namespace_limits};
 use crate::container::CreateError;
@@ -27,6 +39,138 @@ use openwhisk::messages::{
 use openwhisk::settings::Settings;
 
 pub const PROVISION_ERROR: &str = "Failed to provision resources to run the action.";
+/// The error of an activation still running when the shutdown grace period ended.
+pub const SHUTDOWN_ERROR: &str = "The invoker shut down before the action completed.";
+/// The first pause after a failed ack; it doubles up to [`ACK_MAX_RETRY_PAUSE`].
+pub const ACK_FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
+pub const ACK_MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// Pauses that double from `first` up to `max`.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            next: first.min(max),
+            max,
+        }
+    }
+
+    /// The pause before the next attempt.
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 2).min(self.max);
+        pause
+    }
+}
+
+/// A component the invoker needs to finish an activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    /// The broker, which takes the acks.
+    Broker,
+    /// The database, which takes the records.
+    Store,
+}
+
+impl Component {
+    /// The `component` label of [`crate::metrics::COMPONENT_DOWN`].
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Broker => "kafka",
+            Self::Store => "couchdb",
+        }
+    }
+}
+
+/// Which components are down: one whose last attempt failed and is being retried. While one
+/// is, the invoker stops its health pings, so the controller stops sending it work.
+#[derive(Debug, Default)]
+pub struct Components {
+    broker: AtomicBool,
+    store: AtomicBool,
+}
+
+impl Components {
+    /// Both up, and the gauge says so (it is on `/metrics` before anything fails).
+    pub fn new() -> Self {
+        for c in [Component::Broker, Component::Store] {
+            metrics::gauge!(crate::metrics::COMPONENT_DOWN, "component" => c.label()).set(0.0);
+        }
+        Self::default()
+    }
+
+    /// Records the outcome of an attempt against `c`.
+    pub fn set(&self, c: Component, down: bool) {
+        let flag = match c {
+            Component::Broker => &self.broker,
+            Component::Store => &self.store,
+        };
+        if flag.swap(down, Ordering::SeqCst) == down {
+            return;
+        }
+        metrics::gauge!(crate::metrics::COMPONENT_DOWN, "component" => c.label()).set(if down {
+            1.0
+        } else {
+            0.0
+        });
+        if down {
+            tracing::warn!(
+                component = c.label(),
+                "component down: holding activations until it returns"
+            );
+        } else {
+            tracing::info!(component = c.label(), "component back");
+        }
+    }
+
+    /// The labels of the components down.
+    pub fn down(&self) -> Vec<&'static str> {
+        [
+            (Component::Broker, &self.broker),
+            (Component::Store, &self.store),
+        ]
+        .into_iter()
+        .filter(|(_, f)| f.load(Ordering::SeqCst))
+        .map(|(c, _)| c.label())
+        .collect()
+    }
+}
+
+/// Where acks go: the broker in production, fakes in tests.
+#[async_trait::async_trait]
+pub trait AckSink: Send + Sync + 'static {
+    /// Sends one record on `topic`; `Ok` once the broker accepted it (the delivery report).
+    async fn send(&self, topic: &str, payload: &str) -> Result<(), KafkaError>;
+}
+
+#[async_trait::async_trait]
+impl AckSink for FutureProducer {
+    async fn send(&self, topic: &str, payload: &str) -> Result<(), KafkaError> {
+        FutureProducer::send(
+            self,
+            FutureRecord::<(), _>::to(topic).payload(payload),
+            Duration::from_secs(30),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e)
+    }
+}
+
+tokio::task_local! {
+    /// Set once an activation began to send an ack or store its record: from then on a
+    /// shutdown lets it finish (within the feed's bound) rather than answer it a second time.
+    static DELIVERING: Arc<AtomicBool>;
+}
+
+fn delivering() {
+    let _ = DELIVERING.try_with(|d| d.store(true, Ordering::SeqCst));
+}
 
 /// Everything an activation needs; shared by all activations.
 pub struct Invoker {
@@ -35,9 +179,13 @@ pub struct Invoker {
     pub actions: ActionStore,
     pub pool: ContainerPool,
     pub proxy: ProxyClient,
+    /// Health pings and user events (sent once, lost on failure).
     pub producer: FutureProducer,
+    /// Acks (retried until the broker takes them).
+    pub acks: Arc<dyn AckSink>,
     pub db: CouchDb,
     pub records: crate::store::RecordStore,
+    pub components: Arc<Components>,
     pub enabled: AtomicBool,
 }
 
@@ -58,11 +206,77 @@ fn kv(key: &str, value: Value) -> KeyValue {
 }
 
 impl Invoker {
-    /// Handles one parsed activation message; never fails: errors become error activations.
+    /// Processes one message of `invoker<N>` until its acks and record are delivered: parses
+    /// it (a malformed one is counted and skipped), answers a re-delivered one from its
+    /// record, runs the others. Once `stop` is cancelled, an activation that has not begun to
+    /// deliver is ended with a system error ([`SHUTDOWN_ERROR`]); one that has goes on.
+    pub async fn process(
+        self: &Arc<Self>,
+        payload: &[u8],
+        maybe_redelivered: bool,
+        stop: &CancellationToken,
+    ) {
+        let msg = match ActivationMessage::parse(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                let text = String::from_utf8_lossy(payload);
+                let head: String = text.chars().take(200).collect();
+                tracing::error!(error = %e, message = %head, "malformed activation message skipped");
+                metrics::counter!(crate::metrics::MALFORMED_TOTAL).increment(1);
+                return;
+            }
+        };
+        let flag = Arc::new(AtomicBool::new(false));
+        let work = DELIVERING.scope(flag.clone(), async {
+            let answered = maybe_redelivered
+                && self.answer_from_record(&msg).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot look up an earlier record; running the activation");
+                    false
+                });
+            if !answered {
+                self.handle(msg.clone()).await;
+            }
+        });
+        // Boxed so that dropping it below drops the activation (and its container lease).
+        let mut work = Box::pin(work);
+        tokio::select! {
+            () = &mut work => return,
+            () = stop.cancelled() => {}
+        }
+        if flag.load(Ordering::SeqCst) {
+            // Its acks or record are on their way: the feed bounds how long it may take.
+            return work.await;
+        }
+        drop(work);
+        tracing::warn!(id = %msg.activation_id, "the shutdown grace period ended before the activation did");
+        metrics::counter!(crate::metrics::ENDED_AT_SHUTDOWN_TOTAL).increment(1);
+        self.fallback(&msg, proxy::whisk_error(SHUTDOWN_ERROR))
+            .await;
+    }
+
+    /// Handles one parsed activation message; never fails: errors become error activations,
+    /// and so does a panic (a system error with OpenWhisk's message for an unexpected failure
+    /// of a run, as the Scala invoker's container proxy answers one).
     pub async fn handle(self: &Arc<Self>, msg: ActivationMessage) {
         let span = tracing::info_span!("activation", id = %msg.activation_id, action = %msg.action.qualified());
         let started = Instant::now();
-        tracing::Instrument::instrument(self.clone().handle_inner(msg), span).await;
+        let work = AssertUnwindSafe(self.clone().handle_inner(msg.clone())).catch_unwind();
+        if let Err(panic) = tracing::Instrument::instrument(work, span.clone()).await {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            span.in_scope(|| {
+                tracing::error!(
+                    why,
+                    "the activation panicked; answering with a system error"
+                )
+            });
+            metrics::counter!(crate::metrics::ACTIVATION_PANICS_TOTAL).increment(1);
+            let answer = self.fallback(&msg, proxy::whisk_error(proxy::ABNORMAL_RUN));
+            tracing::Instrument::instrument(answer, span).await;
+        }
         metrics::histogram!(crate::metrics::ACTIVATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
     }
@@ -408,22 +622,29 @@ impl Invoker {
         if !user_allows || !level.stores(activation.response.status_code) {
             return;
         }
+        delivering();
         let doc = activation.to_document(now_ms());
         match self.records.store(doc).await {
-            crate::store::Stored::Written => {}
-            crate::store::Stored::AlreadyThere => {
+            Ok(crate::store::Stored::Written) => {}
+            Ok(crate::store::Stored::AlreadyThere) => {
                 tracing::info!("a record of this activation exists already; kept the first");
             }
-            crate::store::Stored::Lost(why) => {
+            Ok(crate::store::Stored::Refused(why)) => {
                 metrics::counter!(crate::metrics::RECORDS_LOST_TOTAL).increment(1);
-                tracing::error!(why, "activation record lost");
+                tracing::error!(why, "activation record refused by the database");
+            }
+            Err(e) => {
+                // Only while the runtime shuts down; the feed commits nothing after that.
+                tracing::error!(error = %e, "activation record not stored");
             }
         }
     }
 
-    /// Sends an ack to `completed<C>`: non-blocking acks shrunk; a record too large for the
-    /// topic re-sent shrunk; other errors retried 3 times.
+    /// Sends an ack to `completed<C>` and returns once the broker took it: non-blocking acks
+    /// shrunk; a record too large for the topic re-sent shrunk; other errors retried with
+    /// capped back-off for as long as it takes (the broker is reported down meanwhile).
     pub async fn send_ack(&self, msg: &ActivationMessage, ack: Ack) {
+        delivering();
         let ack = if msg.blocking { ack } else { ack.shrunk() };
         let kind = match &ack {
             Ack::Result { .. } => "result",
@@ -435,31 +656,28 @@ impl Invoker {
             .settings
             .topic(&format!("completed{}", msg.root_controller_index.as_string));
         let mut payload = serde_json::to_string(&ack).unwrap_or_default();
-        for attempt in 0..4 {
-            let sent = self
-                .producer
-                .send(
-                    FutureRecord::<(), _>::to(&topic).payload(&payload),
-                    Duration::from_secs(30),
-                )
-                .await;
-            match sent {
-                Ok(_) => return,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
-                    ),
-                    _,
-                )) => {
+        let mut shrunk = false;
+        let mut backoff = Backoff::new(ACK_FIRST_RETRY_PAUSE, ACK_MAX_RETRY_PAUSE);
+        for attempt in 0_u64.. {
+            match self.acks.send(&topic, &payload).await {
+                Ok(()) => {
+                    self.components.set(Component::Broker, false);
+                    return;
+                }
+                Err(KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge,
+                )) if !shrunk => {
+                    shrunk = true;
                     payload = serde_json::to_string(&ack.shrunk()).unwrap_or_default();
                 }
-                Err((e, _)) => {
-                    tracing::warn!(error = %e, attempt, topic, "ack send failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(e) => {
+                    self.components.set(Component::Broker, true);
+                    let pause = backoff.next_pause();
+                    tracing::warn!(error = %e, attempt, topic, retry_in_ms = pause.as_millis(), "ack send failed; retrying");
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
-        tracing::error!(topic, "ack lost after retries");
     }
 
     /// Re-sends the ack of an activation whose record exists (a re-delivered message that was
@@ -604,5 +822,223 @@ mod wasm_tests {
             e.starts_with("The action's WebAssembly text does not assemble: "),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use parking_lot::Mutex;
+    use rdkafka::ClientConfig;
+    use serde_json::Value;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::container::fake::FakeFactory;
+    use crate::pool::PoolConfig;
+    use crate::store::{BulkWriter, RecordStore};
+    use openwhisk::couchdb::BulkResult;
+
+    /// A broker that fails the first `failures` sends (or panics on the first, as a bug in an
+    /// activation's task would), then takes everything.
+    #[derive(Default)]
+    struct FakeBroker {
+        failures: AtomicUsize,
+        panic_once: AtomicBool,
+        attempts: Mutex<Vec<Instant>>,
+        taken: Mutex<Vec<Value>>,
+    }
+
+    #[async_trait::async_trait]
+    impl AckSink for FakeBroker {
+        async fn send(&self, _topic: &str, payload: &str) -> Result<(), KafkaError> {
+            self.attempts.lock().push(Instant::now());
+            assert!(
+                !self.panic_once.swap(false, Ordering::SeqCst),
+                "a bug in the activation's task"
+            );
+            if self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure,
+                ));
+            }
+            self.taken
+                .lock()
+                .push(serde_json::from_str(payload).unwrap());
+            Ok(())
+        }
+    }
+
+    /// A database that takes every record.
+    #[derive(Clone, Default)]
+    struct FakeDb {
+        docs: Arc<Mutex<Vec<Value>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl BulkWriter for FakeDb {
+        async fn bulk_docs(
+            &self,
+            _db: &str,
+            docs: &[Value],
+        ) -> Result<Vec<BulkResult>, CouchDbError> {
+            self.docs.lock().extend(docs.iter().cloned());
+            Ok(docs
+                .iter()
+                .map(|d| BulkResult {
+                    id: d["_id"].as_str().unwrap_or_default().to_owned(),
+                    rev: Some("1-a".into()),
+                    error: None,
+                    reason: None,
+                })
+                .collect())
+        }
+    }
+
+    /// An invoker whose action store cannot be reached (every fetch fails at once), with a
+    /// fake broker for acks and a fake database for records.
+    fn invoker(broker: Arc<FakeBroker>, db: FakeDb) -> Arc<Invoker> {
+        let settings = Settings::from_vars(
+            [
+                ("KAFKA_HOSTS", "127.0.0.1:9"),
+                ("RUNTIMES_MANIFEST", r#"{"runtimes":{}}"#),
+                ("CONFIG_whisk_couchdb_port", "9"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            None,
+        )
+        .unwrap();
+        let couch = CouchDb::new(&settings.couchdb).unwrap();
+        let manifest =
+            Arc::new(openwhisk::manifest::Manifest::parse(r#"{"runtimes":{}}"#).unwrap());
+        let pool = ContainerPool::new(
+            Arc::new(FakeFactory::default()),
+            PoolConfig {
+                user_memory_mb: 1024,
+                pause_grace: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(600),
+                name_prefix: "wsktest0".into(),
+                env: Vec::new(),
+                user_cpus: None,
+                stem_cells: Vec::new(),
+                allow_vm_annotation: false,
+            },
+        );
+        let components = Arc::new(Components::default());
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .create()
+            .unwrap();
+        Arc::new(Invoker {
+            instance: InvokerInstanceId::new(0, settings.user_memory_bytes, Some("0".into()), None),
+            actions: ActionStore::new(couch.clone(), "whisks", manifest, ""),
+            pool,
+            proxy: ProxyClient::new(),
+            producer,
+            acks: broker,
+            db: couch,
+            records: RecordStore::start(db, "activations".into(), components.clone()),
+            components,
+            enabled: AtomicBool::new(true),
+            settings,
+        })
+    }
+
+    fn message() -> ActivationMessage {
+        ActivationMessage::parse(
+            br#"{"transid":["tx1",1714560000123],
+                "action":{"path":"guest","name":"hello","version":"0.0.1"},
+                "revision":null,
+                "user":{"subject":"guest","namespace":{"name":"guest","uuid":"u"},
+                        "authkey":{"api_key":"u:k"},"rights":[],"limits":{}},
+                "activationId":"c7bb1339cb4f40e3a6ccead6c99f804e",
+                "rootControllerIndex":{"asString":"0","instanceType":"controller"},
+                "blocking":true,"initArgs":[],"lockedArgs":{}}"#,
+        )
+        .unwrap()
+    }
+
+    /// Far more failures than the old 4 tries: the ack is retried, with pauses that double up
+    /// to the cap, until the broker takes it; the broker is reported down meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_is_retried_with_capped_backoff_until_the_broker_takes_it() {
+        let broker = Arc::new(FakeBroker::default());
+        broker.failures.store(12, Ordering::SeqCst);
+        let inv = invoker(broker.clone(), FakeDb::default());
+        let msg = message();
+        let sending = tokio::spawn({
+            let inv = inv.clone();
+            async move {
+                let ack = Ack::Completion {
+                    transid: msg.transid.clone(),
+                    activation_id: msg.activation_id.clone(),
+                    is_system_error: false,
+                    instance: inv.instance.clone(),
+                };
+                inv.send_ack(&msg, ack).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!sending.is_finished());
+        assert_eq!(inv.components.down(), ["kafka"]);
+        sending.await.unwrap();
+        assert!(inv.components.down().is_empty());
+        assert_eq!(broker.taken.lock().len(), 1);
+        let attempts = broker.attempts.lock().clone();
+        assert_eq!(attempts.len(), 13);
+        let pauses: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            &pauses[..8],
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000].map(Duration::from_millis)
+        );
+        assert!(pauses.iter().all(|p| *p <= ACK_MAX_RETRY_PAUSE));
+    }
+
+    /// A panic in an activation's task (here in its first ack's send) ends it with a system
+    /// error: a combined ack with OpenWhisk's message and a record, both delivered.
+    #[tokio::test]
+    async fn a_panic_becomes_a_system_error_with_its_ack_and_record() {
+        let broker = Arc::new(FakeBroker::default());
+        broker.panic_once.store(true, Ordering::SeqCst);
+        let db = FakeDb::default();
+        let inv = invoker(broker.clone(), db.clone());
+        let msg = message();
+        inv.process(
+            &serde_json::to_vec(&msg).unwrap(),
+            false,
+            &CancellationToken::new(),
+        )
+        .await;
+        let taken = broker.taken.lock().clone();
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert_eq!(taken[0]["isSystemError"], json!(true));
+        assert_eq!(
+            taken[0]["response"]["response"],
+            json!({"statusCode": 3, "result": {"error": proxy::ABNORMAL_RUN}})
+        );
+        let docs = db.docs.lock().clone();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(
+            docs[0]["_id"],
+            json!(format!("guest/{}", msg.activation_id))
+        );
+        assert_eq!(docs[0]["response"]["statusCode"], json!(3));
+    }
+
+    /// A malformed message is skipped: no ack, no record.
+    #[tokio::test]
+    async fn a_malformed_message_is_skipped() {
+        let broker = Arc::new(FakeBroker::default());
+        let db = FakeDb::default();
+        let inv = invoker(broker.clone(), db.clone());
+        inv.process(b"{not json", false, &CancellationToken::new())
+            .await;
+        assert!(broker.attempts.lock().is_empty());
+        assert!(db.docs.lock().is_empty());
     }
 }

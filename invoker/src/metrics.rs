@@ -28,8 +28,21 @@ pub const MALFORMED_TOTAL: &str = "invoker_messages_malformed_total";
 pub const REDELIVERED_TOTAL: &str = "invoker_redelivered_answered_total";
 /// Histogram: records per `_bulk_docs` request.
 pub const RECORD_BATCH_SIZE: &str = "invoker_record_batch_records";
-/// Counter: records the database refused or never took.
+/// Counter: records the database refused (an answer about the document; an unreachable
+/// database is waited for, never counted here).
 pub const RECORDS_LOST_TOTAL: &str = "invoker_records_lost_total";
+/// Gauge: 1 while a component an activation needs is down (its last attempt failed and is
+/// being retried), by `component` (`kafka`: acks, `couchdb`: records); the health pings stop
+/// meanwhile.
+pub const COMPONENT_DOWN: &str = "invoker_component_down";
+/// Counter: activations whose task panicked (each answered with a system error).
+pub const ACTIVATION_PANICS_TOTAL: &str = "invoker_activation_panics_total";
+/// Counter: activations ended with a system error because the shutdown grace period ended.
+pub const ENDED_AT_SHUTDOWN_TOTAL: &str = "invoker_activations_ended_at_shutdown_total";
+/// Counter: activations given up at exit without their acks or record (the broker or the
+/// database stayed down through the shutdown); their offsets stay uncommitted, so the broker
+/// re-delivers them to the next start.
+pub const ABANDONED_AT_EXIT_TOTAL: &str = "invoker_activations_abandoned_at_exit_total";
 
 /// Counter: microVM boots (actions' and `auto`'s canaries), by `outcome` (`ready`,
 /// `timeout`, `exited`, `error`).
@@ -59,6 +72,10 @@ pub const ALL: &[&str] = &[
     REDELIVERED_TOTAL,
     RECORD_BATCH_SIZE,
     RECORDS_LOST_TOTAL,
+    COMPONENT_DOWN,
+    ACTIVATION_PANICS_TOTAL,
+    ENDED_AT_SHUTDOWN_TOTAL,
+    ABANDONED_AT_EXIT_TOTAL,
     VM_BOOTS_TOTAL,
     VM_BOOT_SECONDS,
     VM_ACCELERATOR,

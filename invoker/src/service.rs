@@ -197,16 +197,24 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         manifest.clone(),
         &settings.runtimes_registry,
     );
-    let records = crate::store::RecordStore::start(db.clone(), settings.db_activations.clone());
+    let components = Arc::new(crate::invoke::Components::new());
+    let records = crate::store::RecordStore::start(
+        db.clone(),
+        settings.db_activations.clone(),
+        components.clone(),
+    );
+    let grace = settings.shutdown_grace;
     let invoker = Arc::new(Invoker {
         settings,
         instance,
         actions,
         pool: pool.clone(),
         proxy: ProxyClient::new(),
+        acks: Arc::new(producer.clone()),
         producer,
         db,
         records,
+        components,
         enabled: AtomicBool::new(true),
     });
     let cancel = shutdown.child_token();
@@ -227,6 +235,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         Arc::new(consumer),
         topic.clone(),
         max_peek,
+        grace,
         cancel.clone(),
     ));
     tracing::info!(topic, port, max_peek, "invoker ready");
@@ -246,7 +255,10 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     let ended = ended.filter(|_| !cancel.is_cancelled());
     let failure = match &ended {
         None => {
-            tracing::info!("shutting down: draining activations in flight");
+            tracing::info!(
+                grace_ms = grace.as_millis(),
+                "shutting down: draining activations in flight"
+            );
             None
         }
         Some((task, result)) => {
@@ -286,7 +298,10 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     failure.map_or(Ok(()), Err)
 }
 
-/// Announces the invoker on `health` every second while it is enabled.
+/// Announces the invoker on `health` every second while it is enabled and the components an
+/// activation needs are up: while the broker or the database is down, activations cannot
+/// finish, so the controller should not send more (it marks an invoker without pings
+/// offline, and back online at the next ping).
 async fn ping_every_second(invoker: Arc<Invoker>, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -294,7 +309,7 @@ async fn ping_every_second(invoker: Arc<Invoker>, cancel: CancellationToken) {
             _ = tick.tick() => {}
             () = cancel.cancelled() => return,
         }
-        if invoker.is_enabled() {
+        if invoker.is_enabled() && invoker.components.down().is_empty() {
             invoker.ping(true).await;
         }
     }

@@ -3,28 +3,56 @@
 //! Records arrive from many activations at once; one writer task takes what is queued (up to
 //! [`MAX_BATCH`], waiting at most [`LINGER`] for more after the first) and writes it in one
 //! request. Each caller waits for its own record's outcome, so the feed commits an offset only
-//! after the record is stored. While the database is unavailable the batch is retried with
-//! backoff for up to [`GIVE_UP_AFTER`]; then its records are reported lost, loudly.
+//! after the database answered for the record.
+//!
+//! While the database is unreachable or answers the request with an error, the batch is
+//! retried with capped exponential back-off for as long as it takes: there is no give-up, so a
+//! record is never dropped while its activation's offset could still be committed. The store
+//! is reported down meanwhile ([`Components`]), which stops the health pings. The memory this
+//! holds is bounded by the feed: every waiting caller holds one of its `maxPeek` permits.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use openwhisk::couchdb::CouchDb;
+use crate::invoke::{Backoff, Component, Components};
+use openwhisk::couchdb::{BulkResult, CouchDb, CouchDbError};
 
 pub const MAX_BATCH: usize = 100;
 pub const LINGER: Duration = Duration::from_millis(2);
-pub const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+/// The first pause after a failed batch; it doubles up to [`MAX_RETRY_PAUSE`].
+pub const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(100);
+pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
-/// What became of a record.
+/// What became of a record. Every outcome is an answer of the database.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stored {
     Written,
     /// A record with this id exists already (a re-delivered activation ran twice).
     AlreadyThere,
-    /// The database refused it or stayed unavailable.
-    Lost(String),
+    /// The database answered with an error for this document (not for the request):
+    /// retrying the same document would get the same answer.
+    Refused(String),
+}
+
+/// The writer is gone (the runtime is shutting down): the record's fate is unknown.
+#[derive(Debug, thiserror::Error)]
+#[error("the record writer has stopped")]
+pub struct WriterStopped;
+
+/// The `_bulk_docs` call the writer makes; CouchDB in production, fakes in tests.
+#[async_trait::async_trait]
+pub trait BulkWriter: Send + Sync + 'static {
+    async fn bulk_docs(&self, db: &str, docs: &[Value]) -> Result<Vec<BulkResult>, CouchDbError>;
+}
+
+#[async_trait::async_trait]
+impl BulkWriter for CouchDb {
+    async fn bulk_docs(&self, db: &str, docs: &[Value]) -> Result<Vec<BulkResult>, CouchDbError> {
+        CouchDb::bulk_docs(self, db, docs).await
+    }
 }
 
 type Job = (Value, oneshot::Sender<Stored>);
@@ -36,26 +64,28 @@ pub struct RecordStore {
 }
 
 impl RecordStore {
-    /// Starts the writer task for database `db`.
-    pub fn start(couch: CouchDb, db: String) -> Self {
+    /// Starts the writer task for database `db`; it reports the store's state to
+    /// `components`.
+    pub fn start(couch: impl BulkWriter, db: String, components: Arc<Components>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(couch, db, rx));
+        tokio::spawn(writer(couch, db, rx, components));
         Self { tx }
     }
 
-    /// Stores one record and waits for the outcome.
-    pub async fn store(&self, doc: Value) -> Stored {
+    /// Stores one record and waits until the database answered for it.
+    pub async fn store(&self, doc: Value) -> Result<Stored, WriterStopped> {
         let (done, outcome) = oneshot::channel();
-        if self.tx.send((doc, done)).await.is_err() {
-            return Stored::Lost("the record writer has stopped".into());
-        }
-        outcome
-            .await
-            .unwrap_or_else(|_| Stored::Lost("the record writer has stopped".into()))
+        self.tx.send((doc, done)).await.map_err(|_| WriterStopped)?;
+        outcome.await.map_err(|_| WriterStopped)
     }
 }
 
-async fn writer(couch: CouchDb, db: String, mut rx: mpsc::Receiver<Job>) {
+async fn writer(
+    couch: impl BulkWriter,
+    db: String,
+    mut rx: mpsc::Receiver<Job>,
+    components: Arc<Components>,
+) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let linger = tokio::time::Instant::now() + LINGER;
@@ -65,50 +95,176 @@ async fn writer(couch: CouchDb, db: String, mut rx: mpsc::Receiver<Job>) {
                 _ => break,
             }
         }
-        let docs: Vec<Value> = batch.iter().map(|(d, _)| d.clone()).collect();
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(100);
+        let mut docs: Vec<Value> = batch.iter().map(|(d, _)| d.clone()).collect();
+        let mut backoff = Backoff::new(FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE);
         let results = loop {
             match couch.bulk_docs(&db, &docs).await {
-                Ok(r) => break Ok(r),
-                Err(e) if started.elapsed() < GIVE_UP_AFTER => {
-                    tracing::warn!(error = %e, records = docs.len(), "storing activation records; retrying");
+                Ok(r) => break r,
+                Err(e) => {
+                    components.set(Component::Store, true);
+                    let pause = backoff.next_pause();
+                    tracing::warn!(
+                        error = %openwhisk::errors::chain(&e),
+                        records = docs.len(),
+                        retry_in_ms = pause.as_millis(),
+                        "storing activation records; retrying"
+                    );
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
+                    // What queued meanwhile goes with the retry: after an outage the backlog
+                    // is written in a few requests, not one per pause.
+                    while batch.len() < MAX_BATCH {
+                        let Ok(job) = rx.try_recv() else { break };
+                        docs.push(job.0.clone());
+                        batch.push(job);
+                    }
                 }
-                Err(e) => break Err(e.to_string()),
             }
         };
+        components.set(Component::Store, false);
         metrics::histogram!(crate::metrics::RECORD_BATCH_SIZE).record(docs.len() as f64);
-        match results {
-            Ok(results) => {
-                for (i, (doc, done)) in batch.into_iter().enumerate() {
-                    let id = doc.get("_id").and_then(Value::as_str).unwrap_or("");
-                    let r = results.iter().find(|r| r.id == id).or(results.get(i));
-                    let outcome = match r.and_then(|r| r.error.as_deref()) {
-                        None => Stored::Written,
-                        Some("conflict") => Stored::AlreadyThere,
-                        Some(e) => Stored::Lost(format!(
-                            "{e}: {}",
-                            r.and_then(|r| r.reason.clone()).unwrap_or_default()
-                        )),
-                    };
-                    if let Stored::Lost(why) = &outcome {
-                        tracing::error!(id, why, "activation record refused");
-                    }
-                    let _ = done.send(outcome);
-                }
+        for (i, (doc, done)) in batch.into_iter().enumerate() {
+            let id = doc.get("_id").and_then(Value::as_str).unwrap_or("");
+            let r = results.iter().find(|r| r.id == id).or(results.get(i));
+            let outcome = match r.and_then(|r| r.error.as_deref()) {
+                None => Stored::Written,
+                Some("conflict") => Stored::AlreadyThere,
+                Some(e) => Stored::Refused(format!(
+                    "{e}: {}",
+                    r.and_then(|r| r.reason.clone()).unwrap_or_default()
+                )),
+            };
+            if let Stored::Refused(why) = &outcome {
+                tracing::error!(id, why, "activation record refused");
             }
-            Err(why) => {
-                tracing::error!(
-                    records = batch.len(),
-                    why,
-                    "activation records lost: the store stayed unavailable"
-                );
-                for (_, done) in batch {
-                    let _ = done.send(Stored::Lost(why.clone()));
-                }
-            }
+            let _ = done.send(outcome);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use parking_lot::Mutex;
+    use reqwest::Method;
+    use reqwest::StatusCode;
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// Fails every `_bulk_docs` before `up_at` (a 503, as a proxy in front of a stopped
+    /// database answers), then takes everything; remembers when each call came.
+    struct FlakyDb {
+        up_at: Instant,
+        calls: Mutex<Vec<Instant>>,
+        written: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl BulkWriter for Arc<FlakyDb> {
+        async fn bulk_docs(
+            &self,
+            db: &str,
+            docs: &[Value],
+        ) -> Result<Vec<BulkResult>, CouchDbError> {
+            let now = Instant::now();
+            self.calls.lock().push(now);
+            if now < self.up_at {
+                return Err(CouchDbError::Status {
+                    method: Method::POST,
+                    path: format!("/{db}/_bulk_docs"),
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    body: String::new(),
+                });
+            }
+            self.written.fetch_add(docs.len(), Ordering::SeqCst);
+            Ok(docs
+                .iter()
+                .map(|d| BulkResult {
+                    id: d["_id"].as_str().unwrap().to_owned(),
+                    rev: Some("1-a".into()),
+                    error: (d["_id"] == "bad").then(|| "forbidden".to_owned()),
+                    reason: Some("no".into()),
+                })
+                .collect())
+        }
+    }
+
+    /// A store down for longer than the old 30 s give-up: the record waits, with pauses that
+    /// double up to the cap, the store is reported down meanwhile, and the record is written
+    /// once the store is back.
+    #[tokio::test(start_paused = true)]
+    async fn a_record_waits_out_a_long_outage_with_capped_backoff() {
+        let start = Instant::now();
+        let db = Arc::new(FlakyDb {
+            up_at: start + Duration::from_secs(75),
+            calls: Mutex::new(Vec::new()),
+            written: AtomicUsize::new(0),
+        });
+        let components = Arc::new(Components::default());
+        let store = RecordStore::start(db.clone(), "acts".into(), components.clone());
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.store(json!({"_id": "guest/a"})).await.unwrap() }
+        });
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert!(!waiting.is_finished(), "no give-up after 30 s");
+        assert_eq!(components.down(), ["couchdb"]);
+        assert_eq!(waiting.await.unwrap(), Stored::Written);
+        assert!(components.down().is_empty());
+        assert_eq!(db.written.load(Ordering::SeqCst), 1);
+        let calls = db.calls.lock().clone();
+        let pauses: Vec<Duration> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            &pauses[..7],
+            [100, 200, 400, 800, 1600, 3200, 5000].map(Duration::from_millis)
+        );
+        assert!(pauses.iter().all(|p| *p <= MAX_RETRY_PAUSE), "{pauses:?}");
+        // Written within one pause of the store's return.
+        let last = *calls.last().unwrap();
+        assert!(last >= db.up_at && last - db.up_at <= MAX_RETRY_PAUSE);
+    }
+
+    /// Records that queue behind a failing batch are written with its retry.
+    #[tokio::test(start_paused = true)]
+    async fn records_queued_during_an_outage_join_the_retry() {
+        let db = Arc::new(FlakyDb {
+            up_at: Instant::now() + Duration::from_secs(10),
+            calls: Mutex::new(Vec::new()),
+            written: AtomicUsize::new(0),
+        });
+        let store = RecordStore::start(db.clone(), "acts".into(), Arc::default());
+        let mut waiting = Vec::new();
+        for i in 0..5 {
+            let store = store.clone();
+            waiting.push(tokio::spawn(async move {
+                store
+                    .store(json!({"_id": format!("guest/{i}")}))
+                    .await
+                    .unwrap()
+            }));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for w in waiting {
+            assert_eq!(w.await.unwrap(), Stored::Written);
+        }
+        assert_eq!(db.written.load(Ordering::SeqCst), 5);
+        let successful = db.calls.lock().iter().filter(|t| **t >= db.up_at).count();
+        assert_eq!(successful, 1, "one request once the store is back");
+    }
+
+    /// A document the database refuses (an answer about the document) is not retried.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_document_is_an_answer() {
+        let db = Arc::new(FlakyDb {
+            up_at: Instant::now(),
+            calls: Mutex::new(Vec::new()),
+            written: AtomicUsize::new(0),
+        });
+        let store = RecordStore::start(db.clone(), "acts".into(), Arc::default());
+        let outcome = store.store(json!({"_id": "bad"})).await.unwrap();
+        assert_eq!(outcome, Stored::Refused("forbidden: no".into()));
+        assert_eq!(db.calls.lock().len(), 1);
     }
 }
