@@ -45,6 +45,12 @@ const ow = require('openwhisk')({ apihost: process.env.APIHOST, api_key: process
       await new Promise(resolve => setTimeout(resolve, 200))
     }
   }
+  // The same greeting as a WebAssembly function in the unikernel (WAT text; see
+  // unikernel/functions/README.md).
+  await ow.actions.update({ name: 'hello-wasm', kind: 'wasm:0.1',
+    action: require('fs').readFileSync('unikernel/functions/hello.wat', 'utf8') })
+  const w = await ow.actions.invoke({ name: 'hello-wasm', blocking: true, params: { name: 'OpenWhisk' } })
+  console.log(`hello-wasm -> ${JSON.stringify(w.response.result)} (activation ${w.activationId}, ${w.duration} ms, in a unikernel microVM)`)
 })().catch(e => { console.error(e.message); process.exit(1) })
 JS
 
