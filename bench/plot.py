@@ -139,8 +139,9 @@ def plot_coldstart(report, out):
         color = {"bridge": "C0", "pcpm": "C2", "netns": "C3", "vm": "C5", "unikernel": "C4"}.get(mode, "C6")
         ax.errorbar(ns, med, yerr=[[0] * len(med), hi], marker="o", capsize=3, color=color,
                     label=f"{mode} total")
-        p99 = [cell[(mode, n)]["each"]["p99_s"] for n in ns]
-        ax.plot(ns, p99, linestyle=":", marker=".", color=color, label=f"{mode} p99 of each")
+        done = [n for n in ns if cell[(mode, n)]["each"]]
+        p99 = [cell[(mode, n)]["each"]["p99_s"] for n in done]
+        ax.plot(done, p99, linestyle=":", marker=".", color=color, label=f"{mode} p99 of each")
     ax.set_yscale("log")
     ax.set_xlabel("concurrent cold-start activations N")
     ax.set_ylabel("seconds (total: median of rounds, whisker = max)")

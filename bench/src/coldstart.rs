@@ -88,7 +88,8 @@ pub struct Cell {
     pub mode: String,
     pub n: usize,
     pub total: Summary,
-    pub each: Summary,
+    /// The successful activations (`None`: every one failed; `errors` counts them).
+    pub each: Option<Summary>,
     pub errors: usize,
     /// Share of all CPUs busy (user + system + irq) from the first produce to the last result,
     /// median over rounds: near 1 means the cell was CPU-bound.
@@ -215,6 +216,9 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 // Likewise the VM slots (vm mode's, or the VM backend's beside a container
                 // mode's), apart from the quickstart's 10.232.0.0/16.
                 .env("CONFIG_whisk_invoker_network_vm_subnet", "10.233.0.0/16")
+                // 50 Linux guests booting at once under TCG on 2 cores take minutes, not the
+                // default 60 s; a boot that still times out is counted as a failed activation.
+                .env("CONFIG_whisk_invoker_vm_bootTimeout", "600 seconds")
                 .env(
                     "CONFIG_whisk_invoker_network_pool_lowWatermark",
                     POOL_READY.to_string(),
@@ -360,8 +364,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 mode: mode.clone(),
                 n,
                 total: Summary::of(&totals[&n]).context("no rounds")?,
-                each: Summary::of(each.get(&n).map_or(&[][..], Vec::as_slice))
-                    .context("every activation failed")?,
+                each: Summary::of(each.get(&n).map_or(&[][..], Vec::as_slice)),
                 errors: errors.get(&n).copied().unwrap_or(0),
                 cpu_busy: median(busy.get(&n).map_or(&[][..], Vec::as_slice)),
             });
@@ -384,7 +387,8 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         cells
             .iter()
             .find(|c| c.mode == mode && c.n == 1)
-            .map_or(f64::NAN, |c| c.each.p50_s)
+            .and_then(|c| c.each.as_ref())
+            .map_or(f64::NAN, |e| e.p50_s)
     };
     let ratios_p50_at_n1 = p
         .modes
@@ -397,7 +401,8 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         cells
             .iter()
             .find(|c| c.mode == mode && c.n == n)
-            .map_or(f64::NAN, |c| c.each.p99_s)
+            .and_then(|c| c.each.as_ref())
+            .map_or(f64::NAN, |e| e.p99_s)
     };
     let p99_growth = p
         .modes

@@ -927,6 +927,7 @@ mod delivery_tests {
                 user_cpus: None,
                 stem_cells: Vec::new(),
                 allow_vm_annotation: false,
+                mode_is_vm: false,
             },
         );
         let components = Arc::new(Components::default());

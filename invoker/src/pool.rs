@@ -43,6 +43,9 @@ pub struct PoolConfig {
     pub stem_cells: Vec<(StemCell, String)>,
     /// An action annotated `sandbox: vm` runs in a VM (`whisk.invoker.vm.allow-annotation`).
     pub allow_vm_annotation: bool,
+    /// The mode's backend runs VMs itself (vm mode): every spec is the mode's, so VM actions
+    /// share stem cells with the others.
+    pub mode_is_vm: bool,
 }
 
 /// Whether a container's `/init` happened: the first activation in a container initializes it;
@@ -629,8 +632,9 @@ impl Inner {
                 .and_then(serde_json::Value::as_str)
                 == Some("vm")
         };
-        if crate::container::vm::requires_vm(image)
-            || (self.config.allow_vm_annotation && annotated())
+        if !self.config.mode_is_vm
+            && (crate::container::vm::requires_vm(image)
+                || (self.config.allow_vm_annotation && annotated()))
         {
             Sandbox::Vm
         } else {
@@ -715,7 +719,7 @@ impl Inner {
     }
 
     async fn start_prewarm(self: Arc<Self>, cell: StemCell, image: String) {
-        let sandbox = match crate::container::vm::requires_vm(&image) {
+        let sandbox = match crate::container::vm::requires_vm(&image) && !self.config.mode_is_vm {
             true => Sandbox::Vm,
             false => Sandbox::Mode,
         };

@@ -29,6 +29,7 @@ fn config(user_memory_mb: u64) -> PoolConfig {
         user_cpus: None,
         stem_cells: Vec::new(),
         allow_vm_annotation: true,
+        mode_is_vm: false,
     }
 }
 
@@ -854,4 +855,21 @@ async fn the_vm_annotation_is_ignored_where_the_invoker_does_not_allow_it() {
     );
     let l = acquire(&pool, &vm_node, "guest").await.unwrap();
     assert_eq!(fake.with(|s| s.sandboxes[l.container.id()]), Sandbox::Mode);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_vm_mode_every_spec_is_the_mode_s_and_vm_actions_take_its_stem_cells() {
+    let mut cfg = config(1024);
+    cfg.mode_is_vm = true;
+    cfg.stem_cells = vec![stem_cell("nodejs:18", 256, 1)];
+    let (fake, pool) = setup(cfg);
+    pool.prewarm().await;
+    let vm_node = annotated(
+        action("isolated", "nodejs:18", 256, 1),
+        "sandbox",
+        json!("vm"),
+    );
+    let l = acquire(&pool, &vm_node, "guest").await.unwrap();
+    assert_eq!(l.start, Start::Prewarm);
+    assert!(fake.with(|s| s.sandboxes.values().all(|b| *b == Sandbox::Mode)));
 }

@@ -492,13 +492,22 @@ async fn start_vm_backend(
     let slots = start_netpool(settings, NetpoolKind::VmSlots, id)
         .await
         .map_err(|e| openwhisk::errors::chain(&ServiceError::VmSlots(e)))?;
-    pools.vm_slots = Some(slots.clone());
-    let factory = VmFactory::new(
-        Arc::new(slots),
+    let factory = match VmFactory::new(
+        Arc::new(slots.clone()),
         VmConfig::from_settings(&settings.vm, name_prefix),
     )
     .await
-    .map_err(|e| openwhisk::errors::chain(&ServiceError::VmFactory(e)))?;
+    {
+        Ok(f) => f,
+        Err(e) => {
+            // Undone at once: the slots would otherwise wait, unused, for the shutdown.
+            if let Err(teardown) = slots.shutdown().await {
+                tracing::warn!(error = %openwhisk::errors::chain(&teardown), "removing the VM slots of a VM backend that did not start");
+            }
+            return Err(openwhisk::errors::chain(&ServiceError::VmFactory(e)));
+        }
+    };
+    pools.vm_slots = Some(slots);
     tracing::info!(
         accelerator = factory.engine().label(),
         "VM backend ready beside the containers"
@@ -625,6 +634,7 @@ fn pool_config(settings: &Settings, manifest: &Manifest, name_prefix: &str) -> P
         user_cpus: settings.user_cpus,
         stem_cells,
         allow_vm_annotation: settings.vm.allow_annotation,
+        mode_is_vm: settings.network_mode == NetworkMode::Vm,
     }
 }
 

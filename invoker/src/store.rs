@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -100,6 +101,26 @@ async fn writer(
         let results = loop {
             match couch.bulk_docs(&db, &docs).await {
                 Ok(r) => break r,
+                // The database refused the request itself (too large, say): retrying it would
+                // get the same answer, and would hold every record behind it. Each record is
+                // written on its own instead, and one refused alone is that record's answer.
+                Err(e) if refuses_the_request(&e) => {
+                    components.set(Component::Store, false);
+                    tracing::warn!(
+                        error = %openwhisk::errors::chain(&e),
+                        records = docs.len(),
+                        "the database refused a batch of activation records; writing them one by one"
+                    );
+                    for (doc, done) in batch.drain(..) {
+                        let outcome = write_alone(&couch, &db, &doc, &components).await;
+                        if let Stored::Refused(why) = &outcome {
+                            let id = doc.get("_id").and_then(Value::as_str).unwrap_or("");
+                            tracing::error!(id, why, "activation record refused");
+                        }
+                        let _ = done.send(outcome);
+                    }
+                    break Vec::new();
+                }
                 Err(e) => {
                     components.set(Component::Store, true);
                     let pause = backoff.next_pause();
@@ -120,23 +141,69 @@ async fn writer(
                 }
             }
         };
+        if batch.is_empty() {
+            continue;
+        }
         components.set(Component::Store, false);
         metrics::histogram!(crate::metrics::RECORD_BATCH_SIZE).record(docs.len() as f64);
         for (i, (doc, done)) in batch.into_iter().enumerate() {
             let id = doc.get("_id").and_then(Value::as_str).unwrap_or("");
-            let r = results.iter().find(|r| r.id == id).or(results.get(i));
-            let outcome = match r.and_then(|r| r.error.as_deref()) {
-                None => Stored::Written,
-                Some("conflict") => Stored::AlreadyThere,
-                Some(e) => Stored::Refused(format!(
-                    "{e}: {}",
-                    r.and_then(|r| r.reason.clone()).unwrap_or_default()
-                )),
-            };
+            let outcome = outcome_of(&results, id, i);
             if let Stored::Refused(why) = &outcome {
                 tracing::error!(id, why, "activation record refused");
             }
             let _ = done.send(outcome);
+        }
+    }
+}
+
+/// The database's answer for the document `id` (the `i`th sent).
+fn outcome_of(results: &[BulkResult], id: &str, i: usize) -> Stored {
+    let r = results.iter().find(|r| r.id == id).or(results.get(i));
+    match r.and_then(|r| r.error.as_deref()) {
+        None => Stored::Written,
+        Some("conflict") => Stored::AlreadyThere,
+        Some(e) => Stored::Refused(format!(
+            "{e}: {}",
+            r.and_then(|r| r.reason.clone()).unwrap_or_default()
+        )),
+    }
+}
+
+/// A 4xx answer to the request (but 408 and 429, which say "later"): the request itself will
+/// never be taken.
+fn refuses_the_request(e: &CouchDbError) -> bool {
+    matches!(e, CouchDbError::Status { status, .. }
+        if status.is_client_error()
+            && *status != StatusCode::REQUEST_TIMEOUT
+            && *status != StatusCode::TOO_MANY_REQUESTS)
+}
+
+/// One record on its own, retried with back-off while the database is unreachable; refused
+/// when the database refuses the request.
+async fn write_alone(
+    couch: &impl BulkWriter,
+    db: &str,
+    doc: &Value,
+    components: &Components,
+) -> Stored {
+    let mut backoff = Backoff::new(FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE);
+    loop {
+        match couch.bulk_docs(db, std::slice::from_ref(doc)).await {
+            Ok(results) => {
+                components.set(Component::Store, false);
+                let id = doc.get("_id").and_then(Value::as_str).unwrap_or("");
+                return outcome_of(&results, id, 0);
+            }
+            Err(e) if refuses_the_request(&e) => {
+                return Stored::Refused(openwhisk::errors::chain(&e));
+            }
+            Err(e) => {
+                components.set(Component::Store, true);
+                let pause = backoff.next_pause();
+                tracing::warn!(error = %openwhisk::errors::chain(&e), retry_in_ms = pause.as_millis(), "storing an activation record; retrying");
+                tokio::time::sleep(pause).await;
+            }
         }
     }
 }
@@ -266,5 +333,69 @@ mod tests {
         let outcome = store.store(json!({"_id": "bad"})).await.unwrap();
         assert_eq!(outcome, Stored::Refused("forbidden: no".into()));
         assert_eq!(db.calls.lock().len(), 1);
+    }
+
+    /// Answers 413 for any request that holds a document `huge` (CouchDB refuses a request
+    /// over its size limit as a whole), takes the rest.
+    struct SizeLimitedDb {
+        calls: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl BulkWriter for Arc<SizeLimitedDb> {
+        async fn bulk_docs(
+            &self,
+            _db: &str,
+            docs: &[Value],
+        ) -> Result<Vec<BulkResult>, CouchDbError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if docs.iter().any(|d| d["_id"] == "huge") {
+                return Err(CouchDbError::Status {
+                    method: Method::POST,
+                    path: "/acts/_bulk_docs".into(),
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    body: "{\"error\":\"too_large\"}".into(),
+                });
+            }
+            Ok(docs
+                .iter()
+                .map(|d| BulkResult {
+                    id: d["_id"].as_str().unwrap_or_default().into(),
+                    rev: Some("1-a".into()),
+                    error: None,
+                    reason: None,
+                })
+                .collect())
+        }
+    }
+
+    /// A record the database never takes is refused on its own; the records batched with it
+    /// are written, and nothing waits behind it.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_the_database_refuses_does_not_hold_the_records_batched_with_it() {
+        let db = Arc::new(SizeLimitedDb {
+            calls: AtomicUsize::new(0),
+        });
+        let components: Arc<Components> = Arc::default();
+        let store = RecordStore::start(db.clone(), "acts".into(), components.clone());
+        let outcomes = futures::future::join_all(
+            ["a", "b", "huge", "c", "d"].map(|id| store.store(json!({"_id": id}))),
+        )
+        .await;
+        for (id, outcome) in ["a", "b", "huge", "c", "d"].iter().zip(outcomes) {
+            let outcome = outcome.unwrap();
+            if *id == "huge" {
+                assert!(
+                    matches!(&outcome, Stored::Refused(why) if why.contains("413")),
+                    "{outcome:?}"
+                );
+            } else {
+                assert_eq!(outcome, Stored::Written, "{id}");
+            }
+        }
+        // One batch, then one request per record.
+        assert_eq!(db.calls.load(Ordering::SeqCst), 6);
+        let later = store.store(json!({"_id": "e"})).await.unwrap();
+        assert_eq!(later, Stored::Written);
     }
 }

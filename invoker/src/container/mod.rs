@@ -90,6 +90,7 @@ pub struct ContainerSpec {
     pub cpus: Option<f64>,
     /// `K=V` pairs: `__OW_API_HOST` and the configured extra variables.
     pub env: Vec<String>,
+    /// Which backend: the mode's, or a VM beside it (see [`router`]).
     pub sandbox: Sandbox,
 }
 
