@@ -170,7 +170,7 @@ def plot_memory(report, out):
     rows = report["rows"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     ax = axes[0]
-    names = [r["scenario"] for r in rows]
+    names = [f"{r['scenario']}\n×{r['objects']}" for r in rows]
     pss = [r["processes"]["pss_kib"] / 1024 for r in rows]
     kern = [max(r["kernel"]["unreclaimable_kib"], 0) / 1024 for r in rows]
     ax.bar(names, pss, label="processes (PSS)", color="C0")
@@ -178,13 +178,13 @@ def plot_memory(report, out):
     for i, r in enumerate(rows):
         ax.text(i, pss[i] + kern[i], f"{r['committed_kib'] / 1024:.1f}", ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("MiB committed for the idle objects")
-    ax.set_title(f"memory of {report['n']} idle objects (Table 2)", fontsize=9)
+    ax.set_title(f"memory of the idle objects (Table 2; ×count)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
     ax = axes[1]
     timed = [r for r in rows if r["total_s"] is not None]
-    ax.bar([r["scenario"] for r in timed], [r["total_s"] for r in timed], color="C2")
-    ax.set_ylabel(f"seconds for {report['n']} concurrent functions")
+    ax.bar([f"{r['scenario']}\n×{max(r['objects'], report['n'] if r['scenario'] == 'cold' else 0)}" for r in timed], [r["total_s"] for r in timed], color="C2")
+    ax.set_ylabel("seconds for that many concurrent functions")
     ax.set_title("time from that state (container level)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     m = report["machine"]

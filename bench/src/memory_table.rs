@@ -97,7 +97,9 @@ async fn post(
                 }
                 return Ok(v);
             }
-            Err(e) if Instant::now() < deadline && e.is_connect() => {
+            // Not listening yet, or (`/init`, which has not run when no answer came) reset by
+            // a guest whose sockets were all taken: try again, as the invoker's client does.
+            Err(e) if Instant::now() < deadline && (e.is_connect() || path == "/init") => {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(e) => return Err(e.into()),

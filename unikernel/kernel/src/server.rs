@@ -16,8 +16,11 @@ use wasm_unikernel::http::{self, Head};
 
 use crate::console::ActionOutput;
 
-/// Sockets listening at once: connections beyond these wait in the client's SYN retries.
-pub const SOCKETS: usize = 8;
+/// Sockets listening at once. smoltcp has no backlog: a SYN that finds no socket listening is
+/// reset, and on a busy host the invoker's readiness probes (each a connect with a short
+/// timeout) can hold several sockets in SYN-RECEIVED at once; 8 were seen to run out when 50
+/// guests booted together. 32 cost 2.5 MiB of buffers.
+pub const SOCKETS: usize = 32;
 const RX_BUFFER: usize = 64 * 1024;
 const TX_BUFFER: usize = 16 * 1024;
 
