@@ -168,6 +168,13 @@ tokio::task_local! {
     static DELIVERING: Arc<AtomicBool>;
 }
 
+tokio::task_local! {
+    /// The activation a blocking caller has been sent as its result: a panic after that is
+    /// answered with this activation's record and completion, not a second, contradicting
+    /// result.
+    static ANSWERED: Arc<parking_lot::Mutex<Option<WhiskActivation>>>;
+}
+
 fn delivering() {
     let _ = DELIVERING.try_with(|d| d.store(true, Ordering::SeqCst));
 }
@@ -260,7 +267,11 @@ impl Invoker {
     pub async fn handle(self: &Arc<Self>, msg: ActivationMessage) {
         let span = tracing::info_span!("activation", id = %msg.activation_id, action = %msg.action.qualified());
         let started = Instant::now();
-        let work = AssertUnwindSafe(self.clone().handle_inner(msg.clone())).catch_unwind();
+        let answered = Arc::new(parking_lot::Mutex::new(None));
+        let work = ANSWERED.scope(
+            answered.clone(),
+            AssertUnwindSafe(self.clone().handle_inner(msg.clone())).catch_unwind(),
+        );
         if let Err(panic) = tracing::Instrument::instrument(work, span.clone()).await {
             let why = panic
                 .downcast_ref::<&str>()
@@ -274,8 +285,28 @@ impl Invoker {
                 )
             });
             metrics::counter!(crate::metrics::ACTIVATION_PANICS_TOTAL).increment(1);
-            let answer = self.fallback(&msg, proxy::whisk_error(proxy::ABNORMAL_RUN));
-            tracing::Instrument::instrument(answer, span).await;
+            let sent = answered.lock().take();
+            match sent {
+                // The caller has its result: the record says the same, and the completion
+                // frees the slot.
+                Some(mut activation) => {
+                    activation.logs = vec![format!(
+                        "{:<30} stderr: {}",
+                        logs::rfc3339_now(),
+                        logs::LOG_FAILURE
+                    )];
+                    let finish = async {
+                        self.store(&msg, &activation).await;
+                        self.send_ack(&msg, completion_ack(&msg, &activation, &self.instance))
+                            .await;
+                    };
+                    tracing::Instrument::instrument(finish, span).await;
+                }
+                None => {
+                    let answer = self.fallback(&msg, proxy::whisk_error(proxy::ABNORMAL_RUN));
+                    tracing::Instrument::instrument(answer, span).await;
+                }
+            }
         }
         metrics::histogram!(crate::metrics::ACTIVATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
@@ -535,6 +566,7 @@ impl Invoker {
         if let Some(logs) = logs {
             if msg.blocking {
                 self.send_ack(&msg, result_ack(&msg, &activation)).await;
+                let _ = ANSWERED.try_with(|a| *a.lock() = Some(activation.clone()));
             }
             let collected = logs::collect(
                 &mut **logs.lock().await,

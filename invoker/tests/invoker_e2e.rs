@@ -355,7 +355,7 @@ impl Harness {
         // 10.100–10.109, apart from netns's (above, and the stack's 10.230), the benchmark's
         // 10.231 and 10.233, vm mode's default 10.232, the free ranges the invokers of other
         // tests pick (netpool's `subnet_auto`, from 10.200) and the ranges of netpool's and the
-        // VM backend's own tests (10.213, 10.215–10.217). `id % 10` is the harness's slot in
+        // VM backend's own tests (10.213, 10.215–10.218). `id % 10` is the harness's slot in
         // this process, so the invokers of one run never share a range.
         .env(
             "CONFIG_whisk_invoker_network_vm_subnet",

@@ -9,7 +9,7 @@
 //!
 //! Needs root.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,23 +20,13 @@ use invoker::container::vm::{self, VmConfig, VmFactory};
 use invoker::container::{Container, ContainerFactory, ContainerSpec, ImageRef, Sandbox};
 use openwhisk::messages::ActivationResponse;
 use serde_json::{Value, json};
+use testkit::vm::{processes_under, vm_slot_pool as vm_pool};
 
 /// A unikernel boots in well under a second under TCG; the bound is for a machine busy with
 /// builds.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 const NOT_A_DICTIONARY: &str = "The action did not return a dictionary or array.";
 const WASM_IMAGE: &str = "openwhisk/action-wasm-v0.1:nightly";
-
-fn unikernel() -> PathBuf {
-    let tools = std::env::var_os("WHISK_TOOLS_DIR").unwrap_or_else(|| "/opt/whisk-tools".into());
-    let path = Path::new(&tools).join("vm").join("wasm-unikernel");
-    assert!(
-        path.is_file(),
-        "the unikernel {} is missing: build it with runtimes/build.sh",
-        path.display()
-    );
-    path
-}
 
 fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
     VmConfig {
@@ -46,7 +36,7 @@ fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
         kernel: "/nonexistent/vmlinux".into(),
         initrd: "/nonexistent/initrd.img".into(),
         root_images: "/nonexistent".into(),
-        unikernel: unikernel(),
+        unikernel: testkit::vm::guest_file("wasm-unikernel"),
         boot_timeout: BOOT_TIMEOUT,
         qmp_timeout: vm::DEFAULT_QMP_TIMEOUT,
         quit_timeout: vm::DEFAULT_QUIT_TIMEOUT,
@@ -56,21 +46,6 @@ fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
         canary_name: "wskux0_canary".into(),
         canary_timeout: vm::DEFAULT_CANARY_TIMEOUT,
     }
-}
-
-async fn vm_pool(name: &str, second_octet: u8) -> Arc<netpool::NetPool> {
-    let mut cfg =
-        netpool::PoolConfig::new(name, std::net::Ipv4Addr::new(10, second_octet, 0, 0), 16);
-    cfg.kind = netpool::SlotKind::Vm;
-    cfg.low_watermark = 1;
-    cfg.high_watermark = 2;
-    cfg.max_slots = 4;
-    cfg.isolate_slots = false;
-    Arc::new(
-        netpool::NetPool::new(cfg)
-            .await
-            .expect("netpool VM slots (run as root)"),
-    )
 }
 
 fn spec(name: &str, memory_mb: u64) -> ContainerSpec {
@@ -223,24 +198,6 @@ impl Vm {
     }
 }
 
-/// Processes whose command line names `run_dir` (QEMU's `-pidfile` and `-qmp` are in it).
-fn processes_under(run_dir: &Path) -> Vec<String> {
-    let needle = run_dir.as_os_str().as_encoded_bytes().to_vec();
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline
-            .windows(needle.len())
-            .any(|w| w == needle.as_slice())
-        {
-            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
-        }
-    }
-    found
-}
-
 async fn boot(factory: &VmFactory, name: &str, memory_mb: u64) -> Vm {
     let started = Instant::now();
     let c = factory
@@ -274,7 +231,7 @@ fn error_of(r: &ActivationResponse) -> (u8, String) {
 /// cause, in two unikernels (one per module: `/init` happens once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wasm_functions_run_in_the_unikernel_with_the_runtime_protocol_and_its_errors() {
-    let pool = vm_pool("ub", 217).await;
+    let pool = vm_pool("ub", 218).await;
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let cgroup_parent = "wsk-vm-test-ub";

@@ -23,25 +23,11 @@ use invoker::container::proxy::{self, Answer, ProxyClient};
 use invoker::container::vm::{self, VmConfig, VmError, VmFactory};
 use invoker::container::{ContainerFactory, ContainerSpec, CreateError, ImageRef};
 use serde_json::json;
+use testkit::vm::{guest_dir, guest_file, processes_under, vm_slot_pool as vm_pool};
 
 /// A boot under TCG on this shared 2-core machine: seconds when quiet, far more when others
 /// build.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn guest_dir() -> PathBuf {
-    let tools = std::env::var_os("WHISK_TOOLS_DIR").unwrap_or_else(|| "/opt/whisk-tools".into());
-    Path::new(&tools).join("vm")
-}
-
-fn guest_file(name: &str) -> PathBuf {
-    let path = guest_dir().join(name);
-    assert!(
-        path.is_file(),
-        "the VM guest's {} is missing: build it with runtimes/build.sh",
-        path.display()
-    );
-    path
-}
 
 fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
     VmConfig {
@@ -63,21 +49,6 @@ fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
     }
 }
 
-async fn vm_pool(name: &str, second_octet: u8) -> Arc<netpool::NetPool> {
-    let mut cfg =
-        netpool::PoolConfig::new(name, std::net::Ipv4Addr::new(10, second_octet, 0, 0), 16);
-    cfg.kind = netpool::SlotKind::Vm;
-    cfg.low_watermark = 1;
-    cfg.high_watermark = 1;
-    cfg.max_slots = 4;
-    cfg.isolate_slots = false;
-    Arc::new(
-        netpool::NetPool::new(cfg)
-            .await
-            .expect("netpool VM slots (run as root)"),
-    )
-}
-
 fn spec(name: &str) -> ContainerSpec {
     ContainerSpec {
         name: name.into(),
@@ -88,36 +59,6 @@ fn spec(name: &str) -> ContainerSpec {
         env: vec!["__OW_API_HOST=http://127.0.0.1".into()],
         sandbox: invoker::container::Sandbox::Mode,
     }
-}
-
-/// Processes whose command line names `run_dir` (QEMU's `-pidfile` and `-qmp` are in it).
-fn processes_under(run_dir: &Path) -> Vec<String> {
-    let needle = run_dir.as_os_str().as_encoded_bytes().to_vec();
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if !e
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline
-            .windows(needle.len())
-            .any(|w| w == needle.as_slice())
-        {
-            found.push(format!(
-                "{}: {}",
-                e.file_name().to_string_lossy(),
-                String::from_utf8_lossy(&cmdline).replace('\0', " ")
-            ));
-        }
-    }
-    found
 }
 
 /// The host's permanent neighbour entries on the pool's (first) bridge, as `ip neigh` shows

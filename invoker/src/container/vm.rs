@@ -1286,7 +1286,13 @@ impl VmFactory {
         let deadline = started + boot_timeout;
         let socket = vm.dir.join(QMP_SOCKET);
         let connected = tokio::select! {
-            q = Qmp::connect(&socket, self.config.qmp_timeout) => q,
+            // Within the boot's bound: with many VMs starting on a busy host QEMU may take
+            // longer than one exchange's bound to answer its first.
+            q = Qmp::connect_within(
+                &socket,
+                boot_timeout.saturating_sub(started.elapsed()).max(self.config.qmp_timeout),
+                self.config.qmp_timeout,
+            ) => q,
             status = vmm.wait(boot_timeout) => {
                 return Err(match status {
                     Some(s) => vmm.exited_error(s).await,

@@ -172,10 +172,11 @@ impl Runtime {
             out.sentinels();
             return Reply::error(403, INIT_TWICE);
         }
-        let message: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-        let value = match message.get("value") {
+        let mut message: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        // Taken, not cloned: the code may be most of the guest's memory.
+        let value = match message.get_mut("value").map(Value::take) {
             None => Map::new(),
-            Some(Value::Object(v)) => v.clone(),
+            Some(Value::Object(v)) => v,
             Some(_) => {
                 out.sentinels();
                 return Reply::error(404, INIT_VALUE_NOT_OBJECT);

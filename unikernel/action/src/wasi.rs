@@ -370,9 +370,16 @@ fn with_memory(
     }
 }
 
+/// The most iovecs one call may pass (Linux's `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+
 /// The `(ptr, len)` pairs of an iovec array.
 fn iovecs(mem: &[u8], iovs: i32, count: i32) -> Result<Vec<(usize, usize)>, i32> {
     let count = addr(count);
+    // POSIX's IOV_MAX: the list is copied onto the kernel's heap, outside the memory budget.
+    if count > IOV_MAX {
+        return Err(EINVAL);
+    }
     let table = slice(mem, addr(iovs), count.checked_mul(8).ok_or(EFAULT)?)?;
     table
         .chunks_exact(8)

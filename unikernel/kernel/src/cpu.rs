@@ -109,23 +109,26 @@ pub fn cr2() -> u64 {
     value
 }
 
-/// Disables interrupts.
+/// Disables interrupts. Not `nomem`: the compiler must not move memory accesses (the pending
+/// flags, the NIC's rings) across it, or a wakeup could be checked before interrupts are off.
 pub fn cli() {
     // SAFETY: masking interrupts cannot break memory safety.
-    unsafe { asm!("cli", options(nomem, nostack)) }
+    unsafe { asm!("cli", options(nostack)) }
 }
 
 /// Enables interrupts and halts until the next one; the instruction after `sti` runs before any
 /// interrupt, so an interrupt that is already pending wakes the `hlt` instead of being lost.
 pub fn enable_and_halt() {
-    // SAFETY: all gates run on IST stacks and return to this code unchanged.
-    unsafe { asm!("sti", "hlt", options(nomem, nostack)) }
+    // SAFETY: all gates run on IST stacks and return to this code unchanged. Not `nomem`
+    // (see `cli`): handlers change memory this code reads afterwards.
+    unsafe { asm!("sti", "hlt", options(nostack)) }
 }
 
 /// Enables interrupts.
 pub fn sti() {
-    // SAFETY: the IDT is loaded before the first call (interrupts::init).
-    unsafe { asm!("sti", options(nomem, nostack)) }
+    // SAFETY: the IDT is loaded before the first call (interrupts::init). Not `nomem` (see
+    // `cli`).
+    unsafe { asm!("sti", options(nostack)) }
 }
 
 /// Leaves QEMU through isa-debug-exit; halts forever if the device is absent.

@@ -62,6 +62,23 @@ impl Qmp {
     /// Connects to `path` (retrying while the socket is missing or refuses, until `timeout`),
     /// reads the greeting and leaves negotiation mode.
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
+        Self::connect_within(path, timeout, timeout).await
+    }
+
+    /// [`Qmp::connect`] with `within` for the connection, greeting and negotiation (a VM that
+    /// is starting beside many others on a busy host may take longer than one exchange's
+    /// bound) and `timeout` for every later exchange.
+    pub async fn connect_within(
+        path: &Path,
+        within: Duration,
+        timeout: Duration,
+    ) -> Result<Self, QmpError> {
+        let mut qmp = Self::negotiate(path, within).await?;
+        qmp.timeout = timeout;
+        Ok(qmp)
+    }
+
+    async fn negotiate(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(path).await {
