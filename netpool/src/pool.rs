@@ -37,7 +37,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,6 +228,14 @@ impl NetPool {
     pub async fn new(config: PoolConfig) -> Result<Self, PoolError> {
         config.validate()?;
         let sys = Kernel::new()?;
+        // With `subnet_auto`, the search and the claim (the first bridge) happen under a
+        // host-wide lock: two pools starting at once would otherwise pick the same range, and
+        // one of them would be refused for the other's bridge (or, worse, both would get it).
+        let _claim = if config.subnet_auto {
+            Some(auto_subnet_lock(&config).await)
+        } else {
+            None
+        };
         Self::with_sys(config, Box::new(sys)).await
     }
 
@@ -1232,6 +1240,39 @@ impl Drop for Lease {
                 // The background task is gone (shutdown, or the pool was dropped).
                 self.pool.destroy_detached(slot);
             }
+        }
+    }
+}
+
+/// The host-wide lock of [`PoolConfig::subnet_auto`]'s search and claim: an exclusive `flock`
+/// on a file beside the pools' namespace folders, taken off the runtime's workers. Without it
+/// (the folder cannot be made, say) the start goes on unlocked, as before, and says so.
+async fn auto_subnet_lock(config: &PoolConfig) -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let dir = config
+        .ns_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/run/netpool"));
+    let taken = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".subnet-auto.lock"))?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| std::io::Error::from(errno))
+    })
+    .await;
+    match taken {
+        Ok(Ok(lock)) => Some(lock),
+        Ok(Err(e)) => {
+            tracing::warn!(pool = %config.name, error = %e, "cannot take the automatic-subnet lock; choosing a range without it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(pool = %config.name, error = %e, "cannot take the automatic-subnet lock; choosing a range without it");
+            None
         }
     }
 }

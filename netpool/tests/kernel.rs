@@ -674,6 +674,36 @@ async fn subnet_auto_picks_a_range_no_address_or_route_of_the_host_overlaps() {
     assert_nothing_left("tq");
 }
 
+/// Pools that start at once with `subnet_auto` each get a range of their own: the search and the
+/// claim are one step under a host-wide lock (without it both picked the same range and one was
+/// refused for the other's bridge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_starting_at_once_with_subnet_auto_get_ranges_apart() {
+    require_root();
+    let names = ["ta1", "ta2", "ta3", "ta4"];
+    let pools = futures::future::join_all(names.map(|name| {
+        let mut c = config(name, 0);
+        c.subnet_auto = true;
+        c.subnet_prefix_len = 20;
+        NetPool::new(c)
+    }))
+    .await;
+    let pools: Vec<NetPool> = pools
+        .into_iter()
+        .map(|p| p.expect("every pool starts"))
+        .collect();
+    let mut subnets: Vec<_> = pools.iter().map(|p| p.subnet().0).collect();
+    subnets.sort();
+    subnets.dedup();
+    assert_eq!(subnets.len(), names.len(), "{subnets:?}");
+    for pool in pools {
+        pool.shutdown().await.unwrap();
+    }
+    for name in names {
+        assert_nothing_left(name);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enter_on_exec_holds_the_namespace_after_the_lease_ends() {
     require_root();
