@@ -147,16 +147,13 @@ async fn a_runtime_image_from_the_image_store_runs_without_dockerd() {
         bollard::API_DEFAULT_VERSION,
     )
     .unwrap();
-    let mut cfg = netpool::PoolConfig::new("rs", std::net::Ipv4Addr::new(10, 212, 0, 0), 16);
-    cfg.low_watermark = 1;
-    cfg.high_watermark = 1;
-    cfg.max_slots = 4;
-    cfg.isolate_slots = false;
-    let pool = Arc::new(
-        netpool::NetPool::new(cfg)
-            .await
-            .expect("netpool (run as root)"),
-    );
+    let pool = testkit::vm::slot_pool(
+        "rs",
+        std::net::Ipv4Addr::new(10, 212, 0, 0),
+        16,
+        netpool::SlotKind::Container,
+    )
+    .await;
     let factory = RuncFactory::new(
         nowhere,
         pool.clone(),

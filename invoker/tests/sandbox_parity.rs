@@ -126,16 +126,7 @@ async fn probe(c: &dyn Container) -> Value {
 
 /// A netpool pool of this file's own (name and range unused by every other test).
 async fn pool(name: &str, subnet: [u8; 4]) -> Arc<netpool::NetPool> {
-    let mut cfg = netpool::PoolConfig::new(name, subnet.into(), 17);
-    cfg.low_watermark = 1;
-    cfg.high_watermark = 1;
-    cfg.max_slots = 4;
-    cfg.isolate_slots = false;
-    Arc::new(
-        netpool::NetPool::new(cfg)
-            .await
-            .expect("netpool (run as root)"),
-    )
+    testkit::vm::slot_pool(name, subnet.into(), 17, netpool::SlotKind::Container).await
 }
 
 async fn shut(pool: Arc<netpool::NetPool>) {

@@ -1,5 +1,5 @@
-//! What the VM backend's tests share: the guest's files, a small pool of netpool VM slots, and
-//! the QEMU processes a test left.
+//! What the sandbox backends' tests share: the VM guests' files, small netpool pools (VM slots
+//! or namespaces), and the QEMU processes a test left.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -23,11 +23,16 @@ pub fn guest_file(name: &str) -> PathBuf {
     path
 }
 
-/// A pool of VM slots named `name` in `10.<second_octet>.0.0/16`, one slot ready and at most
-/// four, not isolated (the tests talk to the guests from the host). Needs root.
-pub async fn vm_slot_pool(name: &str, second_octet: u8) -> Arc<netpool::NetPool> {
-    let mut cfg = netpool::PoolConfig::new(name, Ipv4Addr::new(10, second_octet, 0, 0), 16);
-    cfg.kind = netpool::SlotKind::Vm;
+/// A pool of slots of `kind` named `name` in `subnet`/`prefix_len`, one slot ready and at
+/// most four, not isolated (the tests talk to the sandboxes from the host). Needs root.
+pub async fn slot_pool(
+    name: &str,
+    subnet: Ipv4Addr,
+    prefix_len: u8,
+    kind: netpool::SlotKind,
+) -> Arc<netpool::NetPool> {
+    let mut cfg = netpool::PoolConfig::new(name, subnet, prefix_len);
+    cfg.kind = kind;
     cfg.low_watermark = 1;
     cfg.high_watermark = 1;
     cfg.max_slots = 4;
@@ -35,8 +40,19 @@ pub async fn vm_slot_pool(name: &str, second_octet: u8) -> Arc<netpool::NetPool>
     Arc::new(
         netpool::NetPool::new(cfg)
             .await
-            .expect("netpool VM slots (run as root)"),
+            .expect("a netpool pool (run as root)"),
     )
+}
+
+/// [`slot_pool`] of VM slots in `10.<second_octet>.0.0/16`.
+pub async fn vm_slot_pool(name: &str, second_octet: u8) -> Arc<netpool::NetPool> {
+    slot_pool(
+        name,
+        Ipv4Addr::new(10, second_octet, 0, 0),
+        16,
+        netpool::SlotKind::Vm,
+    )
+    .await
 }
 
 /// Processes whose command line names `dir` (a VM's QEMU has its `-pidfile` and `-qmp` in its

@@ -1987,6 +1987,21 @@ mod tests {
         assert!(!line.contains("tsc_early_khz"), "{line}");
     }
 
+    /// QEMU's arguments as strings.
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Every value given to `flag`.
+    fn values_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
     #[test]
     fn qemu_gets_the_slot_s_tap_mac_and_the_action_s_memory() {
         let c = config();
@@ -2003,16 +2018,8 @@ mod tests {
             "02:aa:00:00:00:02",
             "console=ttyS0",
         );
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let after = |flag: &str| -> Vec<&str> {
-            args.windows(2)
-                .filter(|w| w[0] == flag)
-                .map(|w| w[1].as_str())
-                .collect()
-        };
+        let args = strings(&args);
+        let after = |flag: &str| values_after(&args, flag);
         assert_eq!(after("-m"), ["256M"]);
         assert_eq!(after("-accel"), ["tcg"]);
         assert_eq!(after("-name"), ["wskinv0_1_guest_x"]);
@@ -2046,10 +2053,7 @@ mod tests {
             "m",
             "",
         );
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let args = strings(&args);
         assert!(args.windows(2).any(|w| w == ["-accel", "kvm"]));
         assert!(
             args.windows(2)
@@ -2090,16 +2094,8 @@ mod tests {
             "m",
             &line,
         );
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        let after = |flag: &str| -> Vec<&str> {
-            args.windows(2)
-                .filter(|w| w[0] == flag)
-                .map(|w| w[1].as_str())
-                .collect()
-        };
+        let args = strings(&args);
+        let after = |flag: &str| values_after(&args, flag);
         assert_eq!(
             after("-m"),
             [format!("{}M", 2 * 128 + UNIKERNEL_OVERHEAD_MB)]
