@@ -201,6 +201,11 @@ pub struct Settings {
     /// stop` after 60 s), so the default leaves room within 30 s for the ending, the commit
     /// and the removal of the containers.
     pub shutdown_grace: Duration,
+    /// netns and vm slots: the host ports (inclusive ranges) a function may open connections
+    /// to, TCP and UDP, on any of the host's addresses (`whisk.invoker.network.allow-host-ports`,
+    /// e.g. `[3233, "30000-30099"]`). Everything else a function starts towards the host,
+    /// another slot or a private network is refused; empty by default.
+    pub allow_host_ports: Vec<(u16, u16)>,
     /// Every property seen, for the settings not typed here.
     pub properties: BTreeMap<String, String>,
 }
@@ -347,6 +352,7 @@ impl Settings {
                 .unwrap_or(10)
                 .max(1),
             shutdown_grace: p.duration("whisk.invoker.shutdown.grace-period", "20 seconds")?,
+            allow_host_ports: port_ranges(&p, "whisk.invoker.network.allow-host-ports")?,
             couchdb,
             properties: props.clone(),
         };
@@ -497,6 +503,24 @@ fn subnet(
     v.split_once('/')
         .and_then(|(a, l)| Some((a.parse().ok()?, l.parse().ok()?)))
         .ok_or_else(|| invalid(key, &v, "expected an IPv4 range like 10.230.0.0/16"))
+}
+
+/// A list of ports and inclusive port ranges (`3233`, `30000-30099`).
+fn port_ranges(p: &Props<'_>, key: &str) -> Result<Vec<(u16, u16)>, SettingsError> {
+    p.list(key)
+        .iter()
+        .map(|v| {
+            let (lo, hi) = v.split_once('-').unwrap_or((v, v));
+            match (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+                (Ok(lo), Ok(hi)) if lo >= 1 && lo <= hi => Ok((lo, hi)),
+                _ => Err(invalid(
+                    key,
+                    v,
+                    "expected ports or ranges like 3233 or 30000-30099",
+                )),
+            }
+        })
+        .collect()
 }
 
 fn count(n: u64) -> usize {
@@ -716,6 +740,39 @@ mod tests {
         assert_eq!(s.topic("invoker0"), "dev-invoker0");
         assert_eq!(s.api_host, "http://172.17.0.1:3233");
         assert!(!s.collect_logs);
+    }
+
+    #[test]
+    fn the_host_ports_functions_may_reach_are_a_list_of_ports_and_ranges() {
+        let s = Settings::from_vars(vars(&[]), None).unwrap();
+        assert!(s.allow_host_ports.is_empty());
+        let s = Settings::from_vars(
+            vars(&[(
+                "CONFIG_whisk_invoker_network_allowHostPorts",
+                "[3233, \"30000-30099\"]",
+            )]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.allow_host_ports, [(3233, 3233), (30000, 30099)]);
+        let s = Settings::from_vars(
+            vars(&[("CONFIG_whisk_invoker_network_allowHostPorts_0", "9092")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.allow_host_ports, [(9092, 9092)]);
+        for bad in ["0", "70000", "20-10", "http"] {
+            let e = Settings::from_vars(
+                vars(&[("CONFIG_whisk_invoker_network_allowHostPorts", bad)]),
+                None,
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("whisk.invoker.network.allow-host-ports"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
