@@ -108,6 +108,46 @@ pub struct VmSettings {
 /// Where `runtimes/vm/build-guest.sh` puts the guest by default.
 pub const DEFAULT_VM_GUEST_DIR: &str = "/opt/whisk-tools/vm";
 
+/// The format of `whisk.invoker.https.keystore-path` (`keystore-flavor`, compared without
+/// regard to case as Java's `KeyStore.getInstance` does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeystoreFlavor {
+    /// A PKCS#12 file: what ansible deploys (`invoker-openwhisk-keystore.p12`).
+    Pkcs12,
+    /// Java's own format, which cannot be read here; a PKCS#12 file under this flavor is read
+    /// as PKCS#12, as Java 9 and later read it.
+    Jks,
+    /// Not a Java flavor: a PEM file with the private key and the certificate chain, for
+    /// deployments whose certificates come as PEM (a Kubernetes TLS secret, say).
+    Pem,
+}
+
+/// The invoker's port over https (`whisk.invoker.protocol = https`, contract §8): the keys of
+/// `whisk.invoker.https`, all required, as the Scala invoker requires them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpsSettings {
+    /// The keystore: the server's key and certificate chain; its certificates are also the ones
+    /// a client certificate must be issued by (the Scala invoker uses the keystore as its trust
+    /// store).
+    pub keystore_path: std::path::PathBuf,
+    pub keystore_password: String,
+    pub keystore_flavor: KeystoreFlavor,
+    /// Clients must present a certificate the keystore trusts (`client-auth = true`); otherwise
+    /// none is asked for.
+    pub client_auth: bool,
+}
+
+impl std::fmt::Debug for HttpsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsSettings")
+            .field("keystore_path", &self.keystore_path)
+            .field("keystore_password", &"<redacted>")
+            .field("keystore_flavor", &self.keystore_flavor)
+            .field("client_auth", &self.client_auth)
+            .finish()
+    }
+}
+
 /// Sizes of the network endpoint pool (`whisk.invoker.network.pool.*`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetworkPoolSizes {
@@ -166,6 +206,11 @@ pub struct Settings {
     pub db_subjects: String,
     pub invoker_username: String,
     pub invoker_password: String,
+    /// `Some` when `whisk.invoker.protocol = https`.
+    pub invoker_https: Option<HttpsSettings>,
+    /// The ZooKeeper ensemble for id assignment (`ZOOKEEPER_HOSTS`, or the property
+    /// `zookeeper.hosts`): needed only for `--uniqueName` without `--id` (contract §1.2).
+    pub zookeeper_hosts: Option<String>,
     /// False with `LogDriverLogStoreProvider`: logs are not collected in-band.
     pub collect_logs: bool,
     /// Where action containers get their network.
@@ -310,6 +355,12 @@ impl Settings {
             db_subjects: p.str("whisk.couchdb.databases.WhiskAuth", "subjects"),
             invoker_username: p.str("whisk.invoker.username", "invoker.user"),
             invoker_password: p.str("whisk.invoker.password", "invoker.pass"),
+            invoker_https: https_settings(&p)?,
+            zookeeper_hosts: var("ZOOKEEPER_HOSTS").or_else(|| {
+                p.get("zookeeper.hosts")
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            }),
             collect_logs: !log_store.ends_with("LogDriverLogStoreProvider"),
             network_mode: match p.str("whisk.invoker.network.mode", "bridge").as_str() {
                 "bridge" => NetworkMode::Bridge,
@@ -491,6 +542,42 @@ fn vm_settings(p: &Props<'_>) -> Result<VmSettings, SettingsError> {
         boot_timeout,
         dir: path("whisk.invoker.vm.dir", "/run/wsk-vm".into()),
     })
+}
+
+fn https_settings(p: &Props<'_>) -> Result<Option<HttpsSettings>, SettingsError> {
+    let key = "whisk.invoker.protocol";
+    match p.str(key, "http").as_str() {
+        "http" => return Ok(None),
+        "https" => {}
+        other => return Err(invalid(key, other, "expected http or https")),
+    }
+    let required = |key: &'static str| {
+        p.get(key)
+            .filter(|v| !v.is_empty())
+            .ok_or(SettingsError::Missing(key))
+    };
+    let key = "whisk.invoker.https.keystore-flavor";
+    let flavor = required(key)?;
+    let keystore_flavor = match flavor.to_ascii_uppercase().as_str() {
+        "PKCS12" => KeystoreFlavor::Pkcs12,
+        "JKS" => KeystoreFlavor::Jks,
+        "PEM" => KeystoreFlavor::Pem,
+        _ => return Err(invalid(key, flavor, "expected PKCS12, JKS or PEM")),
+    };
+    let key = "whisk.invoker.https.client-auth";
+    let auth = required(key)?;
+    // Scala's `String.toBoolean`: true or false in any case.
+    let client_auth = match auth.to_ascii_lowercase().as_str() {
+        "true" => true,
+        "false" => false,
+        _ => return Err(invalid(key, auth, "expected true or false")),
+    };
+    Ok(Some(HttpsSettings {
+        keystore_path: required("whisk.invoker.https.keystore-path")?.into(),
+        keystore_password: required("whisk.invoker.https.keystore-password")?.to_owned(),
+        keystore_flavor,
+        client_auth,
+    }))
 }
 
 /// An IPv4 range `a.b.c.d/len`.
@@ -919,6 +1006,77 @@ mod tests {
             e.to_string().contains("whisk.invoker.vm.boot-timeout"),
             "{e}"
         );
+    }
+
+    /// https and its keystore as ansible passes them (`CONFIG_whisk_invoker_https_*`); every key
+    /// is required once the protocol is https, as in the Scala invoker.
+    #[test]
+    fn https_settings_as_ansible_passes_them() {
+        let s = Settings::from_vars(vars(&[]), None).unwrap();
+        assert_eq!(s.invoker_https, None);
+        let ansible = [
+            ("CONFIG_whisk_invoker_protocol", "https"),
+            (
+                "CONFIG_whisk_invoker_https_keystorePath",
+                "/conf/invoker-openwhisk-keystore.p12",
+            ),
+            ("CONFIG_whisk_invoker_https_keystorePassword", "openwhisk"),
+            ("CONFIG_whisk_invoker_https_keystoreFlavor", "PKCS12"),
+            ("CONFIG_whisk_invoker_https_clientAuth", "true"),
+        ];
+        let s = Settings::from_vars(vars(&ansible), None).unwrap();
+        let https = s.invoker_https.unwrap();
+        assert_eq!(
+            https,
+            HttpsSettings {
+                keystore_path: "/conf/invoker-openwhisk-keystore.p12".into(),
+                keystore_password: "openwhisk".into(),
+                keystore_flavor: KeystoreFlavor::Pkcs12,
+                client_auth: true,
+            }
+        );
+        assert!(!format!("{https:?}").contains("openwhisk\""));
+        let mut no_auth = ansible;
+        no_auth[4].1 = "FALSE";
+        no_auth[3].1 = "pem";
+        let https = Settings::from_vars(vars(&no_auth), None)
+            .unwrap()
+            .invoker_https
+            .unwrap();
+        assert!(!https.client_auth);
+        assert_eq!(https.keystore_flavor, KeystoreFlavor::Pem);
+        for (i, key) in [
+            (1, "whisk.invoker.https.keystore-path"),
+            (2, "whisk.invoker.https.keystore-password"),
+            (3, "whisk.invoker.https.keystore-flavor"),
+            (4, "whisk.invoker.https.client-auth"),
+        ] {
+            let mut missing = ansible.to_vec();
+            missing.remove(i);
+            let e = Settings::from_vars(vars(&missing), None).unwrap_err();
+            assert_eq!(e, SettingsError::Missing(key));
+        }
+        let mut bad = ansible;
+        bad[4].1 = "yes please";
+        let e = Settings::from_vars(vars(&bad), None).unwrap_err();
+        assert!(e.to_string().contains("client-auth"), "{e}");
+        let e = Settings::from_vars(vars(&[("CONFIG_whisk_invoker_protocol", "h2")]), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("whisk.invoker.protocol"), "{e}");
+    }
+
+    /// `ZOOKEEPER_HOSTS` as every deployment passes it; the property as an alternative.
+    #[test]
+    fn zookeeper_hosts() {
+        let s = Settings::from_vars(vars(&[]), None).unwrap();
+        assert_eq!(s.zookeeper_hosts, None);
+        let s =
+            Settings::from_vars(vars(&[("ZOOKEEPER_HOSTS", "zk-0:2181,zk-1:2181")]), None).unwrap();
+        assert_eq!(s.zookeeper_hosts.as_deref(), Some("zk-0:2181,zk-1:2181"));
+        let s = Settings::from_vars(vars(&[("CONFIG_zookeeper_hosts", "zk:2181")]), None).unwrap();
+        assert_eq!(s.zookeeper_hosts.as_deref(), Some("zk:2181"));
+        let s = Settings::from_vars(vars(&[("ZOOKEEPER_HOSTS", "")]), None).unwrap();
+        assert_eq!(s.zookeeper_hosts, None);
     }
 
     /// `vm` mode is a network mode; its slots take a range of their own, apart from netns
