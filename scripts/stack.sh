@@ -4,12 +4,15 @@
 #   docker   the Docker engine (Debian's docker.io); dockerd is started only when no engine answers
 #   kafka    the Kafka-API broker tansu 0.6.0 on 127.0.0.1:$WHISK_KAFKA_PORT
 #   couchdb  pouchdb-server 4.2.0 (CouchDB HTTP API) on 127.0.0.1:$WHISK_COUCHDB_PORT, with an admin
+#   zookeeper  Debian's zookeeper (3.8) on 127.0.0.1:$WHISK_ZOOKEEPER_PORT, standalone: the invokers'
+#            id assignment (`--uniqueName` without `--id`)
 #
 # `up` also builds the action runtime images (runtimes/build.sh), cached by their inputs.
 #
-# Usage: scripts/stack.sh up|openwhisk|down|status|env
+# Usage: scripts/stack.sh up|zookeeper|openwhisk|down|status|env
 #
-#   up         install what is missing (idempotent), start what is not running, health-check all three
+#   up         install what is missing (idempotent), start what is not running, health-check them all
+#   zookeeper  install and start only ZooKeeper (and rewrite the env file); leaves the rest alone
 #   openwhisk  on top: invoker 0 ($WHISK_NETWORK_MODE, default netns) and the standalone front door
 #              on $WHISK_API_PORT (default 3233); needs the release build
 #   down       stop what `up` and `openwhisk` started (by pid), wait until every process of theirs
@@ -31,6 +34,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${WHISK_COUCHDB_PORT:=5984}"
 : "${WHISK_COUCHDB_USER:=whisk_admin}"
 : "${WHISK_COUCHDB_PASSWORD:=some_passw0rd}"
+: "${WHISK_ZOOKEEPER_PORT:=2181}"
 : "${WHISK_API_PORT:=3233}"
 : "${WHISK_INVOKER_PORT:=18080}"
 : "${WHISK_INVOKER_USER_MEMORY:=8192 m}"
@@ -117,6 +121,12 @@ couch_ok() {
         "http://127.0.0.1:$WHISK_COUCHDB_PORT/" | grep -q -e express-pouchdb -e couchdb
 }
 
+# ZooKeeper's `ruok` four-letter word (whitelisted in the config start_zookeeper writes).
+# The server closes the connection after its answer.
+zookeeper_ok() {
+    [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$WHISK_ZOOKEEPER_PORT" && printf ruok >&3 && timeout 5 cat <&3) 2>/dev/null)" = imok ]
+}
+
 # --- install ----------------------------------------------------------------------------------
 
 install_base() {
@@ -129,6 +139,12 @@ install_base() {
     command -v npm >/dev/null 2>&1 || need_apt npm npm
     command -v cargo >/dev/null 2>&1 || die "cargo not found: this project needs a Rust toolchain (1.95 or newer)"
     command -v cc >/dev/null 2>&1 || need_apt gcc cc
+}
+
+install_zookeeper() {
+    # The package puts its jar (with the class path of its dependencies) here; it brings Java.
+    [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null 2>&1 && return 0
+    need_apt zookeeper /usr/share/zookeeper/bin/zkServer.sh
 }
 
 install_tansu() {
@@ -222,6 +238,23 @@ start_couchdb() {
     wait_for 30 "couchdb" couch_ok || die "pouchdb-server did not answer within 30 s; see $LOGS/couchdb.log"
 }
 
+# Standalone, in the foreground under spawn (not Debian's service, which would run as its own
+# user with data under /var/lib/zookeeper): data in the state dir, no admin server (it would
+# take port 8080), `ruok` allowed for the health check.
+start_zookeeper() {
+    already_running zookeeper "$WHISK_ZOOKEEPER_PORT" zookeeper_ok && return 0
+    local dir=$WHISK_STACK_DIR/zookeeper
+    mkdir -p "$dir/data"
+    printf '%s\n' "tickTime=2000" "dataDir=$dir/data" "clientPort=$WHISK_ZOOKEEPER_PORT" \
+        "clientPortAddress=127.0.0.1" "admin.enableServer=false" \
+        "4lw.commands.whitelist=ruok,srvr" >"$dir/zoo.cfg"
+    log "starting zookeeper on 127.0.0.1:$WHISK_ZOOKEEPER_PORT"
+    spawn zookeeper "$dir" java -Dzookeeper.log.dir="$LOGS" -Dzookeeper.root.logger=INFO,CONSOLE \
+        -cp /etc/zookeeper/conf:/usr/share/java/zookeeper.jar \
+        org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg"
+    wait_for 60 "zookeeper" zookeeper_ok || die "zookeeper did not answer within 60 s; see $LOGS/zookeeper.log"
+}
+
 write_env() {
     mkdir -p "$WHISK_STACK_DIR"
     cat >"$WHISK_STACK_DIR/env" <<EOF
@@ -233,6 +266,8 @@ export WHISK_COUCHDB_PORT='$WHISK_COUCHDB_PORT'
 export WHISK_COUCHDB_USER='$WHISK_COUCHDB_USER'
 export WHISK_COUCHDB_PASSWORD='$WHISK_COUCHDB_PASSWORD'
 export KAFKA_HOSTS='127.0.0.1:$WHISK_KAFKA_PORT'
+export WHISK_ZOOKEEPER_PORT='$WHISK_ZOOKEEPER_PORT'
+export ZOOKEEPER_HOSTS='127.0.0.1:$WHISK_ZOOKEEPER_PORT'
 export WHISK_TANSU_BIN='$TANSU_BIN'
 export WHISK_OPENWHISK_NODE_PATH='$OPENWHISK_NODE_PATH'
 export WHISK_API_PORT='$WHISK_API_PORT'
@@ -279,13 +314,24 @@ cmd_up() {
     install_tansu
     install_pouchdb
     install_openwhisk_client
+    install_zookeeper
     start_docker
     start_kafka
     start_couchdb
+    start_zookeeper
     # The action runtime images (no registry is reachable): rebuilt only when their inputs change.
     "$REPO/runtimes/build.sh"
     write_env
     cmd_status
+}
+
+cmd_zookeeper() {
+    [ "$(id -u)" = 0 ] || die "run as root: apt installs the zookeeper package"
+    mkdir -p "$WHISK_STACK_DIR"
+    take_lock
+    install_zookeeper
+    start_zookeeper
+    write_env
 }
 
 # The local OpenWhisk path on top of the components: invoker 0 in network mode
@@ -328,6 +374,7 @@ cmd_down() {
     stop_one standalone 15
     stop_one invoker0 120
     # tansu needs 5-7 s to exit with clients attached (stack-notes §1.2).
+    stop_one zookeeper 15
     stop_one couchdb 15
     stop_one kafka 30
     stop_one docker 60
@@ -347,6 +394,7 @@ cmd_status() {
     status_line docker "unix:///var/run/docker.sock" docker_ok
     status_line kafka "127.0.0.1:$WHISK_KAFKA_PORT (tansu $TANSU_VERSION)" kafka_ok
     status_line couchdb "http://127.0.0.1:$WHISK_COUCHDB_PORT (pouchdb)" couch_ok
+    status_line zookeeper "127.0.0.1:$WHISK_ZOOKEEPER_PORT" zookeeper_ok
     if pid_of invoker0 >/dev/null || pid_of standalone >/dev/null; then
         status_line invoker0 "port $WHISK_INVOKER_PORT ($WHISK_NETWORK_MODE)" invoker_up
         status_line standalone "http://127.0.0.1:$WHISK_API_PORT (front door)" curl -sf --max-time 5 "http://127.0.0.1:$WHISK_API_PORT/ping"
@@ -357,9 +405,10 @@ cmd_status() {
 
 case "${1:-}" in
     up) cmd_up ;;
+    zookeeper) cmd_zookeeper ;;
     openwhisk) cmd_openwhisk ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) write_env && cat "$WHISK_STACK_DIR/env" ;;
-    *) echo "usage: $0 up|openwhisk|down|status|env" >&2; exit 2 ;;
+    *) echo "usage: $0 up|zookeeper|openwhisk|down|status|env" >&2; exit 2 ;;
 esac
