@@ -5,13 +5,18 @@
 //! defaults and bounds, `provide-api-key: false` and `exec` annotations added, and the version
 //! bumped on every update.
 //!
-//! Packages and sequences are not supported by this front door: the names are flat and the kinds
-//! are the manifest's plus `blackbox`.
+//! Actions may live in a package (`_id` `<namespace>/<package>/<name>`, `namespace`
+//! `<namespace>/<package>`). Sequences are stored as the controller stores them: `exec`
+//! `{"kind": "sequence", "components": ["/ns/[pkg/]name", …]}` with the components in the
+//! `_actions` parameter, at most [`MAX_SEQUENCE_LENGTH`] atomic actions once inner sequences are
+//! counted, and no cycle. A blackbox image without a tag that names one of the manifest's
+//! `blackboxes` gets that entry's tag: those images are built locally and never pulled, so the
+//! untagged name `wsk --native` sends (`openwhisk/dockerskeleton`) means the local build.
 
 use base64::Engine;
 use openwhisk::action::{
     self, ActionDocError, ActionDocument, ActionLimits, AttachmentRef, BlackboxExec, Code,
-    CodeExec, CodeLocation, Exec, Parameter,
+    CodeExec, CodeLocation, Exec, Parameter, SequenceExec,
 };
 use openwhisk::couchdb::{CouchDb, CouchDbError};
 use openwhisk::errors;
@@ -32,6 +37,10 @@ pub const MAX_INLINE_BYTES: usize = 16 * 1024;
 /// entities is 48 MB; we keep one document's attachment reasonable).
 pub const MAX_CODE_BYTES: usize = 48 * 1024 * 1024;
 
+/// Most atomic actions a sequence may run, inner sequences counted (the controller's
+/// `whisk.actionSequence.limit`, 50).
+pub const MAX_SEQUENCE_LENGTH: usize = 50;
+
 /// Errors of the action store; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -44,6 +53,9 @@ pub enum ActionError {
     /// 409: it exists and `overwrite` was not given, or it changed under us.
     #[error("Concurrent modification to resource detected.")]
     Conflict,
+    /// 403: another namespace's action that is not shared.
+    #[error("The supplied authentication is not authorized to access this resource.")]
+    Forbidden,
     /// 500: the database failed.
     #[error("the whisks database failed")]
     Store(#[source] CouchDbError),
@@ -83,12 +95,55 @@ impl LimitBounds {
 /// What an invocation needs of an action.
 #[derive(Clone, Debug)]
 pub struct StoredAction {
+    /// `ns` or `ns/pkg` of the package that holds the action (a binding followed).
     pub namespace: String,
     pub name: String,
     pub rev: String,
     pub version: String,
+    /// The package's (and binding's) parameters with the action's over them.
     pub parameters: Vec<Parameter>,
     pub timeout_ms: u64,
+    pub limits: ActionLimits,
+    pub annotations: Vec<KeyValue>,
+    /// `ns/binding` when invoked through a binding (`FullyQualifiedEntityName.binding`).
+    pub binding: Option<String>,
+    /// The components of a sequence, as stored (`/ns/[pkg/]name`); `None` for an action
+    /// that an invoker runs.
+    pub components: Option<Vec<String>>,
+}
+
+impl StoredAction {
+    /// The action as found in `package`: its parameters go over the package's.
+    pub fn inherit(mut self, package: &crate::packages::ResolvedPackage) -> Self {
+        let mut merged = package.parameters.clone();
+        for p in self.parameters {
+            match merged.iter_mut().find(|m| m.key == p.key) {
+                Some(m) => *m = p,
+                None => merged.push(p),
+            }
+        }
+        self.parameters = merged;
+        self.binding.clone_from(&package.binding);
+        self
+    }
+
+    /// `ns/[pkg/]name`, the `path` annotation of its activations.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The parameters a request may not set: with a truthy `final` annotation, every
+    /// parameter that has a value (`WhiskActionMetaData.immutableParameters`).
+    pub fn final_parameters(&self) -> Vec<&str> {
+        if !crate::entities::truthy(action::annotation(&self.annotations, "final")) {
+            return Vec::new();
+        }
+        self.parameters
+            .iter()
+            .filter(|p| !p.value.is_null())
+            .map(|p| p.key.as_str())
+            .collect()
+    }
 }
 
 /// The whisks database, as far as actions go.
@@ -150,7 +205,13 @@ impl Actions {
 
         // exec: given, or kept from the old document on an update.
         let (exec, code) = match body.get("exec") {
-            Some(e) => self.exec_of(e)?,
+            Some(e) => {
+                let (exec, code) = self.exec_of(e, namespace)?;
+                if let Exec::Sequence(s) = &exec {
+                    self.check_sequence(&id, &s.components).await?;
+                }
+                (exec, code)
+            }
             None => match old {
                 Some(o) => (o.exec.clone(), None),
                 None => {
@@ -161,10 +222,17 @@ impl Actions {
             },
         };
         let limits = self.limits_of(body.get("limits"), old.map(|o| &o.limits))?;
-        let parameters = match body.get("parameters") {
-            Some(Value::Array(p)) => key_values(p, "parameters")?,
-            Some(Value::Null) | None => old.map(|o| o.parameters.clone()).unwrap_or_default(),
-            Some(_) => return Err(ActionError::Invalid("parameters must be an array".into())),
+        let parameters = match (&exec, body.get("parameters")) {
+            // As the controller: a sequence's only parameter names its components.
+            (Exec::Sequence(s), _) => vec![Parameter::new(
+                "_actions",
+                Value::Array(s.components.iter().cloned().map(Value::String).collect()),
+            )],
+            (_, Some(Value::Array(p))) => key_values(p, "parameters")?,
+            (_, Some(Value::Null) | None) => old.map(|o| o.parameters.clone()).unwrap_or_default(),
+            (_, Some(_)) => {
+                return Err(ActionError::Invalid("parameters must be an array".into()));
+            }
         };
         let mut annotations: Vec<KeyValue> = match body.get("annotations") {
             Some(Value::Array(a)) => key_values(a, "annotations")?,
@@ -253,17 +321,97 @@ impl Actions {
         Ok(out)
     }
 
-    /// The stored document, with its revision.
+    /// The stored document, with its revision; `namespace` is `ns` or `ns/pkg` of the
+    /// package that holds it (the caller resolves bindings).
     pub async fn fetch(&self, namespace: &str, name: &str) -> Result<StoredAction, ActionError> {
         let doc = self.doc(namespace, name).await?;
+        let components = match &doc.exec {
+            Exec::Sequence(s) => Some(s.components.clone()),
+            _ => None,
+        };
         Ok(StoredAction {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             rev: doc.rev.unwrap_or_default(),
             version: doc.version,
-            parameters: doc.parameters,
+            // A sequence's `_actions` parameter is bookkeeping, not an argument.
+            parameters: if components.is_some() {
+                Vec::new()
+            } else {
+                doc.parameters
+            },
             timeout_ms: doc.limits.timeout,
+            limits: doc.limits,
+            annotations: doc.annotations,
+            binding: None,
+            components,
         })
+    }
+
+    /// The document of a sequence component `path/name`, a binding in `path` followed.
+    async fn component_doc(&self, path: &str, name: &str) -> Result<ActionDocument, ActionError> {
+        match self.doc(path, name).await {
+            Err(ActionError::NotFound) if path.contains('/') => {
+                let pkg = self.db.get_doc(&self.name, path).await?;
+                let (Some(ns), Some(target)) = (
+                    pkg["binding"]["namespace"].as_str(),
+                    pkg["binding"]["name"].as_str(),
+                ) else {
+                    return Err(ActionError::NotFound);
+                };
+                self.doc(&format!("{ns}/{target}"), name).await
+            }
+            other => other,
+        }
+    }
+
+    /// The controller's `checkSequenceActionLimits`: at least one component, every component
+    /// exists, no cycle back to `id`, at most [`MAX_SEQUENCE_LENGTH`] atomic actions with inner
+    /// sequences inlined.
+    async fn check_sequence(&self, id: &str, components: &[String]) -> Result<(), ActionError> {
+        if components.is_empty() {
+            return Err(ActionError::Invalid(
+                "No component specified for the sequence.".into(),
+            ));
+        }
+        let mut atomic = 0usize;
+        // Depth-first over the inlined sequence, without recursion.
+        let mut stack: Vec<String> = components.to_vec();
+        while let Some(c) = stack.pop() {
+            if atomic > MAX_SEQUENCE_LENGTH || stack.len() > MAX_SEQUENCE_LENGTH * 4 {
+                break;
+            }
+            let (path, name) = crate::entities::parse_fqn(&c, "_")
+                .map_err(|_| ActionError::Invalid("Sequence component does not exist.".into()))?;
+            if format!("{path}/{name}") == id {
+                return Err(ActionError::Invalid(
+                    "Sequence may not refer to itself.".into(),
+                ));
+            }
+            let doc = match self.component_doc(&path, &name).await {
+                Err(ActionError::NotFound) => {
+                    return Err(ActionError::Invalid(
+                        "Sequence component does not exist.".into(),
+                    ));
+                }
+                other => other?,
+            };
+            if doc.id == id {
+                return Err(ActionError::Invalid(
+                    "Sequence may not refer to itself.".into(),
+                ));
+            }
+            match doc.exec {
+                Exec::Sequence(inner) => stack.extend(inner.components),
+                _ => atomic += 1,
+            }
+        }
+        if atomic > MAX_SEQUENCE_LENGTH || !stack.is_empty() {
+            return Err(ActionError::Invalid(
+                "Too many actions in the sequence.".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// `GET /namespaces/<ns>/actions/<name>[?code=false]`.
@@ -272,18 +420,21 @@ impl Actions {
         self.shown(&doc, code).await
     }
 
-    /// `GET /namespaces/<ns>/actions?skip=&limit=`: summaries, most recently updated first.
+    /// `GET /namespaces/<ns>/actions?skip=&limit=`: summaries, most recently updated first,
+    /// the namespace's packaged actions included; `namespace` `ns/pkg` lists one package.
     pub async fn list(
         &self,
         namespace: &str,
         skip: usize,
         limit: usize,
     ) -> Result<Vec<Value>, ActionError> {
+        let in_package = namespace.contains('/');
         let mut docs: Vec<ActionDocument> = self
             .db
             .docs_with_prefix(&self.name, &format!("{namespace}/"))
             .await?
             .into_iter()
+            .filter(|d| !in_package || d["namespace"] == namespace)
             .filter_map(|d| {
                 let id = d["_id"].as_str().unwrap_or_default().to_owned();
                 match ActionDocument::from_value(d) {
@@ -330,7 +481,11 @@ impl Actions {
     }
 
     /// Validates `exec` and turns its code into an attachment reference.
-    fn exec_of(&self, e: &Value) -> Result<(Exec, Option<NewAttachment>), ActionError> {
+    fn exec_of(
+        &self,
+        e: &Value,
+        namespace: &str,
+    ) -> Result<(Exec, Option<NewAttachment>), ActionError> {
         let kind = e["kind"]
             .as_str()
             .ok_or_else(|| ActionError::Invalid("exec.kind is required".into()))?;
@@ -343,12 +498,33 @@ impl Actions {
                     .ok_or_else(|| {
                         ActionError::Invalid("a blackbox action needs exec.image".into())
                     })?;
-                Runs::Image(image.to_owned())
+                Runs::Image(self.resolve_image(image))
             }
             action::SEQUENCE => {
-                return Err(ActionError::Invalid(
-                    "Sequences are not supported by the standalone front door.".into(),
-                ));
+                let root = namespace.split('/').next().unwrap_or(namespace);
+                let components = e["components"]
+                    .as_array()
+                    .ok_or_else(|| {
+                        ActionError::Invalid(
+                            "The request content was malformed: exec.components undefined.".into(),
+                        )
+                    })?
+                    .iter()
+                    .map(|c| {
+                        let s = c.as_str().ok_or_else(|| {
+                            ActionError::Invalid("sequence components must be strings".into())
+                        })?;
+                        let (path, name) =
+                            crate::entities::parse_fqn(s, root).map_err(ActionError::Invalid)?;
+                        Ok(format!("/{path}/{name}"))
+                    })
+                    .collect::<Result<Vec<_>, ActionError>>()?;
+                if components.len() > MAX_SEQUENCE_LENGTH {
+                    return Err(ActionError::Invalid(
+                        "Too many actions in the sequence.".into(),
+                    ));
+                }
+                return Ok((Exec::Sequence(SequenceExec { components }), None));
             }
             _ => {
                 let k = self.manifest.resolve(kind).ok_or_else(|| {
@@ -435,6 +611,23 @@ impl Actions {
             }),
         };
         Ok((exec, stored_code))
+    }
+
+    /// A blackbox image without a tag that names one of the manifest's `blackboxes` gets its
+    /// tag (the local build); any other image is kept as given.
+    fn resolve_image(&self, image: &str) -> String {
+        let last = image.rsplit('/').next().unwrap_or(image);
+        if last.contains(':') || image.contains('@') {
+            return image.to_owned();
+        }
+        self.manifest
+            .images("")
+            .into_iter()
+            .find(|i| {
+                i.rsplit_once(':').is_some_and(|(repo, _)| repo == image)
+                    && self.manifest.is_native_blackbox(i)
+            })
+            .unwrap_or_else(|| image.to_owned())
     }
 
     /// The limits: given values checked against the bounds, the rest from the old document or
@@ -560,51 +753,18 @@ fn api_view(doc: &ActionDocument) -> Value {
     v
 }
 
-/// Entity names as OpenWhisk allows them: word characters, then also `@ . -` and spaces
-/// inside, at most 256 characters.
+/// Entity names as OpenWhisk allows them (see [`crate::entities::check_name`]).
 fn check_name(name: &str) -> Result<(), ActionError> {
-    let ok_inner = |c: char| c.is_alphanumeric() || "_@.- ".contains(c);
-    let valid = !name.is_empty()
-        && name.chars().count() <= 256
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_alphanumeric() || c == '_')
-        && name.chars().all(ok_inner)
-        && !name.ends_with(' ');
-    if valid {
-        Ok(())
-    } else if name.contains('/') {
-        Err(ActionError::Invalid(
-            "Packages are not supported by the standalone front door.".into(),
-        ))
-    } else {
-        Err(ActionError::Invalid(
-            "The name of the entity contains illegal characters.".into(),
-        ))
-    }
+    crate::entities::check_name(name).map_err(ActionError::Invalid)
 }
 
 /// Key/value items of a request (parameters, annotations): each a string key and a value.
 fn key_values<T: DeserializeOwned>(items: &[Value], what: &str) -> Result<Vec<T>, ActionError> {
-    let invalid = || {
-        ActionError::Invalid(format!(
-            "{what} must be objects with a string key and a value"
-        ))
-    };
-    items
-        .iter()
-        .map(|item| {
-            if !item["key"].is_string() || item.get("value").is_none() {
-                return Err(invalid());
-            }
-            serde_json::from_value(item.clone()).map_err(|_| invalid())
-        })
-        .collect()
+    crate::entities::key_values(items, what).map_err(ActionError::Invalid)
 }
 
 /// The controller's `Exec.isBinaryCode`: a non-empty string in standard base64 (padded).
-fn is_binary_code(code: &str) -> bool {
+pub(crate) fn is_binary_code(code: &str) -> bool {
     let t = code.trim();
     let b64 = |c: u8| c.is_ascii_alphanumeric() || c == b'+' || c == b'/';
     let bytes = t.as_bytes();
@@ -615,14 +775,7 @@ fn is_binary_code(code: &str) -> bool {
     pad <= 2 && bytes[..bytes.len() - pad].iter().all(|&c| b64(c))
 }
 
-/// `0.0.1` → `0.0.2`; anything unparsable starts over at `0.0.1`.
-fn bump_patch(version: &str) -> String {
-    let parts: Vec<u64> = version.split('.').filter_map(|p| p.parse().ok()).collect();
-    match parts.as_slice() {
-        [major, minor, patch] => format!("{major}.{minor}.{}", patch + 1),
-        _ => "0.0.1".into(),
-    }
-}
+use crate::entities::bump_patch;
 
 #[cfg(test)]
 mod tests {
@@ -657,7 +810,10 @@ mod tests {
     fn small_code_is_inlined_and_large_code_goes_to_an_attachment() {
         let a = actions();
         let (exec, att) = a
-            .exec_of(&json!({"kind": "nodejs:default", "code": "function main(p){return p}"}))
+            .exec_of(
+                &json!({"kind": "nodejs:default", "code": "function main(p){return p}"}),
+                "guest",
+            )
             .unwrap();
         assert!(att.is_none());
         assert_eq!(
@@ -668,7 +824,10 @@ mod tests {
         );
         let big = format!("// {}", "x".repeat(MAX_INLINE_BYTES - 3));
         let (exec, att) = a
-            .exec_of(&json!({"kind": "nodejs:default", "code": big, "main": "run"}))
+            .exec_of(
+                &json!({"kind": "nodejs:default", "code": big, "main": "run"}),
+                "guest",
+            )
             .unwrap();
         let att = att.expect("16 KiB of code is an attachment");
         assert_eq!(att.bytes.len(), MAX_INLINE_BYTES);
@@ -681,7 +840,7 @@ mod tests {
         );
         // Base64 code is binary (a zip), stored as its bytes.
         let (exec, _) = a
-            .exec_of(&json!({"kind": "python:3.11", "code": "UEsDBA=="}))
+            .exec_of(&json!({"kind": "python:3.11", "code": "UEsDBA=="}), "guest")
             .unwrap();
         let Some(Code::Attachment(r)) = exec.code() else {
             panic!("{exec:?}")
@@ -698,7 +857,7 @@ mod tests {
     fn exec_kinds_are_checked() {
         let a = actions();
         let (exec, att) = a
-            .exec_of(&json!({"kind": "blackbox", "image": "me/img:1"}))
+            .exec_of(&json!({"kind": "blackbox", "image": "me/img:1"}), "guest")
             .unwrap();
         assert!(att.is_none());
         assert_eq!(
@@ -712,8 +871,12 @@ mod tests {
                 "a blackbox action needs exec.image",
             ),
             (
-                json!({"kind": "sequence", "components": []}),
-                "Sequences are not supported",
+                json!({"kind": "sequence", "components": 1}),
+                "exec.components undefined",
+            ),
+            (
+                json!({"kind": "sequence", "components": ["/guest/-x"]}),
+                "is not a valid entity name",
             ),
             (
                 json!({"kind": "cobol:85", "code": "x"}),
@@ -729,11 +892,93 @@ mod tests {
                 "binary code must be base64",
             ),
         ] {
-            match a.exec_of(&bad) {
+            match a.exec_of(&bad, "guest") {
                 Err(ActionError::Invalid(m)) => assert!(m.contains(says), "{bad}: {m}"),
                 other => panic!("{bad}: {:?}", other.map(|(e, _)| e)),
             }
         }
+    }
+
+    #[test]
+    fn sequences_store_resolved_components() {
+        let a = actions();
+        let (exec, att) = a
+            .exec_of(
+                &json!({"kind": "sequence", "components": ["/_/a", "/guest/p/b", "c", "/whisk.system/utils/echo"]}),
+                "guest",
+            )
+            .unwrap();
+        assert!(att.is_none());
+        assert_eq!(
+            serde_json::to_value(&exec).unwrap(),
+            json!({"kind": "sequence", "components": ["/guest/a", "/guest/p/b", "/guest/c", "/whisk.system/utils/echo"]})
+        );
+        let long: Vec<String> = (0..=MAX_SEQUENCE_LENGTH)
+            .map(|i| format!("/_/a{i}"))
+            .collect();
+        assert!(matches!(
+            a.exec_of(&json!({"kind": "sequence", "components": long}), "guest"),
+            Err(ActionError::Invalid(m)) if m == "Too many actions in the sequence."
+        ));
+    }
+
+    #[test]
+    fn untagged_local_blackbox_images_get_the_manifests_tag() {
+        let a = actions();
+        assert_eq!(
+            a.resolve_image("openwhisk/dockerskeleton"),
+            "openwhisk/dockerskeleton:nightly"
+        );
+        assert_eq!(
+            a.resolve_image("openwhisk/dockerskeleton:1.0"),
+            "openwhisk/dockerskeleton:1.0"
+        );
+        assert_eq!(a.resolve_image("me/img"), "me/img");
+        assert_eq!(
+            a.resolve_image("localhost:5000/me/img"),
+            "localhost:5000/me/img"
+        );
+    }
+
+    #[test]
+    fn final_parameters_are_those_with_values() {
+        let mut s = StoredAction {
+            namespace: "guest".into(),
+            name: "w".into(),
+            rev: String::new(),
+            version: "0.0.1".into(),
+            parameters: vec![
+                Parameter::new("a", json!(1)),
+                Parameter::new("b", Value::Null),
+            ],
+            timeout_ms: 1,
+            limits: ActionLimits::default(),
+            annotations: vec![],
+            binding: None,
+            components: None,
+        };
+        assert!(s.final_parameters().is_empty());
+        s.annotations.push(KeyValue {
+            key: "final".into(),
+            value: json!(true),
+        });
+        assert_eq!(s.final_parameters(), vec!["a"]);
+        let pkg = crate::packages::ResolvedPackage {
+            path: "guest/p".into(),
+            parameters: vec![Parameter::new("a", json!(0)), Parameter::new("c", json!(3))],
+            binding: Some("guest/bound".into()),
+        };
+        let s = s.inherit(&pkg);
+        let keys: Vec<(&str, &Value)> = s
+            .parameters
+            .iter()
+            .map(|p| (p.key.as_str(), &p.value))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("a", &json!(1)), ("c", &json!(3)), ("b", &Value::Null)]
+        );
+        assert_eq!(s.binding.as_deref(), Some("guest/bound"));
     }
 
     #[test]

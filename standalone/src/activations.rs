@@ -4,6 +4,7 @@
 //! `success`).
 
 use openwhisk::couchdb::{CouchDb, CouchDbError};
+use openwhisk::messages::WhiskActivation;
 use serde_json::{Value, json};
 
 /// Most records one list call returns (the controller's `maxListLimit`).
@@ -61,6 +62,14 @@ impl Activations {
             Ok(_) | Err(CouchDbError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Writes a record the front door makes itself (sequences, trigger fires: the controller
+    /// writes those, contract §4.3).
+    pub async fn put(&self, record: &WhiskActivation) -> Result<(), CouchDbError> {
+        let doc = record.to_document(openwhisk::time::now_ms());
+        let id = format!("{}/{}", record.namespace, record.activation_id);
+        self.db.put_doc(&self.name, &id, &doc).await.map(|_| ())
     }
 
     /// The namespace's records matching `q`, newest first, extended (whole or summarized).
@@ -151,7 +160,7 @@ pub fn logs_view(doc: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use openwhisk::messages::{ActivationResponse, WhiskActivation};
+    use openwhisk::messages::ActivationResponse;
 
     use super::*;
 

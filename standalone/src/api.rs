@@ -1,5 +1,10 @@
-//! The REST API subset of contract §10 over HTTP/1.1: actions, invoke, activations,
-//! namespaces, `/invokers` and `/ping`. Errors are the controller's `{"error", "code"}` bodies.
+//! The REST API subset of contract §10 over HTTP/1.1: actions (in packages too), invoke,
+//! packages and bindings, triggers and rules, activations, namespaces, web actions,
+//! `/invokers` and `/ping`. Errors are the controller's `{"error", "code"}` bodies.
+//!
+//! Another namespace's entities are readable only as the controller's entitlement allows for
+//! shared packages: `GET` of its published packages and of the actions in them, and invoking
+//! those actions; everything else there is a 403.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,17 +14,21 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use openwhisk::errors;
-use openwhisk::time::now_ms;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{ActionError, Actions};
 use crate::activations::{self, Activations, ListQuery};
-use crate::controller::{Controller, ControllerError, Outcome};
+use crate::controller::Controller;
+use crate::entities::EntityError;
 use crate::ids;
+use crate::invocations::{self, Answer, InvokeError};
 use crate::metrics;
+use crate::packages::Packages;
 use crate::subjects::{Identity, Subjects};
+use crate::triggers::{self, Triggers};
+use crate::web::{self, WebRequest};
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 1024;
@@ -29,6 +38,8 @@ const MAX_CONNECTIONS: usize = 1024;
 pub struct App {
     pub subjects: Subjects,
     pub actions: Actions,
+    pub packages: Packages,
+    pub triggers: Triggers,
     pub activations: Activations,
     pub controller: Arc<Controller>,
     /// The longest a blocking invoke waits before answering 202 (the controller's
@@ -81,16 +92,42 @@ struct Fail(StatusCode, String);
 
 impl From<ActionError> for Fail {
     fn from(e: ActionError) -> Self {
+        EntityError::from(e).into()
+    }
+}
+
+impl From<EntityError> for Fail {
+    fn from(e: EntityError) -> Self {
         let status = match &e {
-            ActionError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ActionError::NotFound => StatusCode::NOT_FOUND,
-            ActionError::Conflict => StatusCode::CONFLICT,
-            ActionError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            EntityError::Invalid(_) => StatusCode::BAD_REQUEST,
+            EntityError::Forbidden => StatusCode::FORBIDDEN,
+            EntityError::NotFound => StatusCode::NOT_FOUND,
+            EntityError::Conflict(_) => StatusCode::CONFLICT,
+            EntityError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {
             tracing::error!(error = %errors::chain(&e), "request failed");
+            return Self(status, "There was an error processing your request.".into());
         }
         Self(status, e.to_string())
+    }
+}
+
+impl From<InvokeError> for Fail {
+    fn from(e: InvokeError) -> Self {
+        match e {
+            InvokeError::Entity(e) => e.into(),
+            InvokeError::FinalParameters => Self(StatusCode::BAD_REQUEST, e.to_string()),
+            InvokeError::NoInvokers => Self(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            InvokeError::Store(e) => e.into(),
+            other => {
+                tracing::error!(error = %errors::chain(&other), "activation not produced");
+                Self(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "There was an error processing your request.".into(),
+                )
+            }
+        }
     }
 }
 
@@ -114,7 +151,7 @@ fn json_reply(status: StatusCode, body: &Value) -> Reply {
     r
 }
 
-async fn handle(app: &App, req: Request<Incoming>) -> Reply {
+async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Reply {
     let transid = ids::transaction_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -134,7 +171,7 @@ async fn handle(app: &App, req: Request<Incoming>) -> Reply {
     reply
 }
 
-async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
+async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply, Fail> {
     let method = req.method().clone();
     let segments: Vec<String> = req
         .uri()
@@ -181,6 +218,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
                         "api_paths": ["/api/v1"], "swagger_paths": {}}),
             ));
         }
+        (_, ["api", "v1", "web", rest @ ..]) => {
+            let rest: Vec<String> = rest.iter().map(|s| (*s).to_owned()).collect();
+            return web_action(app, req, rest).await;
+        }
         _ => {}
     }
     let ["api", "v1", "namespaces", rest @ ..] = seg.as_slice() else {
@@ -217,21 +258,47 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
             Err(method_not_allowed())
         };
     }
-    let ns = match rest[0] {
-        "_" => user.namespace.clone(),
-        n if n == user.namespace => n.to_owned(),
-        _ => {
-            return Err(Fail(
-                StatusCode::FORBIDDEN,
-                "The supplied authentication is not authorized to access this resource.".into(),
-            ));
-        }
+    let (ns, own) = match rest[0] {
+        "_" => (user.namespace.clone(), true),
+        n => (n.to_owned(), n == user.namespace),
     };
+    // Reads of another namespace's shared packages; the stores check that they are published.
+    let shared = matches!(
+        (&method, &rest[1..]),
+        (
+            &Method::GET,
+            ["packages"] | ["packages", _] | ["actions", _, _]
+        ) | (&Method::POST, ["actions", _, _])
+    );
+    if !own && !shared {
+        return Err(Fail(
+            StatusCode::FORBIDDEN,
+            "The supplied authentication is not authorized to access this resource.".into(),
+        ));
+    }
+    let headers: Map<String, Value> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                k.as_str().to_owned(),
+                Value::String(v.to_str().ok()?.to_owned()),
+            ))
+        })
+        .collect();
     let body = read_body(req, app.max_body_bytes).await?;
+    let flag = |key: &str| query.get(key).is_some_and(|v| v == "true");
+    let caller = user.namespace.as_str();
     match (&method, &rest[1..]) {
         (&Method::GET, ["actions"]) => {
             let (skip, limit) = paging(&query, "actions")?;
             let list = app.actions.list(&ns, skip, limit).await?;
+            Ok(json_reply(StatusCode::OK, &Value::Array(list)))
+        }
+        (&Method::GET, ["actions", pkg, ""]) => {
+            let (skip, limit) = paging(&query, "actions")?;
+            let package = app.packages.resolve(&ns, pkg, caller).await?;
+            let list = app.actions.list(&package.path, skip, limit).await?;
             Ok(json_reply(StatusCode::OK, &Value::Array(list)))
         }
         (&Method::GET, ["actions", name]) => {
@@ -239,20 +306,45 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
             let a = app.actions.get(&ns, name, code).await?;
             Ok(json_reply(StatusCode::OK, &a))
         }
+        (&Method::GET, ["actions", pkg, name]) => {
+            let code = query.get("code").is_none_or(|c| c != "false");
+            let package = app.packages.resolve(&ns, pkg, caller).await?;
+            let a = app.actions.get(&package.path, name, code).await?;
+            Ok(json_reply(StatusCode::OK, &a))
+        }
         (&Method::PUT, ["actions", name]) => {
-            let overwrite = query.get("overwrite").is_some_and(|o| o == "true");
             let body = parse_json(&body)?;
-            let a = app.actions.put(&ns, name, &body, overwrite).await?;
+            let a = app.actions.put(&ns, name, &body, flag("overwrite")).await?;
+            Ok(json_reply(StatusCode::OK, &a))
+        }
+        (&Method::PUT, ["actions", pkg, name]) => {
+            app.packages.check_writable(&ns, pkg).await?;
+            let body = parse_json(&body)?;
+            let path = format!("{ns}/{pkg}");
+            let a = app
+                .actions
+                .put(&path, name, &body, flag("overwrite"))
+                .await?;
             Ok(json_reply(StatusCode::OK, &a))
         }
         (&Method::DELETE, ["actions", name]) => {
             let a = app.actions.delete(&ns, name).await?;
             Ok(json_reply(StatusCode::OK, &a))
         }
-        (&Method::POST, ["actions", name]) => {
-            let blocking = query.get("blocking").is_some_and(|b| b == "true");
+        (&Method::DELETE, ["actions", pkg, name]) => {
+            app.packages.check_writable(&ns, pkg).await?;
+            let a = app.actions.delete(&format!("{ns}/{pkg}"), name).await?;
+            Ok(json_reply(StatusCode::OK, &a))
+        }
+        (&Method::POST, ["actions", name @ ..]) if (1..=2).contains(&name.len()) => {
+            let path = match name {
+                [pkg, _] => format!("{ns}/{pkg}"),
+                _ => ns.clone(),
+            };
+            let name = name[name.len() - 1];
+            let blocking = flag("blocking");
             let started = std::time::Instant::now();
-            let answer = invoke(app, &user, &ns, name, &query, &body).await;
+            let answer = invoke(app, &user, &path, name, &query, &body).await;
             let outcome = match &answer {
                 Ok((_, outcome)) => *outcome,
                 Err(Fail(StatusCode::NOT_FOUND, _)) => "not_found",
@@ -267,6 +359,97 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
                 .record(started.elapsed().as_secs_f64());
             answer.map(|(reply, _)| reply)
         }
+        (&Method::GET, ["packages"]) => {
+            let (skip, limit) = paging(&query, "packages")?;
+            let list = app.packages.list(&ns, caller, skip, limit).await?;
+            Ok(json_reply(StatusCode::OK, &Value::Array(list)))
+        }
+        (&Method::GET, ["packages", name]) => {
+            let p = app.packages.get(&ns, name, caller).await?;
+            Ok(json_reply(StatusCode::OK, &p))
+        }
+        (&Method::PUT, ["packages", name]) => {
+            let body = parse_json(&body)?;
+            let p = app
+                .packages
+                .put(&ns, name, &body, flag("overwrite"))
+                .await?;
+            Ok(json_reply(StatusCode::OK, &p))
+        }
+        (&Method::DELETE, ["packages", name]) => {
+            let p = app.packages.delete(&ns, name, flag("force")).await?;
+            Ok(json_reply(StatusCode::OK, &p))
+        }
+        (&Method::GET, [kind @ ("triggers" | "rules")]) => {
+            let (skip, limit) = paging(&query, kind)?;
+            let entity = if *kind == "triggers" {
+                triggers::TRIGGER
+            } else {
+                triggers::RULE
+            };
+            let list = app.triggers.list(&ns, entity, skip, limit).await?;
+            Ok(json_reply(StatusCode::OK, &Value::Array(list)))
+        }
+        (&Method::GET, ["triggers", name]) => Ok(json_reply(
+            StatusCode::OK,
+            &app.triggers.get_trigger(&ns, name).await?,
+        )),
+        (&Method::PUT, ["triggers", name]) => {
+            let body = parse_json(&body)?;
+            let t = app
+                .triggers
+                .put_trigger(&ns, name, &body, flag("overwrite"))
+                .await?;
+            Ok(json_reply(StatusCode::OK, &t))
+        }
+        (&Method::DELETE, ["triggers", name]) => Ok(json_reply(
+            StatusCode::OK,
+            &app.triggers.delete_trigger(&ns, name).await?,
+        )),
+        (&Method::POST, ["triggers", name]) => {
+            let payload = match parse_json(&body)? {
+                Value::Object(m) => m,
+                _ => {
+                    return Err(Fail(
+                        StatusCode::BAD_REQUEST,
+                        "The request content was malformed: parameters must be a JSON object."
+                            .into(),
+                    ));
+                }
+            };
+            match triggers::fire(app, &user, &ns, name, payload, headers).await? {
+                Some(id) => Ok(with_activation_header(
+                    json_reply(StatusCode::ACCEPTED, &json!({"activationId": id})),
+                    &id,
+                )),
+                None => {
+                    let mut r = Response::new(Full::new(Bytes::new()));
+                    *r.status_mut() = StatusCode::NO_CONTENT;
+                    Ok(r)
+                }
+            }
+        }
+        (&Method::GET, ["rules", name]) => Ok(json_reply(
+            StatusCode::OK,
+            &app.triggers.get_rule(&ns, name).await?,
+        )),
+        (&Method::PUT, ["rules", name]) => {
+            let body = parse_json(&body)?;
+            let r = app
+                .triggers
+                .put_rule(&ns, name, &body, flag("overwrite"))
+                .await?;
+            Ok(json_reply(StatusCode::OK, &r))
+        }
+        (&Method::POST, ["rules", name]) => {
+            let body = parse_json(&body)?;
+            app.triggers.set_status(&ns, name, &body).await?;
+            Ok(json_reply(StatusCode::OK, &json!({})))
+        }
+        (&Method::DELETE, ["rules", name]) => Ok(json_reply(
+            StatusCode::OK,
+            &app.triggers.delete_rule(&ns, name).await?,
+        )),
         (&Method::GET, ["activations"]) => list_activations(app, &ns, &query).await,
         (&Method::GET, ["activations", id]) => {
             let doc = app.activations.get(&ns, id).await?.ok_or_else(not_found)?;
@@ -280,9 +463,14 @@ async fn route(app: &App, req: Request<Incoming>) -> Result<Reply, Fail> {
             let doc = app.activations.get(&ns, id).await?.ok_or_else(not_found)?;
             Ok(json_reply(StatusCode::OK, &activations::logs_view(&doc)))
         }
-        (_, ["actions"] | ["actions", _] | ["activations"] | ["activations", ..]) => {
-            Err(method_not_allowed())
-        }
+        (
+            _,
+            ["actions" | "packages" | "triggers" | "rules"]
+            | ["actions" | "packages" | "triggers" | "rules", _]
+            | ["actions", _, _]
+            | ["activations"]
+            | ["activations", ..],
+        ) => Err(method_not_allowed()),
         _ => Err(Fail(
             StatusCode::NOT_FOUND,
             "The requested resource could not be found.".into(),
@@ -413,11 +601,12 @@ async fn list_activations(
     Ok(json_reply(StatusCode::OK, &Value::Array(list)))
 }
 
-/// `POST /namespaces/<ns>/actions/<name>?blocking=&result=&timeout=`.
+/// `POST /namespaces/<ns>/actions/[<pkg>/]<name>?blocking=&result=&timeout=`; `path` is the
+/// namespace or `ns/pkg`.
 async fn invoke(
-    app: &App,
+    app: &Arc<App>,
     user: &Identity,
-    ns: &str,
+    path: &str,
     name: &str,
     query: &HashMap<String, String>,
     body: &[u8],
@@ -460,54 +649,28 @@ async fn invoke(
             ));
         }
     };
-    let action = app.actions.fetch(ns, name).await?;
-    let pending = app
-        .controller
-        .activate(user, &action, params, blocking)
-        .await
-        .map_err(|e| match e {
-            ControllerError::NoInvokers => Fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            other => {
-                tracing::error!(error = %errors::chain(&other), "activation not produced");
-                Fail(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "There was an error processing your request.".into(),
-                )
-            }
-        })?;
-    let id = pending.activation_id.clone();
-    let accepted = || {
-        (
-            with_activation_header(
-                json_reply(
-                    StatusCode::ACCEPTED,
-                    &serde_json::to_value(Accepted { activation_id: &id }).unwrap_or_default(),
+    let action = invocations::resolve(app, path, name, &user.namespace).await?;
+    invocations::check_final(&action, &params)?;
+    let answer = invocations::invoke(app, user, action, params, blocking, wait).await?;
+    let record = match answer {
+        Answer::Record(r) => r,
+        Answer::Accepted(id) => {
+            return Ok((
+                with_activation_header(
+                    json_reply(
+                        StatusCode::ACCEPTED,
+                        &serde_json::to_value(Accepted { activation_id: &id }).unwrap_or_default(),
+                    ),
+                    &id,
                 ),
-                &id,
-            ),
-            "accepted",
-        )
-    };
-    let Some(outcome) = pending.outcome else {
-        return Ok(accepted());
-    };
-    let deadline = tokio::time::Instant::now() + wait;
-    let record = match tokio::time::timeout_at(deadline, outcome).await {
-        Ok(Ok(Outcome::Record(a))) => Some(a.to_document(now_ms())),
-        // The ack carried only the id, or the waiter was dropped: the record is (or will be)
-        // in the database.
-        Ok(Ok(Outcome::InDatabase) | Err(_)) => {
-            ::metrics::counter!(metrics::RECORDS_FROM_DATABASE_TOTAL).increment(1);
-            poll_record(&app.activations, ns, &id, deadline).await?
-        }
-        Err(_) => {
-            app.controller.forget(&id);
-            app.activations.get(ns, &id).await?
+                "accepted",
+            ));
         }
     };
-    let Some(record) = record else {
-        return Ok(accepted());
-    };
+    let id = record["activationId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let extended = activations::extended(&record);
     let (status, outcome) = match record["response"]["statusCode"].as_u64() {
         Some(0) => (StatusCode::OK, "success"),
@@ -526,22 +689,67 @@ async fn invoke(
     ))
 }
 
-/// Reads the record until it is there or `deadline` passes.
-async fn poll_record(
-    store: &Activations,
-    ns: &str,
-    id: &str,
-    deadline: tokio::time::Instant,
-) -> Result<Option<Value>, Fail> {
-    loop {
-        if let Some(doc) = store.get(ns, id).await? {
-            return Ok(Some(doc));
+/// `/api/v1/web/<ns>/<pkg>/<action>.<ext>[/path]`, any method.
+async fn web_action(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    segments: Vec<String>,
+) -> Result<Reply, Fail> {
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    // Credentials are optional here; wrong ones are the same as none.
+    let caller = match header {
+        Some(h) => app.subjects.authenticate(Some(&h)).await.ok().flatten(),
+        None => None,
+    };
+    let method = req.method().as_str().to_owned();
+    let query = req.uri().query().unwrap_or_default().to_owned();
+    let headers = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| *k != hyper::header::AUTHORIZATION)
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let body = read_body(req, app.max_payload_bytes).await?.to_vec();
+    let request = WebRequest {
+        method,
+        headers,
+        query,
+        body,
+        segments,
+        caller,
+    };
+    let reply = web::serve(app, request)
+        .await
+        .map_err(|web::WebError(status, message)| {
+            Fail(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                message,
+            )
+        })?;
+    let mut r = Response::new(Full::new(Bytes::from(reply.body)));
+    *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    for (k, v) in &reply.headers {
+        if let (Ok(k), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            hyper::header::HeaderValue::from_str(v),
+        ) {
+            r.headers_mut().append(k, v);
         }
-        if tokio::time::Instant::now() + Duration::from_millis(100) > deadline {
-            return Ok(None);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if let Some(ct) = reply
+        .content_type
+        .and_then(|c| hyper::header::HeaderValue::from_str(&c).ok())
+    {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, ct);
+    }
+    Ok(match reply.activation_id {
+        Some(id) => with_activation_header(r, &id),
+        None => r,
+    })
 }
 
 fn with_activation_header(mut r: Reply, id: &str) -> Reply {

@@ -235,13 +235,15 @@ impl Controller {
     }
 
     /// Writes the `ActivationMessage` a controller would write to the action's home invoker.
-    /// `params` are the request's parameters; the action's own are merged under them.
+    /// `params` are the request's parameters; the action's own are merged under them. `cause`
+    /// is the activation id of the sequence this activation is a component of.
     pub async fn activate(
         &self,
         user: &Identity,
         action: &StoredAction,
         params: Map<String, Value>,
         blocking: bool,
+        cause: Option<&str>,
     ) -> Result<Pending, ControllerError> {
         let invoker = health::home(&self.health.healthy(), &action.namespace, &action.name)
             .ok_or(ControllerError::NoInvokers)?;
@@ -254,6 +256,7 @@ impl Controller {
             params,
             blocking,
             &activation_id,
+            cause,
         )
         .map_err(|source| ControllerError::Message {
             activation_id: activation_id.clone(),
@@ -287,7 +290,9 @@ impl Controller {
 }
 
 /// The message a controller writes for `action`: its parameters merged under the request's
-/// `params`, the `init` ones named in `initArgs`.
+/// `params`, the `init` ones named in `initArgs`; the action's path is the package that holds
+/// it and `binding` the binding it was invoked through, as `PrimitiveActions` writes them.
+#[allow(clippy::too_many_arguments)]
 fn activation_message(
     transid: TransactionId,
     controller: &str,
@@ -296,6 +301,7 @@ fn activation_message(
     params: Map<String, Value>,
     blocking: bool,
     activation_id: &str,
+    cause: Option<&str>,
 ) -> Result<ActivationMessage, MessageError> {
     let mut content = Map::new();
     let mut init_args = Vec::new();
@@ -306,10 +312,12 @@ fn activation_message(
         content.insert(p.key.clone(), p.value.clone());
     }
     content.extend(params);
-    ActivationMessage::builder(
+    let mut name = FullyQualifiedEntityName::new(&action.namespace, &action.name)
+        .with_version(&action.version);
+    name.binding.clone_from(&action.binding);
+    let message = ActivationMessage::builder(
         transid,
-        FullyQualifiedEntityName::new(&action.namespace, &action.name)
-            .with_version(&action.version),
+        name,
         user_identity(user),
         activation_id,
         ControllerInstanceId::controller(controller),
@@ -317,7 +325,11 @@ fn activation_message(
     .revision(&action.rev)
     .blocking(blocking)
     .content(Value::Object(content))
-    .init_args(init_args)
+    .init_args(init_args);
+    match cause {
+        Some(c) => message.cause(c),
+        None => message,
+    }
     .build()
 }
 
@@ -370,6 +382,10 @@ mod tests {
                 },
             ],
             timeout_ms: 60_000,
+            limits: openwhisk::action::ActionLimits::default(),
+            annotations: vec![],
+            binding: None,
+            components: None,
         };
         let params = json!({"name": "World"}).as_object().cloned().unwrap();
         let m = activation_message(
@@ -380,6 +396,7 @@ mod tests {
             params,
             true,
             "c7bb1339cb4f40e3a6ccead6c99f804e",
+            None,
         )
         .unwrap();
         let expected = ActivationMessage {
@@ -423,6 +440,30 @@ mod tests {
         assert_eq!(m, expected);
         // The invoker reads it back.
         assert_eq!(ActivationMessage::parse(m.to_json().as_bytes()).unwrap(), m);
+        // A packaged action invoked through a binding, as a sequence's component: the path is
+        // the package's, the binding and the cause are named.
+        let packaged = StoredAction {
+            namespace: "guest/utils".into(),
+            binding: Some("guest/mine".into()),
+            ..action
+        };
+        let m = activation_message(
+            TransactionId::new("dbyaSw8MclQ8z5XrHc1OHanU8v1yAmMS", 1714560000123),
+            "0",
+            &user,
+            &packaged,
+            Map::new(),
+            true,
+            "c7bb1339cb4f40e3a6ccead6c99f804f",
+            Some("c7bb1339cb4f40e3a6ccead6c99f8000"),
+        )
+        .unwrap();
+        let wire: Value = serde_json::from_str(&m.to_json()).unwrap();
+        assert_eq!(
+            wire["action"],
+            json!({"path": "guest/utils", "name": "hello", "version": "0.0.2", "binding": "guest/mine"})
+        );
+        assert_eq!(wire["cause"], "c7bb1339cb4f40e3a6ccead6c99f8000");
         // The `user` is what the subjects store has always sent.
         assert_eq!(
             serde_json::to_value(user_identity(&user)).unwrap(),

@@ -28,7 +28,7 @@ pub const ALL: &[&str] = &[
 mod tests {
     #[test]
     fn every_metric_is_recorded_and_named_by_convention() {
-        let sources = include_str!("api.rs");
+        let sources = [include_str!("api.rs"), include_str!("invocations.rs")].concat();
         let consts: Vec<&str> = include_str!("metrics.rs")
             .lines()
             .filter_map(|l| l.strip_prefix("pub const "))

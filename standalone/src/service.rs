@@ -14,7 +14,10 @@ use crate::actions::{Actions, LimitBounds, MAX_CODE_BYTES};
 use crate::activations::Activations;
 use crate::api::{self, App};
 use crate::controller::{Controller, ControllerError};
+use crate::entities::Whisks;
+use crate::packages::Packages;
 use crate::subjects::{Subjects, SubjectsError};
+use crate::triggers::Triggers;
 
 /// What the front door runs with.
 #[derive(Debug)]
@@ -80,6 +83,12 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         LimitBounds::from_settings(&settings),
     );
     actions.ensure_db().await.map_err(couch_error)?;
+    let whisks = Whisks {
+        db: db.clone(),
+        name: settings.db_whisks.clone(),
+    };
+    let packages = Packages::new(whisks.clone());
+    let triggers = Triggers::new(whisks);
     let activations = Activations::new(db, &settings.db_activations);
     activations.ensure_db().await.map_err(couch_error)?;
 
@@ -94,6 +103,8 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     let app = Arc::new(App {
         subjects,
         actions,
+        packages,
+        triggers,
         activations,
         controller,
         max_blocking_wait: Duration::from_secs(60),

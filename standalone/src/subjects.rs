@@ -151,6 +151,28 @@ impl Subjects {
     }
 }
 
+impl Subjects {
+    /// The identity that owns `namespace` (web actions run as their namespace's owner); the
+    /// database is read again when the namespace is not known yet, at most once a second.
+    pub async fn by_namespace(&self, namespace: &str) -> Result<Option<Identity>, SubjectsError> {
+        let mut cache = self.cache.lock().await;
+        let find = |c: &Cache| {
+            c.by_uuid
+                .values()
+                .find(|i| i.namespace == namespace)
+                .cloned()
+        };
+        if let Some(found) = find(&cache) {
+            return Ok(Some(found));
+        }
+        if cache.loaded.elapsed() >= RELOAD_AT_MOST_EVERY {
+            cache.by_uuid = self.read_all().await?;
+            cache.loaded = Instant::now();
+        }
+        Ok(find(&cache))
+    }
+}
+
 /// `Basic base64(user:password)` → `(user, password)`.
 fn parse_basic(header: &str) -> Option<(String, String)> {
     let b64 = header.trim().strip_prefix("Basic ")?;
