@@ -7,7 +7,8 @@
 //!   with golden tests against the contract's examples.
 //! - [`action`]: the action document of the whisks database (exec, code attachments, limits).
 //! - [`couchdb`]: a small CouchDB HTTP API client (documents, revisions, attachments).
-//! - [`kafka`]: OpenWhisk's topics, their configuration and the client settings.
+//! - [`kafka`]: OpenWhisk's topics, their configuration and the client settings (feature
+//!   `kafka`, on by default).
 //! - [`manifest`]: the runtimes manifest (kinds, images, stem cells).
 //! - [`config`]: OpenWhisk's `CONFIG_*` environment mapping, `-D` properties, sizes and
 //!   durations.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod couchdb;
 pub mod errors;
 pub mod http;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod logging;
 pub mod manifest;

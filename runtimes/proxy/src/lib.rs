@@ -3,7 +3,7 @@
 //!
 //! - [`Config`]: how the image configures the proxy (environment variables).
 //! - [`Proxy`]: the protocol: one init per container, the response rules, the log sentinels.
-//! - [`serve`]: the HTTP server.
+//! - [`serve`]: the HTTP server ([`serve_connection`]: one connection of it).
 //!
 //! Two ways to run an action:
 //! - **native** (OpenWhisk's blackbox convention, no `OW_LAUNCHER`): `/init` puts an executable
@@ -24,4 +24,4 @@ mod protocol;
 mod server;
 
 pub use protocol::{Config, Proxy, Reply, SENTINEL};
-pub use server::serve;
+pub use server::{serve, serve_connection};

@@ -18,15 +18,21 @@ pub async fn serve(listener: tokio::net::TcpListener, proxy: Arc<Proxy>) -> std:
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(proxy.clone(), req));
-            // A client that hangs up mid-request is not the proxy's problem.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(serve_connection(stream, proxy.clone()));
     }
+}
+
+/// Serves one connection (HTTP/1.1, keep-alive) until the client closes it. A client that
+/// hangs up mid-request is not the proxy's problem: the connection's error is dropped. Public
+/// for the fuzz target, which feeds it arbitrary bytes through an in-memory stream.
+pub async fn serve_connection<I>(io: I, proxy: Arc<Proxy>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| handle(proxy.clone(), req));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 async fn handle(
