@@ -25,6 +25,7 @@ source "$WHISK_STACK_DIR/env"
 echo "== cargo fmt --check"
 cargo fmt --all --check
 cargo fmt --all --check --manifest-path unikernel/Cargo.toml
+cargo fmt --all --check --manifest-path fuzz/Cargo.toml
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # One package at a time: built together, the runtime's std dev-dependencies would unify std
@@ -32,6 +33,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 for pkg in wasm-action wasm-unikernel; do
     cargo clippy -p "$pkg" --all-targets --locked --manifest-path unikernel/Cargo.toml -- -D warnings
 done
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 echo "== the unikernel (its own workspace: the wasm runtime on the host, the kernel under QEMU)"
 for pkg in wasm-action wasm-unikernel; do
     cargo test -p "$pkg" --locked --manifest-path unikernel/Cargo.toml --no-fail-fast
@@ -44,3 +46,5 @@ for mode in pcpm netns vm; do
     echo "== invoker end to end, network mode $mode (the workspace run above used bridge)"
     INVOKER_E2E_NETWORK_MODE=$mode cargo test --locked -p invoker --test invoker_e2e
 done
+echo "== fuzzing: every target for 15 s from the committed corpus (the campaign: scripts/fuzz.sh campaign)"
+scripts/fuzz.sh smoke 15
