@@ -426,7 +426,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
     })
 }
 
-async fn wait_ready(port: u16) -> Result<()> {
+pub(crate) async fn wait_ready(port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {

@@ -16,6 +16,8 @@
 //! - [`netns`]: `bench netns`, the PCPM paper's Table 1 on this machine: network endpoints
 //!   created and cleaned up with `ip` commands, in-process with rtnetlink, and leased from a
 //!   warm netpool.
+//! - [`warm`]: `bench warm`, the warm path through Kafka: closed-loop clients against warm
+//!   containers, throughput, latency and the invoker's CPU per activation.
 
 pub mod activate;
 pub mod coldstart;
@@ -26,3 +28,4 @@ pub mod memory;
 pub mod memory_table;
 pub mod netns;
 pub mod stats;
+pub mod warm;

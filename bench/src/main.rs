@@ -13,6 +13,9 @@
 //!   [`bench::coldstart`]); writes JSON (default `bench/results/coldstart.json`).
 //! - `memory [--n 50] [--out FILE]`: the paper's Table 2 (see [`bench::memory_table`]); writes
 //!   JSON (default `bench/results/memory.json`).
+//! - `warm [--modes bridge,netns] [--concurrency 1,4,16,32] [--seconds 15] [--out FILE]`: the
+//!   warm path through Kafka (see [`bench::warm`]); writes JSON (default
+//!   `bench/results/warm.json`).
 //! - `docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]`: N concurrent Docker cold
 //!   starts, bridge networking against pcpm pause containers, and the memory of 50 idle pause
 //!   containers (see [`bench::docker_start`]); writes JSON (default
@@ -79,6 +82,22 @@ enum Command {
         timeline: Option<usize>,
         /// Where the JSON report goes.
         #[arg(long, default_value = "bench/results/coldstart.json")]
+        out: PathBuf,
+    },
+    /// The warm path through Kafka: closed-loop clients against warm containers of a no-op
+    /// action, blocking and non-blocking.
+    Warm {
+        /// Network modes, comma-separated (default bridge,netns).
+        #[arg(long, value_delimiter = ',')]
+        modes: Option<Vec<String>>,
+        /// Closed-loop clients per cell, comma-separated (default 1,4,16,32).
+        #[arg(long, value_delimiter = ',')]
+        concurrency: Option<Vec<usize>>,
+        /// Measured seconds per cell (default 15).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Where the JSON report goes.
+        #[arg(long, default_value = "bench/results/warm.json")]
         out: PathBuf,
     },
     /// The paper's Table 2: memory of cold, warm, prewarm, pcpm and netns functions.
@@ -179,6 +198,24 @@ async fn run(command: Command) -> Result<()> {
                 params.timeline_n = t;
             }
             write_report(&out, &bench::coldstart::run(&params).await?)
+        }
+        Command::Warm {
+            modes,
+            concurrency,
+            seconds,
+            out,
+        } => {
+            let mut params = bench::warm::WarmParams::default();
+            if let Some(m) = modes {
+                params.modes = m;
+            }
+            if let Some(c) = concurrency {
+                params.concurrency = c;
+            }
+            if let Some(s) = seconds {
+                params.seconds = s;
+            }
+            write_report(&out, &bench::warm::run(&params).await?)
         }
         Command::Memory { n, out } => write_report(&out, &bench::memory_table::run(n).await?),
         Command::DockerStart { rounds, sizes, out } => {

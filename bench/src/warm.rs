@@ -1,0 +1,443 @@
+//! `bench warm`: the warm path through Kafka. One invoker per network mode; one no-op Node.js
+//! action (`function main(p) { return p; }`, concurrency limit 1) made warm in as many containers
+//! as the highest concurrency level; then, per cell, C closed-loop clients each keep one
+//! activation outstanding for a fixed time: produce the `ActivationMessage`, wait for its ack,
+//! produce the next. Blocking cells wait for the ack that carries the result, non-blocking ones
+//! for the completion that frees the slot (what a controller waits for in each case).
+//!
+//! Per cell: activations answered, failures (an error status or no answer within 60 s), cold
+//! starts among them (a record with an `initTime` annotation: the pool had to start a
+//! container, which the warm-up should have made unnecessary), throughput, p50/p99/max from
+//! produce to the ack, the invoker process's own CPU per activation (its `utime + stime` from
+//! `/proc`, which excludes the containers) and the whole machine's busy CPU per activation
+//! (everything: broker, CouchDB-API server, containers, the bench itself).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use openwhisk::action::{self, ActionDocument, ActionLimits, AttachmentRef, Code, CodeExec, Exec};
+use openwhisk::couchdb::CouchDb;
+use openwhisk::kafka::{self, TopicKind};
+use openwhisk::messages::{
+    Ack, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, Identity, TransactionId,
+};
+use openwhisk::time::now_ms;
+use parking_lot::Mutex;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use testkit::invoker::InvokerCommand;
+use testkit::stack::Stack;
+use tokio::sync::oneshot;
+
+use crate::machine::Machine;
+use crate::stats::Summary;
+
+const NOOP: &str = "function main(p) { return p; }";
+
+/// How long one activation may take before it counts as failed.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Benchmark parameters.
+#[derive(Clone, Debug)]
+pub struct WarmParams {
+    /// Network modes (`bridge`, `pcpm`, `netns`): the warm path does not touch the network
+    /// set-up, so the modes differ only in how a container was made.
+    pub modes: Vec<String>,
+    /// Closed-loop clients per cell.
+    pub concurrency: Vec<usize>,
+    /// Measured time per cell.
+    pub seconds: u64,
+}
+
+impl Default for WarmParams {
+    fn default() -> Self {
+        Self {
+            modes: vec!["bridge".into(), "netns".into()],
+            concurrency: vec![1, 4, 16, 32],
+            seconds: 15,
+        }
+    }
+}
+
+/// One mode × blocking × concurrency cell.
+#[derive(Debug, serde::Serialize)]
+pub struct WarmCell {
+    pub mode: String,
+    pub blocking: bool,
+    pub concurrency: usize,
+    /// Activations answered with success within the cell's time.
+    pub activations: usize,
+    /// Activations answered with an error status or not answered within 60 s.
+    pub failures: usize,
+    /// Answered activations whose container was started for them.
+    pub cold_starts: usize,
+    pub seconds: f64,
+    pub activations_per_second: f64,
+    /// Produce → ack, successful activations.
+    pub latency: Option<Summary>,
+    /// The invoker process's CPU (user + system) per answered activation.
+    pub invoker_cpu_ms_per_activation: f64,
+    /// The whole machine's busy CPU per answered activation (all cores).
+    pub machine_cpu_ms_per_activation: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct WarmReport {
+    pub machine: Machine,
+    /// What each figure measures.
+    pub method: &'static str,
+    pub seconds_per_cell: u64,
+    pub cells: Vec<WarmCell>,
+}
+
+/// Acks routed to whoever waits for an activation id.
+type Waiters = Arc<Mutex<HashMap<String, (bool, oneshot::Sender<Answer>)>>>;
+
+/// What the bench learns from the ack it waited for.
+struct Answer {
+    success: bool,
+    cold: bool,
+}
+
+pub async fn run(p: &WarmParams) -> Result<WarmReport> {
+    let stack = Stack::from_env();
+    let db = CouchDb::new(&stack.couchdb)?;
+    let tag = std::process::id();
+    let (whisks, activations) = (format!("wm{tag}_whisks"), format!("wm{tag}_activations"));
+    for d in [&whisks, &activations] {
+        db.create_db(d).await?;
+    }
+    let admin = kafka::admin_client(&stack.kafka_hosts)?;
+    let controller = format!("wm{tag}");
+    let topics_prefix = format!("wm{tag}_");
+    let completed = format!("{topics_prefix}completed{controller}");
+    kafka::ensure_topic(&admin, &completed, &TopicKind::Completed.default_config()).await?;
+    kafka::ensure_topic(
+        &admin,
+        &format!("{topics_prefix}health"),
+        &TopicKind::Health.default_config(),
+    )
+    .await?;
+    let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create()?;
+    let acks: StreamConsumer =
+        kafka::consumer_config(&stack.kafka_hosts, &format!("bench-wm-{tag}")).create()?;
+    acks.subscribe(&[&completed])?;
+    let waiters: Waiters = Arc::default();
+    let router = tokio::spawn(route_acks(acks, waiters.clone()));
+
+    let result = measure(
+        p,
+        &stack,
+        &db,
+        &producer,
+        &waiters,
+        tag,
+        &whisks,
+        &activations,
+        &topics_prefix,
+        &controller,
+    )
+    .await;
+    router.abort();
+    for d in [&whisks, &activations] {
+        let _ = db.delete_db(d).await;
+    }
+    Ok(WarmReport {
+        machine: Machine::describe(),
+        method: "closed loop: each of C clients produces an ActivationMessage, waits for its ack \
+                 (blocking: the one with the result; non-blocking: the completion), then produces \
+                 the next; latency is produce -> that ack; invoker CPU is the invoker process's \
+                 utime+stime over the cell divided by the answered activations; machine CPU is \
+                 all cores' busy time over the cell divided likewise",
+        seconds_per_cell: p.seconds,
+        cells: result?,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    p: &WarmParams,
+    stack: &Stack,
+    db: &CouchDb,
+    producer: &FutureProducer,
+    waiters: &Waiters,
+    tag: u32,
+    whisks: &str,
+    activations: &str,
+    topics_prefix: &str,
+    controller: &str,
+) -> Result<Vec<WarmCell>> {
+    let max_c = p.concurrency.iter().copied().max().unwrap_or(1);
+    let mut cells = Vec::new();
+    for (m, mode) in p.modes.iter().enumerate() {
+        let id = 920 + u32::try_from(m).unwrap_or(0);
+        let port = 19_200 + u16::try_from(m).unwrap_or(0);
+        println!("== mode {mode}: starting invoker {id}");
+        let invoker = InvokerCommand::new("target/release/invoker", stack, id, &format!("wm{id}"))
+            .topics_prefix(topics_prefix)
+            .databases(whisks, activations)
+            .port(port)
+            .env("CONFIG_whisk_containerPool_userMemory", "16 g")
+            .env("CONFIG_whisk_invoker_network_mode", mode.as_str())
+            // Ranges of its own, apart from the quickstart's (10.230, 10.232) and `bench
+            // coldstart`'s (10.231, 10.233).
+            .env("CONFIG_whisk_invoker_network_netns_subnet", "10.235.0.0/16")
+            .env("CONFIG_whisk_invoker_network_vm_subnet", "10.236.0.0/16")
+            .stderr(std::fs::File::create(format!(
+                "/tmp/bench-warm-{mode}.log"
+            ))?)
+            .spawn()
+            .context("target/release/invoker (cargo build --release first)")?;
+        crate::coldstart::wait_ready(port).await?;
+        let name = format!("noop-{mode}");
+        let mut doc = ActionDocument::new(
+            "guest",
+            &name,
+            Exec::Managed(CodeExec {
+                kind: "nodejs:default".into(),
+                code: Some(Code::Attachment(AttachmentRef::inline(
+                    NOOP.as_bytes(),
+                    action::TEXT_CODE_TYPE,
+                ))),
+                main: None,
+                binary: false,
+            }),
+        );
+        doc.limits = ActionLimits {
+            memory: 128,
+            ..ActionLimits::default()
+        };
+        let rev = db.put_doc(whisks, &doc.id, &doc.to_value()).await?.rev;
+        let client = Client {
+            producer,
+            waiters,
+            topic: format!("{topics_prefix}invoker{id}"),
+            controller,
+            name: &name,
+            rev: &rev,
+            tag,
+            seq: std::sync::atomic::AtomicU64::new(u64::from(u32::try_from(m).unwrap_or(0)) << 48),
+        };
+        // Warm-up: max_c at once, twice over, so that max_c containers exist and are warm.
+        for _ in 0..2 {
+            let answers =
+                futures::future::join_all((0..max_c).map(|_| client.activate(true))).await;
+            let failed = answers
+                .iter()
+                .filter(|a| !matches!(a, Ok(a) if a.success))
+                .count();
+            if failed > 0 {
+                bail!("{mode}: {failed} of {max_c} warm-up activations failed");
+            }
+        }
+        for &blocking in &[true, false] {
+            for &c in &p.concurrency {
+                let cell = client
+                    .cell(mode, blocking, c, p.seconds, invoker.pid())
+                    .await?;
+                println!(
+                    "{mode:>6} {:>12} C={c:>3}: {:>7.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  \
+                     invoker {:.3} ms/act  machine {:.2} ms/act  failures {}  cold {}",
+                    if blocking { "blocking" } else { "non-blocking" },
+                    cell.activations_per_second,
+                    cell.latency.as_ref().map_or(f64::NAN, |l| l.p50_s * 1e3),
+                    cell.latency.as_ref().map_or(f64::NAN, |l| l.p99_s * 1e3),
+                    cell.invoker_cpu_ms_per_activation,
+                    cell.machine_cpu_ms_per_activation,
+                    cell.failures,
+                    cell.cold_starts,
+                );
+                cells.push(cell);
+            }
+        }
+        drop(invoker);
+    }
+    Ok(cells)
+}
+
+struct Client<'a> {
+    producer: &'a FutureProducer,
+    waiters: &'a Waiters,
+    topic: String,
+    controller: &'a str,
+    name: &'a str,
+    rev: &'a str,
+    tag: u32,
+    /// The next activation's number: with `tag`, its 32 hex digit id.
+    seq: std::sync::atomic::AtomicU64,
+}
+
+impl Client<'_> {
+    /// One activation: produce, wait for its ack.
+    async fn activate(&self, blocking: bool) -> Result<Answer> {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let aid = format!("{:08x}{seq:024x}", self.tag);
+        let msg = ActivationMessage::builder(
+            TransactionId::new(&format!("wm{aid}"), now_ms()),
+            FullyQualifiedEntityName::new("guest", self.name).with_version("0.0.1"),
+            Identity::guest(&[]),
+            &aid,
+            ControllerInstanceId::controller(self.controller),
+        )
+        .revision(self.rev)
+        .blocking(blocking)
+        .content(json!({}))
+        .build()?;
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().insert(aid.clone(), (blocking, tx));
+        let sent = self
+            .producer
+            .send(
+                FutureRecord::<(), _>::to(&self.topic).payload(&msg.to_json()),
+                Duration::from_secs(10),
+            )
+            .await;
+        if let Err((e, _)) = sent {
+            self.waiters.lock().remove(&aid);
+            return Err(e.into());
+        }
+        match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
+            Ok(Ok(a)) => Ok(a),
+            _ => {
+                self.waiters.lock().remove(&aid);
+                bail!("activation {aid} not answered within {ANSWER_TIMEOUT:?}")
+            }
+        }
+    }
+
+    async fn cell(
+        &self,
+        mode: &str,
+        blocking: bool,
+        concurrency: usize,
+        seconds: u64,
+        invoker_pid: u32,
+    ) -> Result<WarmCell> {
+        let cpu0 = (process_cpu(invoker_pid)?, machine_busy()?);
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(seconds);
+        let loops = (0..concurrency).map(|_| async move {
+            let (mut ok, mut failed, mut cold, mut lat) = (0, 0, 0, Vec::new());
+            while Instant::now() < until {
+                let start = Instant::now();
+                match self.activate(blocking).await {
+                    Ok(a) if a.success => {
+                        ok += 1;
+                        cold += usize::from(a.cold);
+                        lat.push(start.elapsed());
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed, cold, lat)
+        });
+        let results = futures::future::join_all(loops).await;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let cpu1 = (process_cpu(invoker_pid)?, machine_busy()?);
+        let (mut ok, mut failed, mut cold, mut lat) = (0, 0, 0, Vec::new());
+        for (o, f, c, l) in results {
+            ok += o;
+            failed += f;
+            cold += c;
+            lat.extend(l);
+        }
+        let per = |ms: f64| if ok == 0 { f64::NAN } else { ms / ok as f64 };
+        Ok(WarmCell {
+            mode: mode.to_owned(),
+            blocking,
+            concurrency,
+            activations: ok,
+            failures: failed,
+            cold_starts: cold,
+            seconds: elapsed,
+            activations_per_second: ok as f64 / elapsed,
+            latency: Summary::of(&lat),
+            invoker_cpu_ms_per_activation: per((cpu1.0 - cpu0.0) * 1e3),
+            machine_cpu_ms_per_activation: per((cpu1.1 - cpu0.1) * 1e3),
+        })
+    }
+}
+
+/// Reads `completed<C>` and hands each ack to the activation waiting for it: a blocking one
+/// waits for the ack with the result, a non-blocking one for the ack that frees the slot.
+async fn route_acks(acks: StreamConsumer, waiters: Waiters) {
+    loop {
+        let Ok(m) = acks.recv().await else { continue };
+        let Ok(ack) = serde_json::from_slice::<Ack>(m.payload().unwrap_or_default()) else {
+            continue;
+        };
+        let id = ack.activation_id().to_owned();
+        let mut w = waiters.lock();
+        let wanted = match w.get(&id) {
+            Some((true, _)) => ack.record().is_some(),
+            Some((false, _)) => ack.frees_slot(),
+            None => false,
+        };
+        if !wanted {
+            continue;
+        }
+        let Some((_, tx)) = w.remove(&id) else {
+            continue;
+        };
+        drop(w);
+        let answer = match ack.record() {
+            Some(r) => Answer {
+                success: r.response.status_code == 0,
+                cold: r.annotation("initTime").is_some(),
+            },
+            // A completion carries no record: the activation ran (a failure would still
+            // free the slot, so non-blocking cells count failures only by timeouts).
+            None => Answer {
+                success: true,
+                cold: false,
+            },
+        };
+        let _ = tx.send(answer);
+    }
+}
+
+/// A process's CPU time so far (user + system), in seconds.
+fn process_cpu(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("/proc/{pid}/stat: the invoker is gone"))?;
+    // After the command name in parentheses: field 3 is the state; utime and stime are 14, 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if f.len() != 2 {
+        bail!("/proc/{pid}/stat: unreadable");
+    }
+    Ok((f[0] + f[1]) as f64 / clock_ticks())
+}
+
+/// All CPUs' busy time so far, in seconds.
+fn machine_busy() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if cpu.len() < 5 {
+        bail!("/proc/stat: unreadable");
+    }
+    let idle = cpu[3] + cpu[4];
+    Ok((cpu.iter().sum::<u64>() - idle) as f64 / clock_ticks())
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a constant of the running system.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
