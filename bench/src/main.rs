@@ -45,7 +45,7 @@ enum Command {
     },
     /// The PCPM paper's Table 1: namespace + veth set-up and clean-up, `ip` against netpool.
     Netns {
-        /// Runs per cell (default 5).
+        /// Runs per cell (default 20).
         #[arg(long)]
         runs: Option<usize>,
         /// Where the JSON report goes.

@@ -10,6 +10,9 @@ pub struct Summary {
     pub p99_s: f64,
     pub max_s: f64,
     pub mean_s: f64,
+    /// Whether the p99 is the largest sample (nearest rank with fewer than 100 samples): such a
+    /// p99 says how bad the worst one was, not where 99% of them end.
+    pub p99_is_max: bool,
 }
 
 impl Summary {
@@ -27,6 +30,7 @@ impl Summary {
             p99_s: percentile(&s, 99.0),
             max_s: s[s.len() - 1],
             mean_s: mean,
+            p99_is_max: rank(s.len(), 99.0) == s.len(),
         })
     }
 }
@@ -35,8 +39,12 @@ impl Summary {
 /// samples at or below it.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     assert!(!sorted.is_empty(), "percentile of no samples");
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    sorted[rank(sorted.len(), p) - 1]
+}
+
+/// The 1-based nearest rank of percentile `p` among `n` samples.
+fn rank(n: usize, p: f64) -> usize {
+    (((p / 100.0) * n as f64).ceil() as usize).clamp(1, n)
 }
 
 #[cfg(test)]
@@ -62,6 +70,17 @@ mod tests {
         assert_eq!(s.count, 3);
         assert_eq!(s.p50_s, 0.002);
         assert_eq!(s.max_s, 0.003);
+        assert!(s.p99_is_max);
         assert!(Summary::of(&[]).is_none());
+    }
+
+    #[test]
+    fn a_p99_is_the_max_below_100_samples() {
+        let of = |n: u64| Summary::of(&(1..=n).map(Duration::from_millis).collect::<Vec<_>>());
+        assert!(of(20).unwrap().p99_is_max);
+        assert!(of(99).unwrap().p99_is_max);
+        let s = of(100).unwrap();
+        assert!(!s.p99_is_max);
+        assert_eq!(s.p99_s, 0.099);
     }
 }
