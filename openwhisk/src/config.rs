@@ -128,15 +128,19 @@ pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigValueErr
         value: value.to_owned(),
     };
     let (n, unit) = number_and_unit(value).ok_or_else(err)?;
-    let d = match unit.as_str() {
-        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => Duration::from_millis(n),
-        "s" | "second" | "seconds" => Duration::from_secs(n),
-        "m" | "minute" | "minutes" => Duration::from_secs(n * 60),
-        "h" | "hour" | "hours" => Duration::from_secs(n * 3600),
-        "d" | "day" | "days" => Duration::from_secs(n * 86_400),
-        _ => return Err(err()),
-    };
-    Ok(d)
+    let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs).ok_or_else(err);
+    match unit.as_str() {
+        "" | "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => {
+            Ok(Duration::from_millis(n))
+        }
+        "s" | "second" | "seconds" => secs(1),
+        // A number of minutes, hours or days past u64 seconds is refused, not wrapped around
+        // (found by the `invoker_settings` fuzz target).
+        "m" | "minute" | "minutes" => secs(60),
+        "h" | "hour" | "hours" => secs(3600),
+        "d" | "day" | "days" => secs(86_400),
+        _ => Err(err()),
+    }
 }
 
 /// `"2048 m"` → `(2048, "m")`: leading digits, then the rest trimmed and lower-cased.
@@ -150,6 +154,24 @@ fn number_and_unit(value: &str) -> Option<(u64, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_past_u64_seconds_are_refused() {
+        let huge = format!("{} m", u64::MAX / 30);
+        assert!(matches!(
+            parse_duration("k", &huge),
+            Err(ConfigValueError::Duration { .. })
+        ));
+        assert_eq!(
+            parse_duration("k", &format!("{} s", u64::MAX)).unwrap(),
+            Duration::from_secs(u64::MAX)
+        );
+        assert!(parse_duration("k", &format!("{} d", u64::MAX / 86_400 + 1)).is_err());
+        assert_eq!(
+            parse_duration("k", "3 minutes").unwrap(),
+            Duration::from_secs(180)
+        );
+    }
 
     #[test]
     fn names_transform_like_the_scala_image() {
