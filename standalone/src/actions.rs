@@ -195,6 +195,7 @@ impl Actions {
         let old = match existing {
             // Another kind of entity under this name (a package, a trigger): as the
             // controller, a conflict.
+            Some(d) if !is_action(&d) => return Err(ActionError::Conflict),
             Some(d) => Some(ActionDocument::from_value(d).map_err(|e| match e {
                 ActionDocError::NotAnAction(_) => ActionError::Conflict,
                 other => unreadable(&self.name, &id, other),
@@ -302,6 +303,9 @@ impl Actions {
         check_name(name)?;
         let id = ActionDocument::doc_id(namespace, name);
         let doc = self.db.get_doc(&self.name, &id).await?;
+        if !is_action(&doc) {
+            return Err(ActionError::NotFound);
+        }
         ActionDocument::from_value(doc).map_err(|e| match e {
             ActionDocError::NotAnAction(_) => ActionError::NotFound,
             e => unreadable(&self.name, &id, e),
@@ -434,12 +438,13 @@ impl Actions {
             .docs_with_prefix(&self.name, &format!("{namespace}/"))
             .await?
             .into_iter()
+            // Packages, triggers and rules share the database (an absent type is an action).
+            .filter(is_action)
             .filter(|d| !in_package || d["namespace"] == namespace)
             .filter_map(|d| {
                 let id = d["_id"].as_str().unwrap_or_default().to_owned();
                 match ActionDocument::from_value(d) {
                     Ok(doc) => Some(doc),
-                    // Packages, triggers and rules share the database.
                     Err(ActionDocError::NotAnAction(_)) => None,
                     Err(e) => {
                         tracing::warn!(db = %self.name, id, error = %errors::chain(&e), "an action document is unreadable; not listed");
@@ -695,6 +700,13 @@ impl Actions {
             String::from_utf8_lossy(&bytes).into_owned()
         }))
     }
+}
+
+/// Whether a stored document is an action (an absent `entityType` counts as one, as in
+/// `ActionDocument`): packages, triggers and rules share the database.
+fn is_action(doc: &Value) -> bool {
+    doc.get("entityType")
+        .is_none_or(|t| t == action::ENTITY_TYPE)
 }
 
 /// What runs a new exec: a blackbox image or a resolved kind.

@@ -185,6 +185,9 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply, Fail> {
             .into_owned()
             .collect();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    // `GET .../actions/<pkg>/` lists a package (the trailing slash is all that tells it from
+    // getting action `<pkg>`).
+    let trailing_slash = req.uri().path().ends_with('/');
 
     // Without authentication.
     match (&method, seg.as_slice()) {
@@ -263,13 +266,14 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply, Fail> {
         n => (n.to_owned(), n == user.namespace),
     };
     // Reads of another namespace's shared packages; the stores check that they are published.
-    let shared = matches!(
-        (&method, &rest[1..]),
-        (
-            &Method::GET,
-            ["packages"] | ["packages", _] | ["actions", _, _]
-        ) | (&Method::POST, ["actions", _, _])
-    );
+    let shared =
+        matches!(
+            (&method, &rest[1..]),
+            (
+                &Method::GET,
+                ["packages"] | ["packages", _] | ["actions", _, _]
+            ) | (&Method::POST, ["actions", _, _])
+        ) || (method == Method::GET && trailing_slash && matches!(&rest[1..], ["actions", _]));
     if !own && !shared {
         return Err(Fail(
             StatusCode::FORBIDDEN,
@@ -295,7 +299,7 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply, Fail> {
             let list = app.actions.list(&ns, skip, limit).await?;
             Ok(json_reply(StatusCode::OK, &Value::Array(list)))
         }
-        (&Method::GET, ["actions", pkg, ""]) => {
+        (&Method::GET, ["actions", pkg]) if trailing_slash => {
             let (skip, limit) = paging(&query, "actions")?;
             let package = app.packages.resolve(&ns, pkg, caller).await?;
             let list = app.actions.list(&package.path, skip, limit).await?;

@@ -19,6 +19,7 @@ use testkit::invoker::{InvokerCommand, InvokerProcess, free_port};
 use testkit::stack::Stack;
 
 const GUEST: &str = "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
+const WHISK_SYSTEM: &str = "789c46b1-71f6-4ed5-8c54-816aa4f8c502:abczO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP";
 
 fn down(component: &str, detail: impl std::fmt::Display) -> String {
     format!("{component} is not reachable ({detail}); start the stack with `scripts/stack.sh up`")
@@ -250,6 +251,7 @@ async fn the_openwhisk_npm_client_works_end_to_end() {
         .env("NODE_PATH", &node_path)
         .env("APIHOST", &door.api)
         .env("AUTH", GUEST)
+        .env("WHISK_SYSTEM_AUTH", WHISK_SYSTEM)
         .env("NATIVE_ZIP", &zip)
         .env("WASM_WAT", hello_wat)
         .env("WASM_ZIP", &wasm_zip)
@@ -585,4 +587,290 @@ async fn the_rest_api_answers_like_the_controller() {
             .count();
         assert!(echoes > 0, "invoker {id} ran none of the 12 actions");
     }
+}
+
+/// Polls `GET /activations/<id>` until the record is there.
+async fn record_of(door: &Door, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, _, v) = door
+            .guest(reqwest::Method::GET, &format!("/activations/{id}"), None)
+            .await;
+        if s == 200 {
+            return v;
+        }
+        assert_eq!(s, 404, "{v}");
+        assert!(Instant::now() < deadline, "activation {id} never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn annotation<'a>(record: &'a Value, key: &str) -> &'a Value {
+    record["annotations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|kv| kv["key"] == key))
+        .map_or(&Value::Null, |kv| &kv["value"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packages_sequences_web_actions_and_triggers_answer_like_the_controller() {
+    use reqwest::Method;
+    let door = Door::start("e", &[900 + std::process::id() % 40], "2 g").await;
+    let echo = json!({"exec": {"kind": "nodejs:default", "code": "function main(p) { return p }"}});
+
+    // Packages: the reserved name, bindings, actions inside, delete with and without force.
+    let (s, _, v) = door.guest(Method::PUT, "/packages/default", None).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("Package name 'default' is reserved."))
+    );
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/packages/p",
+            Some(&json!({"parameters": [{"key": "from", "value": "package"}]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["binding"], json!({}));
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/packages/p?overwrite=true",
+            Some(&json!({"binding": {"namespace": "_", "name": "p"}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (
+            409,
+            Some("Resource is a package and cannot be converted into a binding.")
+        )
+    );
+    let (s, _, _) = door
+        .guest(Method::PUT, "/actions/nopkg/a", Some(&echo))
+        .await;
+    assert_eq!(s, 404, "an action in a package that does not exist");
+    let (s, _, _) = door
+        .guest(Method::PUT, "/actions/p/echo", Some(&echo))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = door.guest(Method::PUT, "/actions/top", Some(&echo)).await;
+    assert_eq!(s, 200);
+    let (_, _, v) = door.guest(Method::GET, "/actions/p/", None).await;
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo"], "one package's actions");
+    let (_, _, v) = door.guest(Method::GET, "/actions", None).await;
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        2,
+        "the namespace's actions, packaged ones too: {v}"
+    );
+    let (s, h, v) = door
+        .guest(
+            Method::POST,
+            "/actions/p/echo?blocking=true",
+            Some(&json!({"x": 1})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["response"]["result"], json!({"from": "package", "x": 1}));
+    assert_eq!(annotation(&v, "path"), "guest/p/echo");
+    assert!(annotation(&v, "binding").is_null(), "not through a binding");
+    assert!(h.contains_key("x-openwhisk-activation-id"));
+    let (s, _, v) = door.guest(Method::DELETE, "/packages/p", None).await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (
+            409,
+            Some(
+                "Package not empty (contains 1 entity). Set force param or delete package contents."
+            )
+        )
+    );
+    let (s, _, _) = door
+        .guest(Method::DELETE, "/packages/p?force=true", None)
+        .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = door.guest(Method::GET, "/actions/p/echo", None).await;
+    assert_eq!(s, 404, "force deleted the package's actions");
+    let (s, _, _) = door.guest(Method::PATCH, "/packages/p", None).await;
+    assert_eq!(s, 405);
+
+    // Another namespace: only published packages, only reads.
+    for (method, path) in [
+        (Method::PUT, "/api/v1/namespaces/whisk.system/packages/x"),
+        (Method::GET, "/api/v1/namespaces/whisk.system/actions"),
+        (Method::GET, "/api/v1/namespaces/whisk.system/triggers"),
+    ] {
+        let (s, _, _) = door.call(method, path, Some(GUEST), Some(&json!({}))).await;
+        assert_eq!(s, 403, "{path}");
+    }
+
+    // Sequences: validation, the stored form, a blocking run with result=true.
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/actions/s",
+            Some(&json!({"exec": {"kind": "sequence", "components": []}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("No component specified for the sequence."))
+    );
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/actions/s",
+            Some(&json!({"exec": {"kind": "sequence", "components": ["/_/top", "/guest/top"]}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["exec"],
+        json!({"kind": "sequence", "components": ["/guest/top", "/guest/top"]})
+    );
+    assert_eq!(
+        v["parameters"],
+        json!([{"key": "_actions", "value": ["/guest/top", "/guest/top"]}]),
+        "the controller keeps the components in _actions"
+    );
+    let (s, h, v) = door
+        .guest(
+            Method::POST,
+            "/actions/s?blocking=true&result=true",
+            Some(&json!({"k": "v"})),
+        )
+        .await;
+    assert_eq!((s, v), (200, json!({"k": "v"})));
+    let seq_id = h["x-openwhisk-activation-id"].to_str().unwrap().to_owned();
+    let record = record_of(&door, &seq_id).await;
+    assert_eq!(record["logs"].as_array().unwrap().len(), 2);
+    assert!(
+        record.get("cause").is_none(),
+        "the topmost sequence has no cause"
+    );
+    let (_, _, listed) = door.guest(Method::GET, "/activations?name=s", None).await;
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "the sequence's record is listed: {listed}"
+    );
+
+    // Web actions: statuses, headers, content types.
+    let web = json!({
+        "exec": {"kind": "nodejs:default", "code": "function main(p) { return {statusCode: p.code || 302, headers: {location: '/there'}, body: ''} }"},
+        "annotations": [{"key": "web-export", "value": true}]
+    });
+    let (s, _, _) = door.guest(Method::PUT, "/actions/moved", Some(&web)).await;
+    assert_eq!(s, 200);
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("{}/api/v1/web/guest/default/moved.http", door.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 302);
+    assert_eq!(r.headers()["location"], "/there");
+    assert!(r.headers().contains_key("x-openwhisk-activation-id"));
+    let r = client
+        .get(format!(
+            "{}/api/v1/web/guest/default/moved.json?code=200",
+            door.api
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let (s, _, v) = door
+        .call(
+            Method::GET,
+            "/api/v1/web/guest/default/top.json",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (404, Some("The requested resource does not exist."))
+    );
+    assert!(v["code"].is_string());
+    let (s, _, _) = door
+        .call(
+            Method::GET,
+            "/api/v1/web/nobody/default/moved.json",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(s, 404, "an unknown namespace");
+
+    // Triggers and rules: 204 without active rules, 202 with the id, status validation.
+    let (s, _, _) = door
+        .guest(Method::PUT, "/triggers/t", Some(&json!({})))
+        .await;
+    assert_eq!(s, 200);
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/namespaces/_/triggers/t", door.api))
+        .basic_auth(GUEST.split(':').next().unwrap(), GUEST.split(':').nth(1))
+        .json(&json!({"a": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    assert!(r.text().await.unwrap().is_empty());
+    let rule = json!({"trigger": "/_/t", "action": "/_/top"});
+    let (s, _, v) = door.guest(Method::PUT, "/rules/r", Some(&rule)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "active");
+    let (s, _, _) = door.guest(Method::PUT, "/rules/r", Some(&rule)).await;
+    assert_eq!(s, 409, "exists");
+    let (s, _, v) = door
+        .guest(Method::POST, "/rules/r", Some(&json!({"status": "paused"})))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/rules/r2",
+            Some(&json!({"trigger": "/_/t", "action": "/_/missing"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("action /guest/missing does not exist"))
+    );
+    let (s, h, v) = door
+        .guest(Method::POST, "/triggers/t", Some(&json!({"a": 1})))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["activationId"].as_str().unwrap().to_owned();
+    assert_eq!(h["x-openwhisk-activation-id"].to_str().unwrap(), id);
+    let fired = record_of(&door, &id).await;
+    assert_eq!(fired["response"]["result"], json!({"a": 1}));
+    assert_eq!(
+        fired["end"], 0,
+        "the controller's trigger records end at the epoch"
+    );
+    let line: Value = serde_json::from_str(fired["logs"][0].as_str().unwrap()).unwrap();
+    let ran = record_of(&door, line["activationId"].as_str().unwrap()).await;
+    assert_eq!(ran["response"]["result"]["a"], 1);
+    assert!(
+        ran["response"]["result"]["__ow_headers"].is_object(),
+        "as the controller passes them"
+    );
+    let (s, _, _) = door.guest(Method::DELETE, "/rules/r", None).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = door.guest(Method::DELETE, "/triggers/t", None).await;
+    assert_eq!(s, 200);
 }
