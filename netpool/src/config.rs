@@ -86,14 +86,21 @@ pub struct PoolConfig {
     /// Keep slots from reaching each other (isolated bridge ports); they still reach the
     /// gateway, i.e. the host.
     pub isolate_slots: bool,
+    /// Keep slots off the host and other networks (the host guard of [`crate`]'s firewall
+    /// rules): a slot's connections to any of the host's addresses, to other bridges and to
+    /// private ranges are refused, but for `allow_host_ports`; connections the host opens to a
+    /// slot, and their replies, pass. On by default.
+    pub guard_host: bool,
+    /// Host ports (inclusive ranges, TCP and UDP) slots may reach despite `guard_host`.
+    pub allow_host_ports: Vec<(u16, u16)>,
     /// Where the namespaces are bind-mounted (`<ns_dir>/<bridge>-<index>`); this path is what an
     /// OCI runtime gets as `linux.namespaces[].path`.
     pub ns_dir: PathBuf,
 }
 
 impl PoolConfig {
-    /// A configuration with defaults: container slots, no pre-created slots, isolation on, and
-    /// namespaces under `/run/netpool/<name>`.
+    /// A configuration with defaults: container slots, no pre-created slots, isolation and the
+    /// host guard on, and namespaces under `/run/netpool/<name>`.
     pub fn new(name: &str, subnet: Ipv4Addr, subnet_prefix_len: u8) -> Self {
         Self {
             name: name.to_owned(),
@@ -110,6 +117,8 @@ impl PoolConfig {
             lease_timeout: DEFAULT_LEASE_TIMEOUT,
             kind: SlotKind::Container,
             isolate_slots: true,
+            guard_host: true,
+            allow_host_ports: Vec::new(),
             ns_dir: PathBuf::from("/run/netpool").join(name),
         }
     }
@@ -174,6 +183,13 @@ impl PoolConfig {
         if self.max_concurrent_creates == 0 {
             return Err(E::MaxConcurrentCreates);
         }
+        if let Some(&(lo, hi)) = self
+            .allow_host_ports
+            .iter()
+            .find(|&&(lo, hi)| lo == 0 || lo > hi)
+        {
+            return Err(E::AllowHostPorts { lo, hi });
+        }
         if !self.ns_dir.is_absolute() {
             return Err(E::NsDir(self.ns_dir.clone()));
         }
@@ -206,6 +222,8 @@ pub enum PoolConfigError {
     },
     #[error("max concurrent creates must be at least 1")]
     MaxConcurrentCreates,
+    #[error("allowed host ports {lo}-{hi} must be a range of ports 1 to 65535, low to high")]
+    AllowHostPorts { lo: u16, hi: u16 },
     #[error("namespace folder {0:?} must be an absolute path")]
     NsDir(PathBuf),
 }
@@ -243,6 +261,10 @@ mod tests {
             (Box::new(|c| c.low_watermark = 5), "watermarks"),
             (Box::new(|c| c.max_concurrent_creates = 0), "concurrent"),
             (Box::new(|c| c.ns_dir = "rel".into()), "absolute"),
+            (
+                Box::new(|c| c.allow_host_ports = vec![(80, 80), (90, 89)]),
+                "allowed host ports 90-89",
+            ),
         ];
         for (mutate, expect) in cases {
             let mut c = ok();

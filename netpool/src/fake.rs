@@ -37,6 +37,9 @@ pub(crate) enum Op {
     CreateBridge(String),
     AllowIntra(String),
     RemoveIntra(String),
+    InstallGuard(String),
+    GuardBridge(String),
+    RemoveGuard(String),
     CreateSlot(SlotId),
     Scrub(SlotId),
 }
@@ -65,6 +68,12 @@ pub(crate) struct Host {
     pub(crate) pinned: HashSet<String>,
     /// Bridges with an intra-bridge firewall rule.
     pub(crate) firewall: BTreeSet<String>,
+    /// Pools with a host guard, with the ports it lets through.
+    pub(crate) guards: BTreeMap<String, Vec<(u16, u16)>>,
+    /// Bridges sent through a guard, with the guard's pool.
+    pub(crate) guarded: BTreeMap<String, String>,
+    /// The next guard installs fail.
+    pub(crate) fail_install_guard: usize,
     pub(crate) log: Vec<Op>,
     /// When each slot creation was asked for.
     pub(crate) create_times: Vec<Instant>,
@@ -369,6 +378,47 @@ impl Sys for FakeSys {
         h.log.push(Op::RemoveIntra(name.to_owned()));
         h.firewall.remove(name);
         Box::pin(async { Ok(()) })
+    }
+
+    fn install_guard<'a>(
+        &'a self,
+        pool: &'a str,
+        allow: &'a [(u16, u16)],
+    ) -> BoxFuture<'a, Result<(), SysError>> {
+        let mut h = self.host.lock();
+        h.log.push(Op::InstallGuard(pool.to_owned()));
+        let result = if h.fail_install_guard > 0 {
+            h.fail_install_guard -= 1;
+            Err(injected("create iptables chains for", pool))
+        } else {
+            h.guards.insert(pool.to_owned(), allow.to_vec());
+            Ok(())
+        };
+        Box::pin(async { result })
+    }
+
+    fn guard_bridge<'a>(
+        &'a self,
+        pool: &'a str,
+        bridge: &'a str,
+    ) -> BoxFuture<'a, Result<(), SysError>> {
+        let mut h = self.host.lock();
+        h.log.push(Op::GuardBridge(bridge.to_owned()));
+        if !h.guards.contains_key(pool) {
+            h.violations.push(format!(
+                "bridge {bridge} guarded before pool {pool}'s chains exist"
+            ));
+        }
+        h.guarded.insert(bridge.to_owned(), pool.to_owned());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove_guard<'a>(&'a self, pool: &'a str) -> BoxFuture<'a, Vec<SysError>> {
+        let mut h = self.host.lock();
+        h.log.push(Op::RemoveGuard(pool.to_owned()));
+        h.guards.remove(pool);
+        h.guarded.retain(|_, p| p != pool);
+        Box::pin(async { Vec::new() })
     }
 
     fn create_slot(

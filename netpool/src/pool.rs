@@ -198,6 +198,18 @@ struct PoolHandle {
     inner: Arc<Inner>,
     /// The background task; `None` once shut down.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Turns true when the background task has ended, however it ended.
+    ended: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Tells [`NetPool::maintenance_ended`]'s watchers that the background task ended: dropped
+/// when it returns, panics or is aborted.
+struct EndedGuard(tokio::sync::watch::Sender<bool>);
+
+impl Drop for EndedGuard {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl std::fmt::Debug for PoolHandle {
@@ -255,6 +267,17 @@ impl NetPool {
         check_overlap(&config, &addressing, &*sys).await?;
         reconcile(&config, &addressing, &*sys).await?;
         sys.prepare(&config.ns_dir).await?;
+        // Before the first bridge: no slot is ever unguarded.
+        if config.guard_host
+            && let Err(e) = sys
+                .install_guard(&config.name, &config.allow_host_ports)
+                .await
+        {
+            if let Err(undo) = sys.remove_ns_dir(&config.ns_dir).await {
+                tracing::error!(pool = %config.name, error = %undo, "cannot remove the namespace folder after a failed start");
+            }
+            return Err(e.into());
+        }
         let (returns, returns_rx) = mpsc::unbounded_channel();
         let bridges = u16::try_from(config.bridge_count()).unwrap_or(u16::MAX);
         let inner = Arc::new(Inner {
@@ -280,15 +303,17 @@ impl NetPool {
             pending_frees: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
             config,
         });
-        let task = tokio::spawn(background(
-            Arc::downgrade(&inner),
-            inner.wake.clone(),
-            returns_rx,
-        ));
+        let (ended_tx, ended) = tokio::sync::watch::channel(false);
+        let work = background(Arc::downgrade(&inner), inner.wake.clone(), returns_rx);
+        let task = tokio::spawn(async move {
+            let _ended = EndedGuard(ended_tx);
+            work.await;
+        });
         let pool = Self {
             handle: Arc::new(PoolHandle {
                 inner: inner.clone(),
                 task: Mutex::new(Some(task)),
+                ended,
             }),
             inner,
         };
@@ -304,6 +329,18 @@ impl NetPool {
         pool.inner.wake.notify_one();
         tracing::info!(pool = %pool.inner.config.name, "netpool started");
         Ok(pool)
+    }
+
+    /// Resolves when the pool's background task (refill, recycling, destruction) has ended:
+    /// at [`NetPool::shutdown`], or, while the pool is in use, because it panicked. A service
+    /// that depends on the refill watches this to stop instead of waiting for slots that no
+    /// longer come.
+    pub fn maintenance_ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut ended = self.handle.ended.clone();
+        async move {
+            // An error means the sender is gone, i.e. the task ended too.
+            let _ = ended.wait_for(|e| *e).await;
+        }
     }
 
     /// The pool's range: the configured one, or the one [`PoolConfig::subnet_auto`] chose.
@@ -468,6 +505,7 @@ impl NetPool {
                 errors.push(e);
             }
         }
+        errors.extend(sys.remove_guard(&inner.config.name).await);
         if let Err(e) = sys.remove_ns_dir(&inner.config.ns_dir).await {
             errors.push(e);
         }
@@ -731,10 +769,22 @@ impl Inner {
                 self.addressing.bridge_mac(b),
             )
             .await?;
-        if !self.config.isolate_slots
-            && let Err(e) = self.sys.allow_intra_bridge(&name).await
-        {
-            let _ = self.sys.delete_host_link(index, &name).await;
+        let guarded = if self.config.guard_host {
+            self.sys.guard_bridge(&self.config.name, &name).await
+        } else {
+            Ok(())
+        };
+        let opened = match guarded {
+            Ok(()) if !self.config.isolate_slots => self.sys.allow_intra_bridge(&name).await,
+            other => other,
+        };
+        if let Err(e) = opened {
+            // The guard's jumps of this bridge go with the guard (at shutdown) when they
+            // cannot go now; the bridge goes at once.
+            if let Err(undo) = self.sys.delete_host_link(index, &name).await {
+                tracing::error!(pool = %self.config.name, bridge = %name, error = %undo, "cannot delete a bridge whose firewall rules failed");
+            }
+            let _ = self.sys.remove_intra_bridge(&name).await;
             return Err(e.into());
         }
         tracing::info!(pool = %self.config.name, bridge = %name, %gateway, "bridge created");
@@ -1052,6 +1102,8 @@ async fn reconcile(
             }
         }
     }
+    // The guard of an earlier run (installed again by the start, if configured).
+    errors.extend(sys.remove_guard(&config.name).await);
     if found > 0 {
         tracing::warn!(pool = %config.name, objects = found, "removed what an earlier run left behind");
         counter!(m::SLOTS_DESTROYED_TOTAL, "pool" => config.name.clone(), "reason" => "reconcile")
@@ -1915,6 +1967,93 @@ mod tests {
         assert_eq!(h.log.last(), Some(&Op::RemoveNsDir));
         drop(h);
         drop(leased);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn maintenance_ended_resolves_when_the_background_task_ends_and_not_before() {
+        let fake = FakeSys::default();
+        let pool = start(config("me", 1, 2, 8), &fake).await;
+        pool.wait_idle(2, LONG).await.unwrap();
+        let ended = pool.maintenance_ended();
+        tokio::pin!(ended);
+        assert!(
+            tokio::time::timeout(LONG, &mut ended).await.is_err(),
+            "resolved while the task runs"
+        );
+        // A panic in the task stands for any unexpected end: abort it the same way.
+        let task = pool.handle.task.lock().take().unwrap();
+        task.abort();
+        tokio::time::timeout(LONG, &mut ended)
+            .await
+            .expect("resolves once the task is gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_host_guard_exists_before_the_first_bridge_and_goes_at_shutdown() {
+        let fake = FakeSys::default();
+        let mut c = config("gd", 1, 5, 8);
+        c.allow_host_ports = vec![(3233, 3233)];
+        let pool = start(c, &fake).await;
+        pool.wait_idle(5, LONG).await.unwrap();
+        {
+            let h = fake.host.lock();
+            assert_eq!(h.guards.get("gd"), Some(&vec![(3233, 3233)]));
+            // Five slots of four per bridge: two bridges, each guarded.
+            assert_eq!(
+                h.guarded.keys().collect::<Vec<_>>(),
+                ["gdbr0", "gdbr1"],
+                "{:?}",
+                h.guarded
+            );
+            let install = h.log.iter().position(|o| matches!(o, Op::InstallGuard(_)));
+            let bridge = h.log.iter().position(|o| matches!(o, Op::CreateBridge(_)));
+            assert!(install.is_some() && install < bridge, "{:?}", h.log);
+        }
+        pool.shutdown().await.unwrap();
+        {
+            let h = fake.host.lock();
+            assert!(
+                h.guards.is_empty() && h.guarded.is_empty(),
+                "{:?}",
+                h.guards
+            );
+        }
+        assert_no_violations(&fake);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_whose_guard_cannot_be_installed_does_not_start_and_leaves_nothing() {
+        let fake = FakeSys::default();
+        fake.host.lock().fail_install_guard = 1;
+        let err = NetPool::with_sys(config("gf", 1, 2, 8), Box::new(fake.clone()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("gf"), "{err}");
+        let h = fake.host.lock();
+        assert!(h.links.is_empty() && h.guards.is_empty(), "{:?}", h.links);
+        assert_eq!(h.log.last(), Some(&Op::RemoveNsDir), "{:?}", h.log);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_runs_guard_is_removed_and_a_pool_without_the_guard_installs_none() {
+        let fake = FakeSys::default();
+        fake.host
+            .lock()
+            .guards
+            .insert("go".into(), vec![(1, 65535)]);
+        let mut c = config("go", 1, 1, 8);
+        c.guard_host = false;
+        let pool = start(c, &fake).await;
+        pool.wait_idle(1, LONG).await.unwrap();
+        {
+            let h = fake.host.lock();
+            assert!(
+                h.guards.is_empty() && h.guarded.is_empty(),
+                "{:?}",
+                h.guards
+            );
+        }
+        pool.shutdown().await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

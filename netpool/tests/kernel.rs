@@ -164,14 +164,29 @@ fn assert_nothing_left(name: &str) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&dir), "mounts under {dir} left");
     assert!(!std::path::Path::new(&dir).exists(), "{dir} left");
+    // The host guard's chains and jumps, by iptables itself.
+    let rules = Command::new("iptables").arg("-S").output().unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let chain = format!("NETPOOL-{name}-");
+    let left: Vec<&str> = rules.lines().filter(|l| l.contains(&chain)).collect();
+    assert!(
+        left.is_empty(),
+        "iptables rules of pool {name} left: {left:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_from_host_and_slots_isolated_from_each_other() {
     require_root();
+    // Host services on every address: one whose port the pool lets through, one it does not.
+    let allowed = TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let denied = TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let allowed_port = allowed.local_addr().unwrap().port();
+    let denied_port = denied.local_addr().unwrap().port();
     let mut c = config("ta", 201);
     c.low_watermark = 2;
     c.high_watermark = 2;
+    c.allow_host_ports = vec![(allowed_port, allowed_port)];
     let pool = NetPool::new(c).await.unwrap();
     let a = pool.lease().await.unwrap();
     let b = pool.lease().await.unwrap();
@@ -204,13 +219,26 @@ async fn tcp_from_host_and_slots_isolated_from_each_other() {
         );
     }
 
-    // B reaches the gateway (the host) but not A.
-    let host = TcpListener::bind((b.gateway(), 0)).unwrap();
-    let port = host.local_addr().unwrap().port();
+    // B reaches the host only on the allowed port (on the gateway and on the host's other
+    // addresses: docker0's, say), and not A.
     assert!(
-        run_in(&b, &format!("connect:{}:{port}", b.gateway())),
-        "slot must reach the gateway"
+        run_in(&b, &format!("connect:{}:{allowed_port}", b.gateway())),
+        "slot must reach the gateway on an allowed port"
     );
+    assert!(
+        !run_in(&b, &format!("connect:{}:{denied_port}", b.gateway())),
+        "slot reached a host port that is not allowed"
+    );
+    if let Some(other) = host_address_off_the_pool("ta") {
+        assert!(
+            run_in(&b, &format!("connect:{other}:{allowed_port}")),
+            "slot must reach {other} on an allowed port"
+        );
+        assert!(
+            !run_in(&b, &format!("connect:{other}:{denied_port}")),
+            "slot reached {other}:{denied_port}"
+        );
+    }
     assert!(
         !run_in(&b, &format!("connect:{}:8080", a.ip())),
         "slot B reached slot A"
@@ -223,6 +251,7 @@ async fn tcp_from_host_and_slots_isolated_from_each_other() {
     b.release().await;
     pool.shutdown().await.unwrap();
     assert_nothing_left("ta");
+    drop((allowed, denied));
     // The host's conntrack table kept nothing of the slots' traffic.
     if let Ok(table) = std::fs::read_to_string("/proc/net/nf_conntrack") {
         for ip in ips {
@@ -233,6 +262,22 @@ async fn tcp_from_host_and_slots_isolated_from_each_other() {
             );
         }
     }
+}
+
+/// An IPv4 address of the host on a link that is not pool `name`'s (nor loopback).
+fn host_address_off_the_pool(name: &str) -> Option<Ipv4Addr> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        let link = words.get(1)?;
+        if *link == "lo" || link.starts_with(&format!("{name}br")) {
+            return None;
+        }
+        words.get(3)?.split('/').next()?.parse().ok()
+    })
 }
 
 fn link_mac(name: &str) -> String {
@@ -342,15 +387,17 @@ async fn slots_reach_each_other_when_isolation_is_off() {
 async fn clean_slots_return_dirty_ones_are_destroyed() {
     require_root();
     // No refill: every slot is made inline, so the recycled one is the only idle one.
+    // A host service the pool lets its slots reach.
+    let host = TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let port = host.local_addr().unwrap().port();
     let mut c = config("tb", 202);
     c.on_empty = OnEmpty::CreateInline;
+    c.allow_host_ports = vec![(port, port)];
     let pool = NetPool::new(c).await.unwrap();
 
     // A tenant that talked to the host (neighbour entry, conntrack) and exited: recycled.
     let lease = pool.lease().await.unwrap();
     let id = lease.id();
-    let host = TcpListener::bind((lease.gateway(), 0)).unwrap();
-    let port = host.local_addr().unwrap().port();
     assert!(run_in(
         &lease,
         &format!("connect:{}:{port}", lease.gateway())

@@ -110,6 +110,26 @@ impl Sys for Kernel {
         Box::pin(firewall::remove_intra_bridge(name))
     }
 
+    fn install_guard<'a>(
+        &'a self,
+        pool: &'a str,
+        allow: &'a [(u16, u16)],
+    ) -> BoxFuture<'a, Result<(), SysError>> {
+        Box::pin(firewall::install_guard(pool, allow))
+    }
+
+    fn guard_bridge<'a>(
+        &'a self,
+        pool: &'a str,
+        bridge: &'a str,
+    ) -> BoxFuture<'a, Result<(), SysError>> {
+        Box::pin(firewall::guard_bridge(pool, bridge))
+    }
+
+    fn remove_guard<'a>(&'a self, pool: &'a str) -> BoxFuture<'a, Vec<SysError>> {
+        Box::pin(firewall::remove_guard(pool))
+    }
+
     fn create_slot(
         &self,
         addr: SlotAddress,

@@ -1,7 +1,8 @@
 //! The only place that talks to the kernel: namespaces, mounts and TAP devices through `nix`
 //! and `libc` on dedicated threads ([`ns`]), links, addresses, routes, neighbours and tc through
-//! rtnetlink ([`net`]), the host's conntrack table ([`conntrack`]) and, for non-isolated pools, the host's
-//! `FORWARD` chain ([`firewall`]).
+//! rtnetlink ([`net`]), the host's conntrack table ([`conntrack`]) and the host's packet
+//! filter ([`firewall`]: the guard that keeps slots off the host, and the intra-bridge accept
+//! of non-isolated pools).
 //!
 //! Namespace switches (`unshare`, `setns`) happen only on short-lived threads named
 //! `netpool-ns` that this module spawns and joins; a tokio worker never changes namespace.
@@ -72,6 +73,22 @@ pub(crate) trait Sys: Send + Sync + std::fmt::Debug + 'static {
     fn allow_intra_bridge<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), SysError>>;
     /// Removes what [`Sys::allow_intra_bridge`] added; a missing rule is not an error.
     fn remove_intra_bridge<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), SysError>>;
+    /// Creates the host guard of pool `pool` ([`firewall`]): what its slots may not reach on
+    /// the host and beyond, but the host ports in `allow`. Undoes itself on failure.
+    fn install_guard<'a>(
+        &'a self,
+        pool: &'a str,
+        allow: &'a [(u16, u16)],
+    ) -> BoxFuture<'a, Result<(), SysError>>;
+    /// Sends bridge `bridge`'s traffic through the guard of `pool`; undoes itself on failure.
+    fn guard_bridge<'a>(
+        &'a self,
+        pool: &'a str,
+        bridge: &'a str,
+    ) -> BoxFuture<'a, Result<(), SysError>>;
+    /// Removes the guard of `pool` and every bridge's way into it; missing parts are not
+    /// errors. Keeps going past failures and returns every one.
+    fn remove_guard<'a>(&'a self, pool: &'a str) -> BoxFuture<'a, Vec<SysError>>;
     /// Creates a slot at `addr` whose host end joins bridge `bridge_index`; undoes itself on
     /// failure.
     fn create_slot(
@@ -168,6 +185,8 @@ pub enum SysError {
     NotFound(String),
     #[error("cannot flush conntrack entries of {ip}: {detail}")]
     Conntrack { ip: Ipv4Addr, detail: String },
+    #[error("iptables {command}: {detail}")]
+    Firewall { command: String, detail: String },
 }
 
 impl SysError {
