@@ -225,6 +225,9 @@ struct Shared {
     seq: AtomicU64,
     creates: Semaphore,
     cancel: CancellationToken,
+    /// Cancelled when a refill task has ended, however it ended (see
+    /// [`Pcpm::maintenance_ended`]).
+    refill_ended: CancellationToken,
     tasks: TaskTracker,
     pools: Mutex<HashMap<NetworkKey, Arc<Pool>>>,
     reconciled: Reconciled,
@@ -236,6 +239,13 @@ impl Pcpm {
     /// pools, which fill to their high watermark in the background.
     pub async fn new(docker: Docker, config: PcpmConfig) -> Result<Self, PcpmError> {
         Self::with_engine(Arc::new(DockerEngine(docker)), config).await
+    }
+
+    /// Resolves when a pool's refill task has ended: at [`Pcpm::shutdown`], or, while the
+    /// manager is in use, because it panicked. A service that depends on the refill watches
+    /// this to stop instead of waiting for pause containers that no longer come.
+    pub fn maintenance_ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.shared.refill_ended.clone().cancelled_owned()
     }
 
     /// [`Pcpm::new`] on any engine: the unit tests' fake.
@@ -253,6 +263,7 @@ impl Pcpm {
             run,
             seq: AtomicU64::new(0),
             cancel: CancellationToken::new(),
+            refill_ended: CancellationToken::new(),
             tasks: TaskTracker::new(),
             pools: Mutex::new(HashMap::new()),
             reconciled: Reconciled::default(),
@@ -400,12 +411,18 @@ impl Pcpm {
         pool.gauges(&pool.lock());
         pools.insert(key.clone(), pool.clone());
         let span = info_span!("pcpm_refill", pool = %pool.id, network = %key.network);
+        let work = refill(
+            pool.clone(),
+            self.shared.cancel.clone(),
+            self.shared.config.clone(),
+        );
+        // Dropped when the refill returns, panics or is aborted.
+        let ended = self.shared.refill_ended.clone().drop_guard();
         self.shared.tasks.spawn(
-            refill(
-                pool.clone(),
-                self.shared.cancel.clone(),
-                self.shared.config.clone(),
-            )
+            async move {
+                let _ended = ended;
+                work.await;
+            }
             .instrument(span),
         );
         pool

@@ -118,6 +118,26 @@ fn record_gauges() {
     let _ = gauge(m::IDLE, &key("none"));
 }
 
+/// The refill's end is visible to a supervisor: not while the manager runs, at once after
+/// shutdown stopped the refill.
+#[tokio::test(start_paused = true)]
+async fn maintenance_ended_resolves_when_the_refill_stops_and_not_before() {
+    let engine = FakeEngine::new();
+    let pcpm = start(&engine, config("t-ended", 1, 2, 4, LONG)).await;
+    let ended = pcpm.maintenance_ended();
+    tokio::pin!(ended);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(600), &mut ended)
+            .await
+            .is_err(),
+        "resolved while the refill runs"
+    );
+    pcpm.shutdown().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), &mut ended)
+        .await
+        .expect("resolves once the refill is gone");
+}
+
 #[tokio::test(start_paused = true)]
 async fn fills_to_the_high_watermark_and_no_further() {
     let engine = FakeEngine::new();
