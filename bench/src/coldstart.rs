@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use testkit::invoker::InvokerCommand;
 use testkit::stack::Stack;
 
+use crate::cpu_account::{CpuAccount, CpuShares};
 use crate::machine::Machine;
 use crate::stats::Summary;
 
@@ -94,6 +95,10 @@ pub struct Cell {
     /// Share of all CPUs busy (user + system + irq) from the first produce to the last result,
     /// median over rounds: near 1 means the cell was CPU-bound.
     pub cpu_busy: f64,
+    /// CPU ms per cold start per component (`bench::cpu_account`), mean over rounds, from the
+    /// first produce until the containers are removed and the pool is full again (so the
+    /// clean-up is in it, and the idle components' background work over that time).
+    pub cpu_ms_per_cold_start: Option<CpuShares>,
 }
 
 /// One activation on the timeline, seconds from the cell's first produce.
@@ -190,6 +195,17 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
     let docker = pcpm::docker::connect().await?;
     let sieve_wasm = wat::parse_str(SIEVE_WAT).context("unikernel/functions/sieve.wat")?;
 
+    let stack_dir =
+        std::env::var_os("WHISK_STACK_DIR").map_or(".stack".into(), std::path::PathBuf::from);
+    // Where the CPU goes, per component; without it (no cgroup hierarchy, not root) the cells
+    // still have the machine's busy share.
+    let mut account = match CpuAccount::start(&stack_dir) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            eprintln!("no CPU account per component: {e:#}");
+            None
+        }
+    };
     let mut cells = Vec::new();
     let mut timelines = HashMap::new();
     for (m, mode) in p.modes.iter().enumerate() {
@@ -202,40 +218,43 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         let vm_state = std::path::PathBuf::from(format!("/run/wsk-vm/wskcs{id}{id}"));
         let sizes = sizes_of(mode, &p.sizes);
         println!("== mode {mode}: starting invoker {id}");
-        let _invoker =
-            InvokerCommand::new("target/release/invoker", &stack, id, &format!("cs{id}"))
-                .topics_prefix(&topics_prefix)
-                .databases(&whisks, &activations)
-                .port(port)
-                .env("RUNTIMES_MANIFEST", &manifest)
-                .env("CONFIG_whisk_containerPool_userMemory", "16 g")
-                .env(
-                    "CONFIG_whisk_containerProxy_timeouts_idleContainer",
-                    "2 seconds",
-                )
-                .env("CONFIG_whisk_invoker_network_mode", network_mode(mode))
-                // netns mode: a range of its own beside the quickstart's invoker 0, which keeps
-                // the default 10.230.0.0/16 (netpool refuses a pool overlapping another).
-                .env("CONFIG_whisk_invoker_network_netns_subnet", "10.231.0.0/16")
-                // Likewise the VM slots (vm mode's, or the VM backend's beside a container
-                // mode's), apart from the quickstart's 10.232.0.0/16.
-                .env("CONFIG_whisk_invoker_network_vm_subnet", "10.233.0.0/16")
-                // 50 Linux guests booting at once under TCG on 2 cores take minutes, not the
-                // default 60 s; a boot that still times out is counted as a failed activation.
-                .env("CONFIG_whisk_invoker_vm_bootTimeout", "600 seconds")
-                .env(
-                    "CONFIG_whisk_invoker_network_pool_lowWatermark",
-                    POOL_READY.to_string(),
-                )
-                .env("CONFIG_whisk_invoker_network_pool_highWatermark", "110")
-                .env("CONFIG_whisk_invoker_network_pool_max", "256")
-                .env("CONFIG_whisk_docker_client_parallelRuns", "100")
-                .stderr(invoker_log(mode)?)
-                .grace(Duration::from_secs(120))
-                .spawn()
-                .context("target/release/invoker (cargo build --release first)")?;
+        let invoker = InvokerCommand::new("target/release/invoker", &stack, id, &format!("cs{id}"))
+            .topics_prefix(&topics_prefix)
+            .databases(&whisks, &activations)
+            .port(port)
+            .env("RUNTIMES_MANIFEST", &manifest)
+            .env("CONFIG_whisk_containerPool_userMemory", "16 g")
+            .env(
+                "CONFIG_whisk_containerProxy_timeouts_idleContainer",
+                "2 seconds",
+            )
+            .env("CONFIG_whisk_invoker_network_mode", network_mode(mode))
+            // netns mode: a range of its own beside the quickstart's invoker 0, which keeps
+            // the default 10.230.0.0/16 (netpool refuses a pool overlapping another).
+            .env("CONFIG_whisk_invoker_network_netns_subnet", "10.231.0.0/16")
+            // Likewise the VM slots (vm mode's, or the VM backend's beside a container
+            // mode's), apart from the quickstart's 10.232.0.0/16.
+            .env("CONFIG_whisk_invoker_network_vm_subnet", "10.233.0.0/16")
+            // 50 Linux guests booting at once under TCG on 2 cores take minutes, not the
+            // default 60 s; a boot that still times out is counted as a failed activation.
+            .env("CONFIG_whisk_invoker_vm_bootTimeout", "600 seconds")
+            .env(
+                "CONFIG_whisk_invoker_network_pool_lowWatermark",
+                POOL_READY.to_string(),
+            )
+            .env("CONFIG_whisk_invoker_network_pool_highWatermark", "110")
+            .env("CONFIG_whisk_invoker_network_pool_max", "256")
+            .env("CONFIG_whisk_docker_client_parallelRuns", "100")
+            .stderr(invoker_log(mode)?)
+            .grace(Duration::from_secs(120))
+            .spawn()
+            .context("target/release/invoker (cargo build --release first)")?;
+        if let Some(a) = account.as_mut() {
+            a.add_invoker(invoker.pid())?;
+        }
         wait_ready(port).await?;
         wait_pool_ready(port, mode).await?;
+        let mut cpu: HashMap<usize, Vec<CpuShares>> = HashMap::new();
         let mut totals: HashMap<usize, Vec<Duration>> = HashMap::new();
         let mut each: HashMap<usize, Vec<Duration>> = HashMap::new();
         let mut errors: HashMap<usize, usize> = HashMap::new();
@@ -286,6 +305,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                     ));
                 }
                 let cpu0 = cpu_times();
+                let account0 = account.as_ref().map(CpuAccount::snapshot);
                 let t0 = Instant::now();
                 let base_ms = now_ms();
                 let mut pending: HashMap<String, (usize, Instant)> = HashMap::new();
@@ -352,6 +372,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 }
                 let total = t0.elapsed();
                 totals.entry(n).or_default().push(total);
+
                 if let (Some(a), Some(b)) = (cpu0, cpu_times()) {
                     busy.entry(n).or_default().push(a.busy_share_until(&b));
                 }
@@ -366,6 +387,13 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 }
                 wait_no_containers(&docker, &prefix, &[&runc_state, &vm_state]).await?;
                 wait_pool_ready(port, mode).await?;
+                // A cold start's CPU includes its clean-up: the container removed (after the 2 s
+                // idle timeout) and its endpoint back in the pool.
+                if let (Some(a), Some(before)) = (account.as_ref(), account0.as_ref()) {
+                    cpu.entry(n)
+                        .or_default()
+                        .push(a.snapshot().since(before, n));
+                }
                 wait_cpu_quiet().await;
             }
         }
@@ -377,6 +405,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 each: Summary::of(each.get(&n).map_or(&[][..], Vec::as_slice)),
                 errors: errors.get(&n).copied().unwrap_or(0),
                 cpu_busy: median(busy.get(&n).map_or(&[][..], Vec::as_slice)),
+                cpu_ms_per_cold_start: cpu.get(&n).map(|v| CpuShares::mean(v)),
             });
         }
     }

@@ -3,6 +3,7 @@
 //! - [`stats`]: summaries of measured durations (p50, p99, max), the figures every benchmark
 //!   prints and writes.
 //! - [`machine`]: the description of the machine written next to every result.
+//! - [`cpu_account`]: each component in a cgroup of its own, CPU per cold start or activation.
 //! - [`coldstart`]: `bench coldstart`, the paper's Fig 6 through Kafka per network mode.
 //! - [`activate`]: `bench activate`, the controller's part against a running invoker.
 //! - [`kafka_rtt`]: `bench kafka-rtt`, sequential produce → consume round trips (the floor
@@ -21,6 +22,7 @@
 
 pub mod activate;
 pub mod coldstart;
+pub mod cpu_account;
 pub mod docker_start;
 pub mod kafka_rtt;
 pub mod machine;

@@ -33,6 +33,7 @@ use testkit::invoker::InvokerCommand;
 use testkit::stack::Stack;
 use tokio::sync::oneshot;
 
+use crate::cpu_account::{CpuAccount, CpuShares, machine_busy_s, process_cpu_s};
 use crate::machine::Machine;
 use crate::stats::Summary;
 
@@ -83,6 +84,8 @@ pub struct WarmCell {
     pub invoker_cpu_ms_per_activation: f64,
     /// The whole machine's busy CPU per answered activation (all cores).
     pub machine_cpu_ms_per_activation: f64,
+    /// CPU ms per answered activation per component (`bench::cpu_account`), over the cell.
+    pub cpu_ms_per_activation: Option<CpuShares>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -172,6 +175,15 @@ async fn measure(
     controller: &str,
 ) -> Result<Vec<WarmCell>> {
     let max_c = p.concurrency.iter().copied().max().unwrap_or(1);
+    let stack_dir =
+        std::env::var_os("WHISK_STACK_DIR").map_or(".stack".into(), std::path::PathBuf::from);
+    let mut account = match CpuAccount::start(&stack_dir) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            eprintln!("no CPU account per component: {e:#}");
+            None
+        }
+    };
     let mut cells = Vec::new();
     for (m, mode) in p.modes.iter().enumerate() {
         let id = 920 + u32::try_from(m).unwrap_or(0);
@@ -192,6 +204,9 @@ async fn measure(
             ))?)
             .spawn()
             .context("target/release/invoker (cargo build --release first)")?;
+        if let Some(a) = account.as_mut() {
+            a.add_invoker(invoker.pid())?;
+        }
         crate::coldstart::wait_ready(port).await?;
         let name = format!("noop-{mode}");
         let mut doc = ActionDocument::new(
@@ -237,7 +252,14 @@ async fn measure(
         for &blocking in &[true, false] {
             for &c in &p.concurrency {
                 let cell = client
-                    .cell(mode, blocking, c, p.seconds, invoker.pid())
+                    .cell(
+                        mode,
+                        blocking,
+                        c,
+                        p.seconds,
+                        invoker.pid(),
+                        account.as_ref(),
+                    )
                     .await?;
                 println!(
                     "{mode:>6} {:>12} C={c:>3}: {:>7.0}/s  p50 {:>6.2} ms  p99 {:>6.2} ms  \
@@ -316,8 +338,10 @@ impl Client<'_> {
         concurrency: usize,
         seconds: u64,
         invoker_pid: u32,
+        account: Option<&CpuAccount>,
     ) -> Result<WarmCell> {
-        let cpu0 = (process_cpu(invoker_pid)?, machine_busy()?);
+        let cpu0 = (process_cpu_s(invoker_pid)?, machine_busy_s()?);
+        let account0 = account.map(CpuAccount::snapshot);
         let t0 = Instant::now();
         let until = t0 + Duration::from_secs(seconds);
         let loops = (0..concurrency).map(|_| async move {
@@ -337,7 +361,8 @@ impl Client<'_> {
         });
         let results = futures::future::join_all(loops).await;
         let elapsed = t0.elapsed().as_secs_f64();
-        let cpu1 = (process_cpu(invoker_pid)?, machine_busy()?);
+        let cpu1 = (process_cpu_s(invoker_pid)?, machine_busy_s()?);
+        let after = account.map(CpuAccount::snapshot);
         let (mut ok, mut failed, mut cold, mut lat) = (0, 0, 0, Vec::new());
         for (o, f, c, l) in results {
             ok += o;
@@ -346,6 +371,7 @@ impl Client<'_> {
             lat.extend(l);
         }
         let per = |ms: f64| if ok == 0 { f64::NAN } else { ms / ok as f64 };
+        let cpu = after.zip(account0.as_ref()).map(|(a, b)| a.since(b, ok));
         Ok(WarmCell {
             mode: mode.to_owned(),
             blocking,
@@ -358,6 +384,7 @@ impl Client<'_> {
             latency: Summary::of(&lat),
             invoker_cpu_ms_per_activation: per((cpu1.0 - cpu0.0) * 1e3),
             machine_cpu_ms_per_activation: per((cpu1.1 - cpu0.1) * 1e3),
+            cpu_ms_per_activation: cpu,
         })
     }
 }
@@ -398,46 +425,4 @@ async fn route_acks(acks: StreamConsumer, waiters: Waiters) {
         };
         let _ = tx.send(answer);
     }
-}
-
-/// A process's CPU time so far (user + system), in seconds.
-fn process_cpu(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("/proc/{pid}/stat: the invoker is gone"))?;
-    // After the command name in parentheses: field 3 is the state; utime and stime are 14, 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if f.len() != 2 {
-        bail!("/proc/{pid}/stat: unreadable");
-    }
-    Ok((f[0] + f[1]) as f64 / clock_ticks())
-}
-
-/// All CPUs' busy time so far, in seconds.
-fn machine_busy() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if cpu.len() < 5 {
-        bail!("/proc/stat: unreadable");
-    }
-    let idle = cpu[3] + cpu[4];
-    Ok((cpu.iter().sum::<u64>() - idle) as f64 / clock_ticks())
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf only reads a constant of the running system.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
 }
