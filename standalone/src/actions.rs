@@ -53,9 +53,6 @@ pub enum ActionError {
     /// 409: it exists and `overwrite` was not given, or it changed under us.
     #[error("Concurrent modification to resource detected.")]
     Conflict,
-    /// 403: another namespace's action that is not shared.
-    #[error("The supplied authentication is not authorized to access this resource.")]
-    Forbidden,
     /// 500: the database failed.
     #[error("the whisks database failed")]
     Store(#[source] CouchDbError),

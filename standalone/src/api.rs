@@ -280,9 +280,11 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply, Fail> {
             "The supplied authentication is not authorized to access this resource.".into(),
         ));
     }
+    // The request's headers for a trigger's `__ow_headers`, without the caller's credentials.
     let headers: Map<String, Value> = req
         .headers()
         .iter()
+        .filter(|(k, _)| *k != hyper::header::AUTHORIZATION)
         .filter_map(|(k, v)| {
             Some((
                 k.as_str().to_owned(),
@@ -294,6 +296,17 @@ async fn route(app: &Arc<App>, req: Request<Incoming>) -> Result<Reply, Fail> {
     let flag = |key: &str| query.get(key).is_some_and(|v| v == "true");
     let caller = user.namespace.as_str();
     match (&method, &rest[1..]) {
+        // `wsk namespace get` and `wsk list` (openwhisk-client-go's `Namespaces.Get`).
+        (&Method::GET, []) => {
+            let limit = activations::MAX_LIST_LIMIT;
+            let v = json!({
+                "actions": app.actions.list(&ns, 0, limit).await?,
+                "packages": app.packages.list(&ns, caller, 0, limit).await?,
+                "triggers": app.triggers.list(&ns, triggers::TRIGGER, 0, limit).await?,
+                "rules": app.triggers.list(&ns, triggers::RULE, 0, limit).await?,
+            });
+            Ok(json_reply(StatusCode::OK, &v))
+        }
         (&Method::GET, ["actions"]) => {
             let (skip, limit) = paging(&query, "actions")?;
             let list = app.actions.list(&ns, skip, limit).await?;

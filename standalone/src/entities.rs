@@ -50,7 +50,6 @@ impl From<ActionError> for EntityError {
             ActionError::Invalid(m) => Self::Invalid(m),
             ActionError::NotFound => Self::NotFound,
             ActionError::Conflict => Self::Conflict(CONFLICT.into()),
-            ActionError::Forbidden => Self::Forbidden,
             ActionError::Store(s) => Self::Store(s),
         }
     }

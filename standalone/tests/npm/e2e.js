@@ -166,7 +166,14 @@ async function main () {
   assert.ok(everything.packages.some(p => p.name === 'mytools' && p.binding.name === 'tools'), 'bindings listed')
   assert.ok(everything.triggers.some(t => t.name === 'kicks'), 'triggers listed')
   assert.ok(everything.rules.some(r => r.name === 'kick-recorder'), 'rules listed')
-  ok('namespace get (wsk list): actions, packages, triggers and rules')
+  // wsk's Go client asks for the same in one call.
+  const r = await fetch(`${apihost}/api/v1/namespaces/_`, { headers: { authorization: 'Basic ' + Buffer.from(auth).toString('base64') } })
+  const contents = await r.json()
+  assert.deepEqual(Object.keys(contents).sort(), ['actions', 'packages', 'rules', 'triggers'])
+  for (const kind of ['actions', 'packages', 'triggers', 'rules']) {
+    assert.deepEqual(contents[kind].map(e => e.name).sort(), everything[kind].map(e => e.name).sort(), kind)
+  }
+  ok('namespace get (wsk list): actions, packages, triggers and rules, one call or four')
 
   const n = 50
   const sieve = 'function main(p) { const n = p.n || 20000; const s = new Uint8Array(n + 1); let c = 0; for (let i = 2; i <= n; i++) { if (!s[i]) { c++; for (let j = i * i; j <= n; j += i) s[j] = 1; } } return {primes: c, i: p.i}; }'
