@@ -16,11 +16,12 @@
 //! - [`invoke`]: one activation end to end: acks, record, logs.
 //! - [`feed`]: consuming `invoker<N>` with bounded in-flight work and commits only of finished
 //!   work.
-//! - [`server`]: the invoker's own HTTP server.
+//! - [`server`]: the invoker's own HTTP server; [`tls`]: its https set-up from the keystore.
 //! - [`service`]: start-up, the running service and its shutdown (`run(config, shutdown)`);
 //!   the binary only parses the command line and wires signals to it.
 //! - [`store`]: activation records written in batches.
 //! - [`metrics`]: the metric names the invoker records.
+//! - [`zookeeper`]: the invoker id from ZooKeeper for `--uniqueName` without `--id`.
 //!
 //! The data flow and the ownership of every process are described in `docs/architecture.md`.
 
@@ -33,3 +34,5 @@ pub mod pool;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
+pub mod zookeeper;

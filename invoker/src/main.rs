@@ -3,8 +3,10 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use invoker::service::{self, ServiceConfig};
+use invoker::zookeeper;
 use openwhisk::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -12,13 +14,15 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Consumes `invoker<N>` on Kafka, runs each action in a container, answers on `completed<C>`
 /// and `health`. Settings come from OpenWhisk's environment (`KAFKA_HOSTS`, `PORT`,
-/// `RUNTIMES_MANIFEST`, `CONFIG_whisk_*`) and an optional file; see the README.
+/// `RUNTIMES_MANIFEST`, `ZOOKEEPER_HOSTS`, `CONFIG_whisk_*`) and an optional file; see the
+/// README.
 #[derive(Debug, Parser)]
 #[command(version)]
 // The flags are OpenWhisk's own spelling (`/init.sh --uniqueName ...`).
 #[allow(clippy::struct_field_names)]
 struct Cli {
-    /// The invoker's instance number: it consumes `invoker<ID>`.
+    /// The invoker's instance number: it consumes `invoker<ID>`. Without it, the id of
+    /// `--uniqueName` comes from ZooKeeper (`ZOOKEEPER_HOSTS`).
     #[arg(long, required_unless_present = "unique_name")]
     id: Option<u32>,
     /// A name unique among the invokers (defaults to the id).
@@ -54,15 +58,37 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.overwrite_id.is_some() && cli.id.is_some() {
-        tracing::warn!("--overwriteId is for ZooKeeper id assignment; --id is used");
-    }
-    let Some(id) = cli.id else {
-        anyhow::bail!(
-            "--uniqueName without --id needs ZooKeeper id assignment, which is not supported; pass --id"
-        );
-    };
     let settings = Settings::from_env(cli.config.as_deref())?;
+    // A keystore that cannot be used stops the invoker before it registers anywhere.
+    if let Some(https) = settings.invoker_https.clone() {
+        tokio::task::spawn_blocking(move || invoker::tls::server_config(&https))
+            .await?
+            .context("whisk.invoker.protocol = https")?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let id = match (cli.id, cli.unique_name.as_deref()) {
+        (Some(id), _) => {
+            if cli.overwrite_id.is_some() {
+                tracing::warn!("--overwriteId is for ZooKeeper id assignment; --id is used");
+            }
+            id
+        }
+        (None, Some(name)) => {
+            let hosts = settings.zookeeper_hosts.as_deref().context(
+                "--uniqueName without --id takes the id from ZooKeeper: set ZOOKEEPER_HOSTS",
+            )?;
+            // The assignment waits for ZooKeeper without limit; a stop request ends the wait.
+            tokio::select! {
+                id = zookeeper::assign_id(hosts, name, cli.overwrite_id) => {
+                    id.context("zookeeper id assignment")?
+                }
+                _ = term.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+        // clap requires one of the two.
+        (None, None) => anyhow::bail!("either --id or --uniqueName is required"),
+    };
     let mut config = ServiceConfig {
         settings,
         id,
@@ -81,7 +107,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(service::run(config, shutdown.clone()));
     tokio::pin!(service);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
