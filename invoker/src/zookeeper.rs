@@ -96,6 +96,7 @@ pub async fn assign_id(
 ) -> Result<u32, ZooKeeperError> {
     validate_hosts(hosts)?;
     validate_name(unique_name)?;
+    // Since when the operations of a connected session have been failing.
     let mut failing_since: Option<Instant> = None;
     loop {
         let result = match connect(hosts).await {
@@ -104,17 +105,20 @@ pub async fn assign_id(
         };
         match result {
             Ok(id) => return Ok(id),
+            // Not connected (yet): wait on.
+            Err(e @ ZooKeeperError::Connect { .. }) if e.is_transient() => {
+                tracing::warn!(hosts, error = %openwhisk::errors::chain(&e), "zookeeper id assignment: waiting for zookeeper");
+            }
             Err(e) if e.is_transient() => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
-                let connected_once = !matches!(e, ZooKeeperError::Connect { .. });
-                if connected_once && since.elapsed() >= RETRY_FOR {
+                if since.elapsed() >= RETRY_FOR {
                     return Err(e);
                 }
                 tracing::warn!(hosts, error = %openwhisk::errors::chain(&e), "zookeeper id assignment: retrying");
-                tokio::time::sleep(RETRY_EVERY).await;
             }
             Err(e) => return Err(e),
         }
+        tokio::time::sleep(RETRY_EVERY).await;
     }
 }
 
