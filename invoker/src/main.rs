@@ -59,12 +59,20 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::from_env(cli.config.as_deref())?;
-    // A keystore that cannot be used stops the invoker before it registers anywhere.
-    if let Some(https) = settings.invoker_https.clone() {
-        tokio::task::spawn_blocking(move || invoker::tls::server_config(&https))
-            .await?
-            .context("whisk.invoker.protocol = https")?;
-    }
+    // The environment is checked before an id is taken from ZooKeeper (contract §1.6): the
+    // runtimes manifest, and a keystore that cannot be used.
+    let (manifest, https) = (
+        settings.runtimes_manifest.clone(),
+        settings.invoker_https.clone(),
+    );
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        openwhisk::manifest::Manifest::load(&manifest)?;
+        if let Some(https) = https {
+            invoker::tls::server_config(&https).context("whisk.invoker.protocol = https")?;
+        }
+        Ok(())
+    })
+    .await??;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let id = match (cli.id, cli.unique_name.as_deref()) {
         (Some(id), _) => {
