@@ -430,7 +430,8 @@ async fn activate_rule(
         Err(e) => Err(InvokeError::Entity(e)),
     };
     let (code, outcome) = match answer {
-        Ok(Answer::Accepted(id) | Answer::Record(Value::String(id))) => (0, Ok(id)),
+        Ok(Answer::Accepted(id)) => (0, Ok(id)),
+        // A non-blocking invoke does not wait for a record; one that came anyway names its id.
         Ok(Answer::Record(doc)) => (
             0,
             Ok(doc["activationId"].as_str().unwrap_or_default().to_owned()),
