@@ -312,6 +312,36 @@ async fn a_client_certificate_from_the_keystores_ca() {
     }
 }
 
+/// A keystore whose key is not the certificate's is refused at start, not at the first client.
+#[test]
+fn a_key_of_another_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("invoker test CA");
+    let (server, _) = issue(
+        &ca,
+        "openwhisk-invokers",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let pem = dir.path().join("invoker.pem");
+    let other_key = KeyPair::generate().unwrap();
+    std::fs::write(
+        &pem,
+        format!("{}{}", other_key.serialize_pem(), server.pem()),
+    )
+    .unwrap();
+    let e = invoker::tls::server_config(&HttpsSettings {
+        keystore_path: pem,
+        keystore_password: "unused".into(),
+        keystore_flavor: KeystoreFlavor::Pem,
+        client_auth: true,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(e, invoker::tls::TlsError::KeyMismatch { .. }),
+        "{e}"
+    );
+}
+
 /// The invoker binary with `CONFIG_whisk_invoker_protocol=https` and the keystore keys as
 /// ansible passes them: `/ping` over https with a client certificate, refused without one and
 /// with one of another CA, and no plain http on the port.
