@@ -27,6 +27,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::invoke::Invoker;
@@ -34,6 +35,70 @@ use crate::invoke::Invoker;
 /// How long after the grace period the activations it ended get for their error acks and
 /// records.
 pub const END_BOUND: Duration = Duration::from_secs(5);
+/// How long the feed may go without showing it consumes before the health pings stop: well
+/// above its one-second beat, below the controller's 10 s timeout for a silent invoker, so
+/// that a stuck feed is taken offline about as fast as a dead invoker.
+pub const STALL_BOUND: Duration = Duration::from_secs(5);
+/// How often a waiting feed shows it is alive.
+const BEAT: Duration = Duration::from_secs(1);
+
+/// Whether the feed is consuming, for the health pings (contract §3.4: an invoker that is not
+/// consuming must not announce itself healthy). The feed beats while it waits for a message
+/// (Kafka is polled) or for room (all of `maxPeek` is in use), and when it takes a message; it
+/// does not beat while each receive fails, nor when its loop is stuck, nor after its task ended
+/// or panicked.
+#[derive(Debug, Default)]
+pub struct FeedHealth {
+    state: Mutex<Beats>,
+}
+
+#[derive(Debug, Default)]
+struct Beats {
+    /// The last sign of life; `None` before the feed started.
+    beat: Option<Instant>,
+    /// The last failed receive.
+    failed: Option<Instant>,
+    ended: bool,
+}
+
+impl FeedHealth {
+    /// A message was taken, or the feed waits for room.
+    fn took(&self) {
+        self.state.lock().beat = Some(Instant::now());
+    }
+
+    /// The feed has been waiting in a receive for a beat: alive, unless a receive failed
+    /// during the last beat (then Kafka is not answering and the beat is not given).
+    fn waiting(&self) {
+        let mut st = self.state.lock();
+        if st.failed.is_none_or(|t| t.elapsed() > BEAT) {
+            st.beat = Some(Instant::now());
+        }
+    }
+
+    fn failed(&self) {
+        self.state.lock().failed = Some(Instant::now());
+    }
+
+    fn end(&self) {
+        self.state.lock().ended = true;
+    }
+
+    /// Whether the feed showed it consumes within the last `bound`.
+    pub fn consuming(&self, bound: Duration) -> bool {
+        let st = self.state.lock();
+        !st.ended && st.beat.is_some_and(|b| b.elapsed() <= bound)
+    }
+}
+
+/// Marks the feed ended however its task ends: returned, panicked or aborted.
+struct Ending(Arc<FeedHealth>);
+
+impl Drop for Ending {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
 /// Offsets handed out and not yet done, per partition.
 #[derive(Debug, Default)]
 struct Offsets {
@@ -201,15 +266,18 @@ impl<H: Handler> Dispatch<H> {
 }
 
 /// Runs the feed until `cancel`; then stops taking messages, drains the activations in flight
-/// within `grace` (see the module's doc), and commits what they finished.
+/// within `grace` (see the module's doc), and commits what they finished. Reports whether it
+/// consumes to `health`.
 pub async fn run<H: Handler>(
     handler: H,
     consumer: Arc<StreamConsumer>,
     topic: String,
     max_peek: usize,
     grace: Duration,
+    health: Arc<FeedHealth>,
     cancel: CancellationToken,
 ) {
+    let _ending = Ending(health.clone());
     let mut dispatch = Dispatch::new(handler, max_peek);
     let offsets = dispatch.offsets.clone();
     // Messages below the end offset at start-up may have been seen by an earlier run.
@@ -246,23 +314,47 @@ pub async fn run<H: Handler>(
             }
         })
     };
+    let mut beat = tokio::time::interval(BEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    health.took();
     loop {
-        let permit = tokio::select! {
-            p = dispatch.permit() => p,
-            () = cancel.cancelled() => break,
+        let permit = {
+            let wait = dispatch.permit();
+            tokio::pin!(wait);
+            loop {
+                // Biased: a permit at hand is taken before any beat, so that a feed whose
+                // receives keep failing does not beat here.
+                tokio::select! {
+                    biased;
+                    p = &mut wait => break Some(p),
+                    _ = beat.tick() => health.took(),
+                    () = cancel.cancelled() => break None,
+                }
+            }
         };
-        let msg = tokio::select! {
-            m = consumer.recv() => m,
-            () = cancel.cancelled() => break,
+        let Some(permit) = permit else { break };
+        let msg = {
+            let recv = consumer.recv();
+            tokio::pin!(recv);
+            loop {
+                tokio::select! {
+                    m = &mut recv => break Some(m),
+                    _ = beat.tick() => health.waiting(),
+                    () = cancel.cancelled() => break None,
+                }
+            }
         };
+        let Some(msg) = msg else { break };
         let msg = match msg {
             Ok(m) => m,
             Err(e) => {
+                health.failed();
                 tracing::warn!(error = %e, "kafka receive failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
+        health.took();
         let (partition, offset) = (msg.partition(), msg.offset());
         let payload = msg.payload().unwrap_or_default().to_vec();
         drop(msg);
@@ -308,8 +400,6 @@ fn commit_with(consumer: &StreamConsumer, offsets: &Mutex<Offsets>, topic: &str,
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
-
-    use tokio::time::Instant;
 
     use super::*;
     use crate::invoke::Backoff;
@@ -442,6 +532,56 @@ mod tests {
         );
         assert!(!d.stop.is_cancelled());
         assert_eq!(d.offsets.lock().take_commits(), [(0, 1)]);
+    }
+
+    /// The feed counts as consuming only after it started, while it beats, not while every
+    /// receive fails, and never after it ended.
+    #[tokio::test(start_paused = true)]
+    async fn the_feed_consumes_while_it_beats_and_not_while_kafka_fails() {
+        let h = Arc::new(FeedHealth::default());
+        assert!(!h.consuming(STALL_BOUND), "not before it started");
+        h.took();
+        assert!(h.consuming(STALL_BOUND));
+        // Waiting in a receive that does not fail keeps it consuming.
+        for _ in 0..10 {
+            tokio::time::sleep(BEAT).await;
+            h.waiting();
+        }
+        assert!(h.consuming(STALL_BOUND));
+        // Every receive fails (every 200 ms): the beats stop, and so, after the bound, does
+        // consuming.
+        for _ in 0..30 {
+            h.failed();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            h.waiting();
+        }
+        assert!(!h.consuming(STALL_BOUND));
+        // Kafka answers again, with no message to give: a beat after the last failure.
+        tokio::time::sleep(BEAT * 2).await;
+        h.waiting();
+        assert!(h.consuming(STALL_BOUND));
+        // A stuck loop gives no beat.
+        tokio::time::sleep(STALL_BOUND + BEAT).await;
+        assert!(!h.consuming(STALL_BOUND));
+        h.took();
+        drop(Ending(h.clone()));
+        assert!(!h.consuming(STALL_BOUND), "never after the task ended");
+    }
+
+    /// A feed task that panics is marked ended by its guard.
+    #[tokio::test]
+    async fn a_feed_that_panics_is_not_consuming() {
+        let h = Arc::new(FeedHealth::default());
+        let task = tokio::spawn({
+            let h = h.clone();
+            async move {
+                let _ending = Ending(h.clone());
+                h.took();
+                panic!("a bug in the feed");
+            }
+        });
+        assert!(task.await.is_err());
+        assert!(!h.consuming(STALL_BOUND));
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub enum ServiceError {
     TaskEnded { task: &'static str, why: String },
 }
 
+/// Resolves when a pool's background work has ended.
+type Ended = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// The network pools a mode needs; shut down in reverse order of creation.
 #[derive(Debug, Default)]
 struct Pools {
@@ -100,6 +103,25 @@ struct Pools {
 }
 
 impl Pools {
+    /// One future per pool that resolves when its background work (refill, recycling) has
+    /// ended.
+    fn maintenance(&self) -> Vec<(&'static str, Ended)> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.pcpm {
+            out.push(("pcpm refill", Box::pin(p.maintenance_ended()) as _));
+        }
+        if let Some(np) = &self.netpool {
+            out.push(("netpool maintenance", Box::pin(np.maintenance_ended()) as _));
+        }
+        if let Some(np) = &self.vm_slots {
+            out.push((
+                "VM slot pool maintenance",
+                Box::pin(np.maintenance_ended()) as _,
+            ));
+        }
+        out
+    }
+
     /// Removes every pause container and namespace; logs each failure and goes on.
     async fn shutdown(self) {
         if let Some(p) = self.pcpm
@@ -218,12 +240,17 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         enabled: AtomicBool::new(true),
     });
     let cancel = shutdown.child_token();
+    let feed_health = Arc::new(crate::feed::FeedHealth::default());
 
     let prewarm = tokio::spawn({
         let pool = pool.clone();
         async move { pool.prewarm().await }
     });
-    let pinger = tokio::spawn(ping_every_second(invoker.clone(), cancel.clone()));
+    let pinger = tokio::spawn(ping_every_second(
+        invoker.clone(),
+        feed_health.clone(),
+        cancel.clone(),
+    ));
     let server = tokio::spawn(crate::server::serve(
         listener,
         invoker.clone(),
@@ -236,6 +263,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         topic.clone(),
         max_peek,
         grace,
+        feed_health,
         cancel.clone(),
     ));
     tracing::info!(topic, port, max_peek, "invoker ready");
@@ -246,11 +274,23 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     for (name, task) in [("feed", feed), ("pinger", pinger), ("server", server)] {
         tasks.spawn(async move { (name, task.await) });
     }
+    // The pools' refill and recycling: without them every cold start would wait for slots that
+    // never come. Watched apart from the tasks: they end only with their pools, after the
+    // tasks are joined.
+    let mut watchers = tokio::task::JoinSet::new();
+    for (name, ended) in pools.maintenance() {
+        watchers.spawn(async move {
+            ended.await;
+            name
+        });
+    }
     let ended = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
         Some(first) = tasks.join_next() => first.ok(),
+        Some(Ok(name)) = watchers.join_next() => Some((name, Ok(()))),
     };
+    watchers.abort_all();
     // A task that ended because shutdown began (they all stop on `cancel`) is no failure.
     let ended = ended.filter(|_| !cancel.is_cancelled());
     let failure = match &ended {
@@ -298,18 +338,36 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     failure.map_or(Ok(()), Err)
 }
 
-/// Announces the invoker on `health` every second while it is enabled and the components an
-/// activation needs are up: while the broker or the database is down, activations cannot
-/// finish, so the controller should not send more (it marks an invoker without pings
-/// offline, and back online at the next ping).
-async fn ping_every_second(invoker: Arc<Invoker>, cancel: CancellationToken) {
+/// Announces the invoker on `health` every second while it is enabled, the components an
+/// activation needs are up and the feed consumes: while the broker or the database is down,
+/// activations cannot finish, and while the feed is stuck or gone none start, so the
+/// controller should not send more (it marks an invoker without pings offline, and back
+/// online at the next ping).
+async fn ping_every_second(
+    invoker: Arc<Invoker>,
+    feed: Arc<crate::feed::FeedHealth>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut was_consuming = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = cancel.cancelled() => return,
         }
-        if invoker.is_enabled() && invoker.components.down().is_empty() {
+        let consuming = feed.consuming(crate::feed::STALL_BOUND);
+        if consuming != was_consuming {
+            if consuming {
+                tracing::info!("the feed consumes again: health pings resume");
+            } else {
+                tracing::warn!(
+                    bound_ms = crate::feed::STALL_BOUND.as_millis(),
+                    "the feed has not consumed within the bound: health pings stop"
+                );
+            }
+            was_consuming = consuming;
+        }
+        if consuming && invoker.is_enabled() && invoker.components.down().is_empty() {
             invoker.ping(true).await;
         }
     }
@@ -589,6 +647,10 @@ fn netpool_config(settings: &Settings, kind: NetpoolKind, id: u32) -> netpool::P
     config.high_watermark = np.high_watermark;
     config.max_slots = np.max;
     config.max_concurrent_creates = np.max_concurrent_creates;
+    // Functions reach nothing on the host (its admin port, the broker, the database, the
+    // front door) nor another function, but for the ports the operator allows.
+    config.guard_host = true;
+    config.allow_host_ports = settings.allow_host_ports.clone();
     config
 }
 
@@ -704,5 +766,24 @@ mod tests {
         );
         vm.validate().unwrap();
         ns.validate().unwrap();
+    }
+
+    /// Both kinds of slot keep functions off the host but for the allowed ports.
+    #[test]
+    fn slots_are_guarded_and_the_allowed_host_ports_reach_the_pool() {
+        let s = settings(&[]);
+        for kind in [NetpoolKind::Containers, NetpoolKind::VmSlots] {
+            let c = netpool_config(&s, kind, 1);
+            assert!(c.guard_host && c.allow_host_ports.is_empty(), "{kind:?}");
+        }
+        let s = settings(&[(
+            "CONFIG_whisk_invoker_network_allowHostPorts",
+            "[3233, \"40000-40009\"]",
+        )]);
+        for kind in [NetpoolKind::Containers, NetpoolKind::VmSlots] {
+            let c = netpool_config(&s, kind, 1);
+            assert_eq!(c.allow_host_ports, [(3233, 3233), (40000, 40009)]);
+            c.validate().unwrap();
+        }
     }
 }
