@@ -1400,8 +1400,13 @@ async fn the_http_server_pings_enables_disables_and_serves_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_container_killed_mid_run_is_a_developer_error_and_is_replaced() {
+    // vm mode: the port the run calls back on, the one host port its slot's host guard lets
+    // functions reach (`whisk.invoker.network.allow-host-ports`).
+    let callback_port = free_port();
+    let allow: &'static str = Box::leak(callback_port.to_string().into_boxed_str());
     let mut h = Harness::start_with(Options {
         manifest: Some(manifest_without_stem_cells()),
+        env: vec![("CONFIG_whisk_invoker_network_allowHostPorts", allow)],
         ..Options::default()
     })
     .await;
@@ -1419,7 +1424,7 @@ async fn a_container_killed_mid_run_is_a_developer_error_and_is_replaced() {
     // that it has begun, on the host's side of the guest's bridge.
     let started = if network_mode() == "vm" {
         Some(
-            tokio::net::TcpListener::bind((h.vm_gateway(), 0))
+            tokio::net::TcpListener::bind((h.vm_gateway(), callback_port))
                 .await
                 .unwrap(),
         )
