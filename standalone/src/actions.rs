@@ -41,6 +41,11 @@ pub const MAX_CODE_BYTES: usize = 48 * 1024 * 1024;
 /// `whisk.actionSequence.limit`, 50).
 pub const MAX_SEQUENCE_LENGTH: usize = 50;
 
+/// Most component documents one sequence create or update reads to count its atomic actions;
+/// more and it is refused as too long. Every legitimate sequence fits: at most
+/// [`MAX_SEQUENCE_LENGTH`] atomic actions, and inner sequences far fewer than this.
+const MAX_SEQUENCE_CHECK_READS: usize = 20 * MAX_SEQUENCE_LENGTH;
+
 /// Errors of the action store; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {
@@ -376,10 +381,19 @@ impl Actions {
             ));
         }
         let mut atomic = 0usize;
+        // Components read so far: a cycle among other sequences (one that does not lead back
+        // to `id`, closed by a re-pointed binding or by racing updates) would keep the stack
+        // from ever emptying without adding an atomic action.
+        let mut read = 0usize;
         // Depth-first over the inlined sequence, without recursion.
         let mut stack: Vec<String> = components.to_vec();
         while let Some(c) = stack.pop() {
-            if atomic > MAX_SEQUENCE_LENGTH || stack.len() > MAX_SEQUENCE_LENGTH * 4 {
+            read += 1;
+            if atomic > MAX_SEQUENCE_LENGTH
+                || stack.len() > MAX_SEQUENCE_LENGTH * 4
+                || read > MAX_SEQUENCE_CHECK_READS
+            {
+                stack.push(c);
                 break;
             }
             let (path, name) = crate::entities::parse_fqn(&c, "_")

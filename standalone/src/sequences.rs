@@ -32,6 +32,13 @@ use crate::subjects::Identity;
 /// it (the controller's `timeout + 1.minute`).
 const COMPONENT_GRACE: Duration = Duration::from_secs(60);
 
+/// Most sequences nested in one another under a topmost sequence. Only atomic actions count
+/// against [`MAX_SEQUENCE_LENGTH`], so a cycle of sequences that runs none (closed behind the
+/// create-time check, e.g. by re-pointing a binding, or by two updates racing) would otherwise
+/// recurse without end; the controller has no such bound. A legitimate sequence nests at most
+/// as deep as it has atomic actions plus chains of single-component sequences, far below this.
+pub const MAX_SEQUENCE_DEPTH: usize = 2 * MAX_SEQUENCE_LENGTH;
+
 /// Runs a topmost sequence and writes its record. A blocking caller waits up to `wait`; the
 /// sequence goes on after that (and for a non-blocking caller) on its own task.
 pub async fn invoke(
@@ -47,8 +54,11 @@ pub async fn invoke(
     let task = tokio::spawn({
         let (app, user, id) = (app.clone(), user.clone(), id.clone());
         async move {
-            let mut count = 0;
-            let record = run(&app, &user, &seq, params, &id, None, &mut count, requested).await;
+            let mut budget = Budget {
+                atomic: 0,
+                depth: 0,
+            };
+            let record = run(&app, &user, &seq, params, &id, None, &mut budget, requested).await;
             store(&app, &record).await;
             record.to_document(now_ms())
         }
@@ -69,9 +79,18 @@ async fn store(app: &App, record: &WhiskActivation) {
     }
 }
 
+/// What a topmost sequence has used of its limits so far.
+#[derive(Debug)]
+struct Budget {
+    /// Atomic actions run (the controller's `atomicActionCnt`).
+    atomic: usize,
+    /// Sequences entered and not yet ended, the topmost included.
+    depth: usize,
+}
+
 /// Runs the components of `seq` and returns its record. `cause` is the enclosing sequence's
-/// activation id (`None` for the topmost); `count` the atomic actions run so far under the
-/// topmost sequence.
+/// activation id (`None` for the topmost); `budget` what has run so far under the topmost
+/// sequence.
 #[allow(clippy::too_many_arguments)]
 fn run<'a>(
     app: &'a Arc<App>,
@@ -80,15 +99,22 @@ fn run<'a>(
     input: Map<String, Value>,
     id: &'a str,
     cause: Option<&'a str>,
-    count: &'a mut usize,
+    budget: &'a mut Budget,
     requested: i64,
 ) -> Pin<Box<dyn Future<Output = WhiskActivation> + Send + 'a>> {
     Box::pin(async move {
         let start = now_ms();
         let mut acc = Accounting::new(input);
+        budget.depth += 1;
+        if budget.depth > MAX_SEQUENCE_DEPTH {
+            acc.fail(application_error(TOO_LONG), None);
+        }
         for component in seq.components.iter().flatten() {
-            if *count >= MAX_SEQUENCE_LENGTH {
-                acc.fail(application_error("Too many actions in the sequence."), None);
+            if acc.shortcircuit {
+                break;
+            }
+            if budget.atomic >= MAX_SEQUENCE_LENGTH {
+                acc.fail(application_error(TOO_LONG), None);
                 break;
             }
             let next_input = acc.next_input();
@@ -120,7 +146,7 @@ fn run<'a>(
                     next_input,
                     &inner_id,
                     Some(id),
-                    count,
+                    budget,
                     requested,
                 )
                 .await;
@@ -128,7 +154,7 @@ fn run<'a>(
                 let doc = inner.to_document(now_ms());
                 acc.record(&doc);
             } else {
-                *count += 1;
+                budget.atomic += 1;
                 let wait = Duration::from_millis(action.timeout_ms) + COMPONENT_GRACE;
                 match invocations::primitive(app, user, &action, next_input, true, wait, Some(id))
                     .await
@@ -146,10 +172,8 @@ fn run<'a>(
                     }
                 }
             }
-            if acc.shortcircuit {
-                break;
-            }
         }
+        budget.depth -= 1;
         acc.into_record(user, seq, id, cause, start, now_ms(), requested)
     })
 }
@@ -275,6 +299,9 @@ impl Accounting {
         }
     }
 }
+
+/// The controller's `sequenceIsTooLong`.
+const TOO_LONG: &str = "Too many actions in the sequence.";
 
 /// `ActivationResponse.applicationError`.
 fn application_error(message: &str) -> ActivationResponse {
