@@ -101,8 +101,9 @@ impl From<EntityError> for Fail {
         let status = match &e {
             EntityError::Invalid(_) => StatusCode::BAD_REQUEST,
             EntityError::Forbidden => StatusCode::FORBIDDEN,
-            EntityError::NotFound => StatusCode::NOT_FOUND,
+            EntityError::NotFound | EntityError::TriggerGone => StatusCode::NOT_FOUND,
             EntityError::Conflict(_) => StatusCode::CONFLICT,
+            EntityError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             EntityError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

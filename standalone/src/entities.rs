@@ -23,9 +23,15 @@ pub enum EntityError {
     /// 404.
     #[error("The requested resource does not exist.")]
     NotFound,
+    /// 404: a rule whose trigger is gone cannot change its status.
+    #[error("Only rules with existing triggers can be activated")]
+    TriggerGone,
     /// 409, with the controller's message.
     #[error("{0}")]
     Conflict(String),
+    /// 429, with the controller's throttle message.
+    #[error("{0}")]
+    TooMany(String),
     /// 500: the database failed, or a stored document cannot be read.
     #[error("the whisks database failed")]
     Store(#[source] CouchDbError),

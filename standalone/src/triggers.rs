@@ -15,6 +15,7 @@ use openwhisk::errors;
 use openwhisk::messages::{ActivationResponse, WhiskActivation};
 use openwhisk::time::now_ms;
 use serde_json::{Map, Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::App;
 use crate::entities::{
@@ -31,10 +32,18 @@ pub const RULE: &str = "rule";
 const ACTIVE: &str = "active";
 const INACTIVE: &str = "inactive";
 
+/// Most trigger fires whose rules are still being activated. A fire answers 202 before its
+/// rules' actions are invoked, so without a bound a storm of fires would pile up tasks (and
+/// Kafka messages) faster than they finish; past it a fire is refused with 429, as the
+/// controller refuses what exceeds its throttles.
+pub const MAX_FIRES_IN_FLIGHT: usize = 256;
+
 /// The triggers and rules of the whisks database.
 #[derive(Debug)]
 pub struct Triggers {
     whisks: Whisks,
+    /// One permit per fire whose rules are being activated.
+    fires: Arc<Semaphore>,
 }
 
 /// `{"path", "name"}` of `path/name`.
@@ -53,7 +62,20 @@ fn fqn_string(v: &Value) -> String {
 
 impl Triggers {
     pub fn new(whisks: Whisks) -> Self {
-        Self { whisks }
+        Self {
+            whisks,
+            fires: Arc::new(Semaphore::new(MAX_FIRES_IN_FLIGHT)),
+        }
+    }
+
+    /// A permit for one fire's rule activations, or the controller's 429 when
+    /// [`MAX_FIRES_IN_FLIGHT`] fires are still activating theirs.
+    fn fire_permit(&self) -> Result<OwnedSemaphorePermit, EntityError> {
+        self.fires.clone().try_acquire_owned().map_err(|_| {
+            EntityError::TooMany(format!(
+                "Too many concurrent requests in flight (count: {MAX_FIRES_IN_FLIGHT}, allowed: {MAX_FIRES_IN_FLIGHT})."
+            ))
+        })
     }
 
     async fn doc(&self, namespace: &str, name: &str, kind: &str) -> Result<Value, EntityError> {
@@ -258,12 +280,7 @@ impl Triggers {
             )));
         }
         let action_id = fqn_string(&action);
-        if self
-            .whisks
-            .get_typed(&action_id, openwhisk::action::ENTITY_TYPE)
-            .await?
-            .is_none()
-        {
+        if !self.action_exists(&action).await? {
             return Err(EntityError::Invalid(format!(
                 "action /{action_id} does not exist"
             )));
@@ -291,6 +308,43 @@ impl Triggers {
         Ok(Self::rule_view(&doc, status))
     }
 
+    /// Whether the action `{"path", "name"}` exists, a binding in its path followed (the
+    /// controller's `WhiskAction.resolveAction`: a rule may name an action through a binding).
+    async fn action_exists(&self, action: &Value) -> Result<bool, EntityError> {
+        let kind = openwhisk::action::ENTITY_TYPE;
+        if self
+            .whisks
+            .get_typed(&fqn_string(action), kind)
+            .await?
+            .is_some()
+        {
+            return Ok(true);
+        }
+        let path = action["path"].as_str().unwrap_or_default();
+        if !path.contains('/') {
+            return Ok(false);
+        }
+        let Some(pkg) = self
+            .whisks
+            .get_typed(path, crate::packages::ENTITY_TYPE)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let (Some(ns), Some(target)) = (
+            pkg["binding"]["namespace"].as_str(),
+            pkg["binding"]["name"].as_str(),
+        ) else {
+            return Ok(false);
+        };
+        let name = action["name"].as_str().unwrap_or_default();
+        Ok(self
+            .whisks
+            .get_typed(&format!("{ns}/{target}/{name}"), kind)
+            .await?
+            .is_some())
+    }
+
     /// `GET /namespaces/<ns>/rules/<name>`, with the status from its trigger.
     pub async fn get_rule(&self, namespace: &str, name: &str) -> Result<Value, EntityError> {
         let doc = self.doc(namespace, name, RULE).await?;
@@ -316,7 +370,7 @@ impl Triggers {
         let doc = self.doc(namespace, name, RULE).await?;
         let trigger_id = fqn_string(&doc["trigger"]);
         if self.whisks.get_typed(&trigger_id, TRIGGER).await?.is_none() {
-            return Err(EntityError::NotFound);
+            return Err(EntityError::TriggerGone);
         }
         if self.status_of(&doc).await? == wanted {
             return Ok(());
@@ -361,16 +415,17 @@ pub async fn fire(
     headers: Map<String, Value>,
 ) -> Result<Option<String>, EntityError> {
     let trigger = app.triggers.trigger(namespace, name).await?;
-    let active: Vec<(String, Value)> = trigger["rules"]
+    // Every rule of the trigger, active or not: the controller's record has a line for each.
+    let rules: Vec<(String, Value, bool)> = trigger["rules"]
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(_, r)| r["status"] == ACTIVE)
-        .map(|(k, r)| (k.clone(), r["action"].clone()))
+        .map(|(k, r)| (k.clone(), r["action"].clone(), r["status"] == ACTIVE))
         .collect();
-    if active.is_empty() {
+    if !rules.iter().any(|(_, _, active)| *active) {
         return Ok(None);
     }
+    let permit = app.triggers.fire_permit()?;
     let id = ids::activation_id();
     let mut args = Map::new();
     for p in crate::packages::parameters_of(&trigger["parameters"]) {
@@ -401,9 +456,14 @@ pub async fn fire(
     tokio::spawn({
         let (app, user) = (app.clone(), user.clone());
         async move {
+            let _permit = permit;
             let mut record = record;
-            for (rule, action) in active {
-                let line = activate_rule(&app, &user, &rule, &action, args.clone()).await;
+            for (rule, action, active) in rules {
+                let line = if active {
+                    activate_rule(&app, &user, &rule, &action, args.clone()).await
+                } else {
+                    inactive_rule_line(&rule, &action)
+                };
                 record.logs.push(line.to_string());
             }
             if let Err(e) = app.activations.put(&record).await {
@@ -412,6 +472,13 @@ pub async fn fire(
         }
     });
     Ok(Some(id))
+}
+
+/// The trigger record's line for a rule that is inactive (`Messages.triggerWithInactiveRule`).
+fn inactive_rule_line(rule: &str, action: &Value) -> Value {
+    let action = fqn_string(action);
+    json!({"rule": rule, "action": action, "statusCode": 1, "success": false,
+           "error": format!("Rule '{rule}' is inactive, action '{action}' was not activated.")})
 }
 
 /// Invokes a rule's action non-blocking; the trigger record's log line about it.
@@ -465,6 +532,42 @@ mod tests {
         let v = fqn("guest/p", "a");
         assert_eq!(v, json!({"path": "guest/p", "name": "a"}));
         assert_eq!(fqn_string(&v), "guest/p/a");
+    }
+
+    #[test]
+    fn fires_in_flight_are_bounded() {
+        let db = openwhisk::couchdb::CouchDb::new(&openwhisk::couchdb::CouchDbConfig {
+            url: "http://127.0.0.1:9".into(),
+            username: "u".into(),
+            password: "p".into(),
+            request_timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        let t = Triggers::new(Whisks {
+            db,
+            name: "whisks".into(),
+        });
+        let permits: Vec<_> = (0..MAX_FIRES_IN_FLIGHT)
+            .map(|_| t.fire_permit().unwrap())
+            .collect();
+        match t.fire_permit() {
+            Err(EntityError::TooMany(m)) => assert!(m.starts_with("Too many concurrent requests")),
+            other => panic!("{other:?}"),
+        }
+        drop(permits);
+        assert!(
+            t.fire_permit().is_ok(),
+            "a finished fire gives its permit back"
+        );
+    }
+
+    #[test]
+    fn an_inactive_rule_has_the_controllers_line() {
+        assert_eq!(
+            inactive_rule_line("guest/r", &fqn("guest/p", "a")),
+            json!({"rule": "guest/r", "action": "guest/p/a", "statusCode": 1, "success": false,
+                   "error": "Rule 'guest/r' is inactive, action 'guest/p/a' was not activated."})
+        );
     }
 
     #[test]
