@@ -3,18 +3,19 @@
 #
 #   ansible  the broker (tansu) and CouchDB (pouchdb-server) as containers, the front door
 #            (standalone) on the host, then our playbook (ansible/deploy-invoker.yml, -c local)
-#            deploys the invoker image as invoker700; checks /ping as the playbook's wait does
+#            deploys the invoker image as invoker960; checks /ping as the playbook's wait does
 #            (with https: with the client certificate, and refused without one), that the front
-#            door lists invoker700/700 up, and a real Node.js activation; then `mode=clean`
+#            door lists invoker960/960 up, and a real Node.js activation; then `mode=clean`
 #   compose  compose/docker-compose.yml up (project owconf), the npm client's e2e
 #            (standalone/tests/npm/e2e.js: Node.js, Python, native and wasm:0.1 actions, logs,
 #            limits, 50 concurrent activations) against it, down -v
 #
 # and after each part, that nothing it made is left: containers (the invoker's action
-# containers, wsk700700*, included), networks, volumes, the VM guests' cgroups.
+# containers, wsk960960*, included), networks, volumes, the VM guests' cgroups.
 #
-# Ports and ids keep clear of the shared stack (9092, 5984, 3233, invokers 0..): the broker on
-# 19092, CouchDB on 15984, the API on 13233, invoker id 700 (action containers wsk700700_*).
+# Ports and ids keep clear of the shared stack (9092, 5984, 3233, invoker 0) and of the ids the
+# Rust tests pick (100-939): the broker on 19092, CouchDB on 15984, the API on 13233, invoker id
+# 960 (action containers wsk960960_* on the shared dockerd).
 #
 # Needs: dockerd, the runtime images and VM guests (scripts/stack.sh up, runtimes/build.sh),
 # node and the openwhisk npm client (scripts/stack.sh up installs it), cc (the native action).
@@ -30,7 +31,7 @@ REPO=$(dirname "$HERE")
 : "${WHISK_TOOLS_DIR:=/opt/whisk-tools}"
 : "${WHISK_OPENWHISK_NODE_PATH:=$WHISK_TOOLS_DIR/openwhisk-3.21.9/node_modules}"
 : "${OWC_PARTS:=ansible compose}"
-KAFKA_PORT=19092 COUCHDB_PORT=15984 API_PORT=13233 ID=700
+KAFKA_PORT=19092 COUCHDB_PORT=15984 API_PORT=13233 ID=960
 PREFIX=wsk$ID$ID
 GUEST=23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP
 WHISK_SYSTEM=789c46b1-71f6-4ed5-8c54-816aa4f8c502:abczO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP
