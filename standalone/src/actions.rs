@@ -44,7 +44,7 @@ pub const MAX_SEQUENCE_LENGTH: usize = 50;
 /// Most component documents one sequence create or update reads to count its atomic actions;
 /// more and it is refused as too long. Every legitimate sequence fits: at most
 /// [`MAX_SEQUENCE_LENGTH`] atomic actions, and inner sequences far fewer than this.
-const MAX_SEQUENCE_CHECK_READS: usize = 20 * MAX_SEQUENCE_LENGTH;
+const MAX_SEQUENCE_CHECK_READS: usize = 4 * MAX_SEQUENCE_LENGTH;
 
 /// Errors of the action store; each maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]

@@ -763,6 +763,49 @@ async fn packages_sequences_web_actions_and_triggers_answer_like_the_controller(
         "the sequence's record is listed: {listed}"
     );
 
+    // A cycle closed behind the create-time check, by re-pointing a binding: c/s runs b/s,
+    // which was q/s (an action) and becomes c/s itself. Invoking it ends with the
+    // controller's error instead of recursing forever; so does creating a sequence over it.
+    for (path, body) in [
+        ("/packages/q", json!({})),
+        ("/actions/q/s", echo.clone()),
+        (
+            "/packages/b",
+            json!({"binding": {"namespace": "_", "name": "q"}}),
+        ),
+        ("/packages/c", json!({})),
+        (
+            "/actions/c/s",
+            json!({"exec": {"kind": "sequence", "components": ["/_/b/s"]}}),
+        ),
+        (
+            "/packages/b?overwrite=true",
+            json!({"binding": {"namespace": "_", "name": "c"}}),
+        ),
+    ] {
+        let (s, _, v) = door.guest(Method::PUT, path, Some(&body)).await;
+        assert_eq!(s, 200, "{path}: {v}");
+    }
+    let (s, _, v) = door
+        .guest(Method::POST, "/actions/c/s?blocking=true", Some(&json!({})))
+        .await;
+    assert_eq!(s, 502, "{v}");
+    assert_eq!(
+        v["response"]["result"],
+        json!({"error": "Too many actions in the sequence."})
+    );
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/actions/loops",
+            Some(&json!({"exec": {"kind": "sequence", "components": ["/_/c/s"]}})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (400, Some("Too many actions in the sequence."))
+    );
+
     // Web actions: statuses, headers, content types.
     let web = json!({
         "exec": {"kind": "nodejs:default", "code": "function main(p) { return {statusCode: p.code || 302, headers: {location: '/there'}, body: ''} }"},
@@ -869,8 +912,80 @@ async fn packages_sequences_web_actions_and_triggers_answer_like_the_controller(
         ran["response"]["result"]["__ow_headers"].is_object(),
         "as the controller passes them"
     );
+
+    // An inactive rule has its line in the fire's record; a rule may name its action
+    // through a binding.
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/rules/r_off",
+            Some(&json!({"trigger": "/_/t", "action": "/_/top"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, v) = door
+        .guest(
+            Method::POST,
+            "/rules/r_off",
+            Some(&json!({"status": "inactive"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/packages/qb",
+            Some(&json!({"binding": {"namespace": "_", "name": "q"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/rules/rb",
+            Some(&json!({"trigger": "/_/t", "action": "/_/qb/s"})),
+        )
+        .await;
+    assert_eq!(s, 200, "an action through a binding: {v}");
+    let (s, _, v) = door
+        .guest(Method::POST, "/triggers/t", Some(&json!({"a": 2})))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let fired = record_of(&door, v["activationId"].as_str().unwrap()).await;
+    let lines: Vec<Value> = fired["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l.as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "a line per rule: {lines:?}");
+    let line = |rule: &str| lines.iter().find(|l| l["rule"] == rule).unwrap().clone();
+    assert_eq!(
+        line("guest/r_off"),
+        json!({"rule": "guest/r_off", "action": "guest/top", "statusCode": 1, "success": false,
+               "error": "Rule 'guest/r_off' is inactive, action 'guest/top' was not activated."})
+    );
+    let through = line("guest/rb");
+    assert_eq!(through["success"], true, "{through}");
+    let ran = record_of(&door, through["activationId"].as_str().unwrap()).await;
+    assert_eq!(ran["response"]["result"]["a"], 2);
+
     let (s, _, _) = door.guest(Method::DELETE, "/rules/r", None).await;
     assert_eq!(s, 200);
     let (s, _, _) = door.guest(Method::DELETE, "/triggers/t", None).await;
     assert_eq!(s, 200);
+    let (s, _, v) = door
+        .guest(
+            Method::POST,
+            "/rules/r_off",
+            Some(&json!({"status": "active"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (
+            404,
+            Some("Only rules with existing triggers can be activated")
+        )
+    );
 }
