@@ -9,6 +9,9 @@
 #   compose  compose/docker-compose.yml up (project owconf), the npm client's e2e
 #            (standalone/tests/npm/e2e.js: Node.js, Python, native and wasm:0.1 actions, logs,
 #            limits, 50 concurrent activations) against it, down -v
+#   zookeeper two invoker containers started as the helm chart starts them (`/init.sh
+#            --uniqueName $INVOKER_NAME`, no --id) take distinct ids from the stack's ZooKeeper
+#            (under a chroot of this run's, removed afterwards), and a restarted one its id again
 #
 # and after each part, that nothing it made is left: containers (the invoker's action
 # containers, wsk960960*, included), networks, volumes, the VM guests' cgroups.
@@ -17,12 +20,12 @@
 # Rust tests pick (100-939): the broker on 19092, CouchDB on 15984, the API on 13233, invoker id
 # 960 (action containers wsk960960_* on the shared dockerd).
 #
-# Needs: dockerd, the runtime images and VM guests (scripts/stack.sh up, runtimes/build.sh),
+# Needs: dockerd, ZooKeeper, the runtime images and VM guests (scripts/stack.sh up, runtimes/build.sh),
 # node and the openwhisk npm client (scripts/stack.sh up installs it), cc (the native action).
 # Builds the images first (images/build.sh; nothing is rebuilt when up to date).
 #
 #   OWC_PROTOCOL=https|http   the invoker's protocol in the ansible part (default https)
-#   OWC_PARTS="ansible compose"
+#   OWC_PARTS="ansible compose zookeeper"
 #
 # Usage: openwhisk-conf/deploy-test.sh
 set -euo pipefail
@@ -30,7 +33,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 : "${WHISK_TOOLS_DIR:=/opt/whisk-tools}"
 : "${WHISK_OPENWHISK_NODE_PATH:=$WHISK_TOOLS_DIR/openwhisk-3.21.9/node_modules}"
-: "${OWC_PARTS:=ansible compose}"
+: "${OWC_PARTS:=ansible compose zookeeper}"
+: "${WHISK_ZOOKEEPER_PORT:=2181}"
+ZK_PORT=$WHISK_ZOOKEEPER_PORT
+ZK_CLI=/usr/share/zookeeper/bin/zkCli.sh
+ZK_CHROOT=
 KAFKA_PORT=19092 COUCHDB_PORT=15984 API_PORT=13233 ID=960
 PREFIX=wsk$ID$ID
 GUEST=23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP
@@ -69,7 +76,7 @@ fi
 
 # --- leftovers --------------------------------------------------------------------------------
 leftovers() { # what the parts may leave: prints one line per thing
-    docker ps -a --format '{{.Names}}' | grep -E "^($PREFIX|invoker$ID$|owconf-|${PROJECT}_)" || true
+    docker ps -a --format '{{.Names}}' | grep -E "^($PREFIX|wskowczk|invoker$ID$|owconf-|${PROJECT}_)" || true
     docker network ls --format '{{.Name}}' | grep -E "^${PROJECT}_" || true
     docker volume ls --format '{{.Name}}' | grep -E "^${PROJECT}_" || true
     # The VM guests' and runc's cgroups are the host's (the invoker mounts /sys/fs/cgroup).
@@ -82,11 +89,13 @@ cleanup() {
         ansible-playbook -i "$HERE/ansible/hosts.ini" "$HERE/ansible/deploy-invoker.yml" \
             -e invoker_index_base=$ID -e mode=clean >/dev/null 2>&1
     fi
-    docker rm -f owconf-kafka owconf-couchdb >/dev/null 2>&1
+    docker rm -f owconf-kafka owconf-couchdb owconf-zk-a owconf-zk-b >/dev/null 2>&1
+    [ -n "$ZK_CHROOT" ] && zk deleteall "$ZK_CHROOT"
     "${COMPOSE[@]}" down -v --remove-orphans --timeout 30 >/dev/null 2>&1
     # After a failure, action containers an invoker did not get to remove (only ours: the
     # prefix is this test's invoker's).
     docker ps -aq --filter "name=^$PREFIX" | xargs -r docker rm -f >/dev/null 2>&1
+    docker ps -aq --filter "name=^wskowczk" | xargs -r docker rm -f >/dev/null 2>&1
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -101,7 +110,7 @@ wait_for() { # seconds what command...
     local deadline=$((SECONDS + $1)) what=$2
     shift 2
     until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || die "$what did not answer in time"
+        [ $SECONDS -lt $deadline ] || { log "$what did not answer in time"; return 1; }
         sleep 0.5
     done
 }
@@ -113,17 +122,25 @@ wait_up() { # seconds
     done
 }
 
+# The broker and CouchDB as containers, published on the docker0 address $1, which both the
+# host and containers on Docker's bridge reach.
+start_backends() {
+    local gw=$1
+    docker run -d --name owconf-kafka -p "$gw:$KAFKA_PORT:9092" \
+        -e ADVERTISED_LISTENER_URL="tcp://$gw:$KAFKA_PORT" whisk/tansu:0.6.0 >/dev/null
+    docker run -d --name owconf-couchdb -p "$gw:$COUCHDB_PORT:5984" whisk/pouchdb-server:4.2.0 >/dev/null
+    # The front door and the invoker stop at start-up when either does not answer yet.
+    wait_for 30 "CouchDB" curl -sf --max-time 2 -u whisk_admin:some_passw0rd "http://$gw:$COUCHDB_PORT/" || die "CouchDB did not start"
+    wait_for 30 "the broker" bash -c "exec 3<>/dev/tcp/$gw/$KAFKA_PORT" || die "the broker did not start"
+}
+stop_backends() { docker rm -f owconf-kafka owconf-couchdb >/dev/null; }
+
 # --- ansible ----------------------------------------------------------------------------------
 ansible_part() {
     local gw conf out
     gw=$(docker network inspect bridge --format '{{ (index .IPAM.Config 0).Gateway }}')
     log "ansible: broker and CouchDB on $gw:$KAFKA_PORT / $gw:$COUCHDB_PORT, front door on :$API_PORT"
-    docker run -d --name owconf-kafka -p "$gw:$KAFKA_PORT:9092" \
-        -e ADVERTISED_LISTENER_URL="tcp://$gw:$KAFKA_PORT" whisk/tansu:0.6.0 >/dev/null
-    docker run -d --name owconf-couchdb -p "$gw:$COUCHDB_PORT:5984" whisk/pouchdb-server:4.2.0 >/dev/null
-    # The front door stops at start-up when either does not answer yet.
-    wait_for 30 "CouchDB" curl -sf --max-time 2 -u whisk_admin:some_passw0rd "http://$gw:$COUCHDB_PORT/"
-    wait_for 30 "the broker" bash -c "exec 3<>/dev/tcp/$gw/$KAFKA_PORT"
+    start_backends "$gw"
     KAFKA_HOSTS=$gw:$KAFKA_PORT RUNTIMES_MANIFEST=$REPO/runtimes/runtimes.json \
         CONFIG_whisk_couchdb_host=$gw CONFIG_whisk_couchdb_port=$COUCHDB_PORT \
         "$STATIC/standalone" --port "$API_PORT" --controller 0 >"$WORK/standalone.log" 2>&1 &
@@ -170,7 +187,7 @@ ansible_part() {
     kill "$DOOR_PID"
     wait "$DOOR_PID" 2>/dev/null || true
     DOOR_PID=
-    docker rm -f owconf-kafka owconf-couchdb >/dev/null
+    stop_backends
     [ -z "$(leftovers)" ] || die "left after the ansible part: $(leftovers | tr '\n' ' ')"
     ok "ansible: mode=clean removed the invoker, which removed its action containers; nothing is left"
 }
@@ -233,11 +250,69 @@ compose_part() {
     ok "compose: down -v left no container, network or volume (action containers included)"
 }
 
+# --- zookeeper: the helm chart's command line ---------------------------------------------------
+# Two invokers started as the chart starts them (`/bin/bash -c "/init.sh --uniqueName
+# $INVOKER_NAME"`, no --id) take distinct ids from ZooKeeper, and a restarted one takes its id
+# again. ZooKeeper is the stack's (scripts/stack.sh up; 127.0.0.1:2181), under a chroot of this
+# run's own that is removed afterwards, so the ids start from 0 and touch no one else's.
+zk() { "$ZK_CLI" -server "127.0.0.1:$ZK_PORT" "$@" >/dev/null 2>&1; }
+invoker_id() { # container: the id in its "invoker ready" line
+    docker logs "$1" 2>&1 | sed -n 's/.*invoker ready topic="invoker\([0-9]*\)".*/\1/p' | tail -1
+}
+zookeeper_part() {
+    local gw chroot name port a b again
+    gw=$(docker network inspect bridge --format '{{ (index .IPAM.Config 0).Gateway }}')
+    [ -x "$ZK_CLI" ] || die "$ZK_CLI is missing; scripts/stack.sh up installs Debian's zookeeper"
+    bash -c "exec 3<>/dev/tcp/127.0.0.1/$ZK_PORT" 2>/dev/null || die "no ZooKeeper on 127.0.0.1:$ZK_PORT; scripts/stack.sh up starts it"
+    chroot=/owconf-test-$$
+    zk create "$chroot" "" || die "cannot create $chroot in ZooKeeper"
+    ZK_CHROOT=$chroot
+    start_backends "$gw"
+    # No wasm:0.1 kind and no sandbox annotation: no VM backend, which on the host's network
+    # would create its bridges on the host.
+    python3 -c 'import json, sys
+m = json.load(open(sys.argv[1])); m["runtimes"] = {k: v for k, v in m["runtimes"].items() if all(not e["kind"].startswith("wasm") for e in v)}
+json.dump(m, open(sys.argv[2], "w"))' "$REPO/runtimes/runtimes.json" "$WORK/manifest.json"
+    for name in a b; do
+        case $name in a) port=12971 ;; b) port=12972 ;; esac
+        docker run -d --name "owconf-zk-$name" --network host --pid host \
+            --cap-add NET_ADMIN --cap-add SYS_ADMIN --cap-add SYS_PTRACE \
+            -e PORT=$port -e INVOKER_NAME="owczk$name" -e KAFKA_HOSTS="$gw:$KAFKA_PORT" \
+            -e ZOOKEEPER_HOSTS="127.0.0.1:$ZK_PORT$chroot" -e RUNTIMES_MANIFEST=/etc/whisk/runtimes.json \
+            -e CONFIG_whisk_couchdb_host="$gw" -e CONFIG_whisk_couchdb_port=$COUCHDB_PORT \
+            -e CONFIG_whisk_invoker_vm_allowAnnotation=false \
+            -v "$WORK/manifest.json:/etc/whisk/runtimes.json:ro" -v /var/run/docker.sock:/var/run/docker.sock \
+            -v /var/lib/docker/containers:/var/lib/docker/containers:ro -v /sys/fs/cgroup:/sys/fs/cgroup \
+            whisk/invoker:latest /bin/bash -c '/init.sh --uniqueName $INVOKER_NAME' >/dev/null
+    done
+    for name in a b; do
+        wait_for 90 "invoker owczk$name" bash -c "docker logs owconf-zk-$name 2>&1 | grep -q 'invoker ready'" ||
+            { docker logs --tail 20 "owconf-zk-$name" >&2; die "owczk$name did not start"; }
+    done
+    a=$(invoker_id owconf-zk-a) b=$(invoker_id owconf-zk-b)
+    [ -n "$a" ] && [ -n "$b" ] && [ "$a" != "$b" ] || die "the two invokers got ids '$a' and '$b'"
+    ok "zookeeper: two invokers started with --uniqueName alone got distinct ids ($a and $b)"
+    docker restart -t 30 owconf-zk-a >/dev/null
+    wait_for 90 "invoker owczka after its restart" bash -c "[ \$(docker logs owconf-zk-a 2>&1 | grep -c 'invoker ready') -ge 2 ]" ||
+        { docker logs --tail 20 owconf-zk-a >&2; die "owczka did not start again"; }
+    again=$(invoker_id owconf-zk-a)
+    [ "$again" = "$a" ] || die "owczka came back with id '$again', not $a"
+    ok "zookeeper: the restarted invoker took its id $a again"
+    docker stop -t 30 owconf-zk-a owconf-zk-b >/dev/null
+    docker rm owconf-zk-a owconf-zk-b >/dev/null
+    stop_backends
+    zk deleteall "$chroot"
+    ZK_CHROOT=
+    [ -z "$(leftovers)" ] || die "left after the zookeeper part: $(leftovers | tr '\n' ' ')"
+    ok "zookeeper: the invokers removed their containers; the chroot is gone; nothing is left"
+}
+
 for part in $OWC_PARTS; do
     case $part in
         ansible) ansible_part ;;
         compose) compose_part ;;
-        *) die "unknown part '$part' (ansible, compose)" ;;
+        zookeeper) zookeeper_part ;;
+        *) die "unknown part '$part' (ansible, compose, zookeeper)" ;;
     esac
 done
 echo "openwhisk-conf/deploy-test.sh: all checks passed ($OWC_PARTS; invoker protocol $OWC_PROTOCOL)"
