@@ -58,6 +58,9 @@ pub enum ActionError {
     /// 409: it exists and `overwrite` was not given, or it changed under us.
     #[error("Concurrent modification to resource detected.")]
     Conflict,
+    /// 403: a sequence names a component the caller may not read.
+    #[error("The supplied authentication is not authorized to access this resource.")]
+    Forbidden,
     /// 500: the database failed.
     #[error("the whisks database failed")]
     Store(#[source] CouchDbError),
@@ -211,6 +214,7 @@ impl Actions {
             Some(e) => {
                 let (exec, code) = self.exec_of(e, namespace)?;
                 if let Exec::Sequence(s) = &exec {
+                    self.check_entitled(&s.components, namespace).await?;
                     self.check_sequence(&id, &s.components).await?;
                 }
                 (exec, code)
@@ -369,6 +373,26 @@ impl Actions {
             }
             other => other,
         }
+    }
+
+    /// The controller's entitlement check on a sequence's components (READ on each, as it
+    /// checks the entities a request refers to): another namespace's action only in a
+    /// published package.
+    async fn check_entitled(
+        &self,
+        components: &[String],
+        namespace: &str,
+    ) -> Result<(), ActionError> {
+        let caller = namespace.split('/').next().unwrap_or(namespace);
+        for c in components {
+            let Ok((path, _)) = crate::entities::parse_fqn(c, caller) else {
+                continue;
+            };
+            if !crate::entities::readable(&self.db, &self.name, &path, caller).await? {
+                return Err(ActionError::Forbidden);
+            }
+        }
+        Ok(())
     }
 
     /// The controller's `checkSequenceActionLimits`: at least one component, every component

@@ -56,6 +56,7 @@ impl From<ActionError> for EntityError {
             ActionError::Invalid(m) => Self::Invalid(m),
             ActionError::NotFound => Self::NotFound,
             ActionError::Conflict => Self::Conflict(CONFLICT.into()),
+            ActionError::Forbidden => Self::Forbidden,
             ActionError::Store(s) => Self::Store(s),
         }
     }
@@ -104,6 +105,29 @@ impl Whisks {
             .filter(|d| d["entityType"] == entity_type)
             .collect())
     }
+}
+
+/// Whether `caller` may read the entities under `path` (`ns` or `ns/pkg`), as the controller's
+/// entitlement check allows: its own namespace, or another's package (or binding) that is
+/// published.
+pub async fn readable(
+    db: &CouchDb,
+    whisks: &str,
+    path: &str,
+    caller: &str,
+) -> Result<bool, CouchDbError> {
+    let (ns, pkg) = match path.split_once('/') {
+        None => return Ok(path == caller),
+        Some(split) => split,
+    };
+    if ns == caller {
+        return Ok(true);
+    }
+    Ok(match db.get_doc(whisks, &format!("{ns}/{pkg}")).await {
+        Ok(d) => d["entityType"] == crate::packages::ENTITY_TYPE && d["publish"] == true,
+        Err(CouchDbError::NotFound { .. }) => false,
+        Err(e) => return Err(e),
+    })
 }
 
 /// Entity names as OpenWhisk allows them: word characters, then also `@ . -` and spaces

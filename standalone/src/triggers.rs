@@ -19,7 +19,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::App;
 use crate::entities::{
-    CONFLICT, EntityError, Whisks, api_view, check_name, key_values_field, next_version, parse_fqn,
+    self, CONFLICT, EntityError, Whisks, api_view, check_name, key_values_field, next_version,
+    parse_fqn,
 };
 use crate::ids;
 use crate::invocations::{self, Answer, InvokeError};
@@ -280,6 +281,13 @@ impl Triggers {
             )));
         }
         let action_id = fqn_string(&action);
+        // As the controller's entitlement check on the entities a rule names.
+        for end in [&trigger, &action] {
+            let path = end["path"].as_str().unwrap_or_default();
+            if !entities::readable(&self.whisks.db, &self.whisks.name, path, namespace).await? {
+                return Err(EntityError::Forbidden);
+            }
+        }
         if !self.action_exists(&action).await? {
             return Err(EntityError::Invalid(format!(
                 "action /{action_id} does not exist"

@@ -711,6 +711,37 @@ async fn packages_sequences_web_actions_and_triggers_answer_like_the_controller(
         let (s, _, _) = door.call(method, path, Some(GUEST), Some(&json!({}))).await;
         assert_eq!(s, 403, "{path}");
     }
+    // Nor may a sequence or a rule name another namespace's action outside a published
+    // package (the controller's entitlement check on the entities a request refers to).
+    let (s, _, v) = door
+        .call(
+            Method::PUT,
+            "/api/v1/namespaces/whisk.system/actions/secret",
+            Some(WHISK_SYSTEM),
+            Some(&echo),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/actions/steal",
+            Some(&json!({"exec": {"kind": "sequence", "components": ["/whisk.system/secret"]}})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, _, _) = door
+        .guest(Method::PUT, "/triggers/other", Some(&json!({})))
+        .await;
+    assert_eq!(s, 200);
+    let (s, _, v) = door
+        .guest(
+            Method::PUT,
+            "/rules/steal",
+            Some(&json!({"trigger": "/_/other", "action": "/whisk.system/secret"})),
+        )
+        .await;
+    assert_eq!(s, 403, "{v}");
 
     // Sequences: validation, the stored form, a blocking run with result=true.
     let (s, _, v) = door
