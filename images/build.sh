@@ -15,8 +15,8 @@
 # librdkafka builds and links statically, see images/README.md). The invoker image is still
 # Debian 12 minbase rather than FROM scratch, because its pool modes run host tools inside the
 # container: runc (netns mode), ip (the VM backend's neighbour entries), iptables (netpool's
-# FORWARD rule) and qemu-system-x86_64
-# (the VM backend, which every wasm:0.1 action needs); bash and sh for /init.sh come with it.
+# FORWARD rule) and qemu-system-x86_64 (the VM backend, which every wasm:0.1 action needs);
+# bash and sh for /init.sh come with it.
 # The broker and pouchdb-server are dynamically linked (tansu) or need node (pouchdb-server), so
 # they sit on the Debian 12 nodejs root filesystem runtimes/build.sh already made.
 #

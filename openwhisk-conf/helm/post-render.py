@@ -12,7 +12,9 @@ It reads every manifest on stdin, changes only the DaemonSet whose pod has a con
 - capabilities NET_ADMIN (veths, bridges, addresses, routes, tc in the pool's namespaces) and
   SYS_ADMIN (creating and bind-mounting network namespaces, cgroups of VM guests);
   `OWC_PRIVILEGED=1` makes the container privileged instead, for nodes whose AppArmor or
-  seccomp profile refuses mount(2) even with SYS_ADMIN, or for the VM backend with /dev/kvm;
+  seccomp profile refuses mount(2) even with SYS_ADMIN, and for the VM backend (wasm:0.1 and
+  sandbox: vm actions), whose TAP devices need /dev/net/tun, which Kubernetes gives only a
+  privileged container;
 - volumes: the node's Docker json-file logs at the path dockerd reports (the invoker tails them
   there; the chart mounts them at /containers only), the VM guests of runtimes/build.sh
   (/opt/whisk-tools/vm, read-only), the runc backend's folder with its image store
