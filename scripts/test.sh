@@ -26,6 +26,7 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 cargo fmt --all --check --manifest-path unikernel/Cargo.toml
 cargo fmt --all --check --manifest-path fuzz/Cargo.toml
+cargo fmt --all --check --manifest-path openwhisk-conf/tools/wat2wasm/Cargo.toml
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # One package at a time: built together, the runtime's std dev-dependencies would unify std
@@ -34,6 +35,7 @@ for pkg in wasm-action wasm-unikernel; do
     cargo clippy -p "$pkg" --all-targets --locked --manifest-path unikernel/Cargo.toml -- -D warnings
 done
 cargo clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
+cargo clippy --manifest-path openwhisk-conf/tools/wat2wasm/Cargo.toml --target-dir target/owconf-tools --all-targets --locked -- -D warnings
 echo "== the unikernel (its own workspace: the wasm runtime on the host, the kernel under QEMU)"
 for pkg in wasm-action wasm-unikernel; do
     cargo test -p "$pkg" --locked --manifest-path unikernel/Cargo.toml --no-fail-fast
@@ -46,5 +48,15 @@ for mode in pcpm netns vm; do
     echo "== invoker end to end, network mode $mode (the workspace run above used bridge)"
     INVOKER_E2E_NETWORK_MODE=$mode cargo test --locked -p invoker --test invoker_e2e
 done
+echo "== deployment configs: static checks (ansible-lint, --syntax-check, helm keys and schema, compose config)"
+# The checks against upstream's sources (apache/openwhisk, openwhisk-deploy-kube,
+# openwhisk-devtools) need checkouts of them: OPENWHISK_HOME and friends, or the mirrors.
+if [ -z "${OPENWHISK_HOME:-}" ] && [ ! -d "${OWC_MIRRORS:-/work/.mirror}/apache+openwhisk/repo" ]; then
+    echo "note: no checkout of apache/openwhisk here (no OPENWHISK_HOME, no mirror): the checks against upstream's sources are left out (OWC_UPSTREAM=none)"
+    export OWC_UPSTREAM=none
+fi
+openwhisk-conf/check.sh
+echo "== deployment configs live: the ansible playbook, the compose file (npm e2e), helm's command line against ZooKeeper"
+openwhisk-conf/deploy-test.sh
 echo "== fuzzing: every target for 15 s from the committed corpus (the campaign: scripts/fuzz.sh campaign)"
 scripts/fuzz.sh smoke 15
