@@ -217,6 +217,50 @@ def plot_stress(report, out):
     fig.savefig(out, dpi=120)
 
 
+def plot_warm(report, out):
+    cells = report["cells"]
+    modes = sorted({c["mode"] for c in cells})
+    fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.6))
+    for i, mode in enumerate(modes):
+        for blocking, style in [(True, "-"), (False, "--")]:
+            cs = sorted((c for c in cells if c["mode"] == mode and c["blocking"] == blocking),
+                        key=lambda c: c["concurrency"])
+            label = f"{mode} {'blocking' if blocking else 'non-blocking'}"
+            xs = [c["concurrency"] for c in cs]
+            ax.plot(xs, [c["activations_per_second"] for c in cs], style, marker="o", color=f"C{i}", label=label)
+            ax2.plot(xs, [c["latency"]["p50_s"] * 1e3 for c in cs], style, marker="o", color=f"C{i}", label=f"{label} p50")
+            ax2.plot(xs, [c["latency"]["p99_s"] * 1e3 for c in cs], style, marker=".", color=f"C{i}", alpha=0.5, label=f"{label} p99")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("closed-loop clients C")
+    ax.set_ylabel("warm activations / s")
+    ax.set_title("throughput through Kafka", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("closed-loop clients C")
+    ax2.set_ylabel("produce -> ack, ms")
+    ax2.set_title("latency", fontsize=9)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=6)
+    # CPU per activation by component, blocking cells at the highest C of each mode.
+    top = max(c["concurrency"] for c in cells)
+    picked = [c for c in cells if c["concurrency"] == top and c.get("cpu_ms_per_activation")]
+    comps = sorted({k for c in picked for k in c["cpu_ms_per_activation"]["ms"]})
+    labels = [f"{c['mode']}\n{'blocking' if c['blocking'] else 'non-bl.'}" for c in picked]
+    bottom = [0.0] * len(picked)
+    for j, comp in enumerate(comps):
+        vals = [c["cpu_ms_per_activation"]["ms"].get(comp, 0.0) for c in picked]
+        ax3.bar(labels, vals, bottom=bottom, color=f"C{j}", label=comp)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax3.set_ylabel("CPU ms per warm activation")
+    ax3.set_title(f"where the CPU goes at C={top} (cgroup per component)", fontsize=9)
+    ax3.legend(fontsize=7)
+    m = report["machine"]
+    fig.suptitle(f"bench warm: {m['cores']} cores, {m['cpu_model']}, {report['seconds_per_cell']} s per cell", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(out, dpi=120)
+
+
 def main():
     path = Path(sys.argv[1])
     report = json.loads(path.read_text())
@@ -229,6 +273,8 @@ def main():
         plot_coldstart(report, out)
     elif "ratio_at_max_n" in report:
         plot_docker_start(report, out)
+    elif "seconds_per_cell" in report:
+        plot_warm(report, out)
     elif report.get("kind") == "stress":
         plot_stress(report, out)
     else:

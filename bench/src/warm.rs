@@ -193,6 +193,10 @@ async fn measure(
             .topics_prefix(topics_prefix)
             .databases(whisks, activations)
             .port(port)
+            .env(
+                "RUNTIMES_MANIFEST",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../runtimes/runtimes.json"),
+            )
             .env("CONFIG_whisk_containerPool_userMemory", "16 g")
             .env("CONFIG_whisk_invoker_network_mode", mode.as_str())
             // Ranges of its own, apart from the quickstart's (10.230, 10.232) and `bench
