@@ -806,10 +806,15 @@ async fn restart_after_sigkill_reconciles_and_shutdown_leaves_nothing() {
 #[ignore = "creates 1100 namespaces (about 10 s and 350 MiB of kernel memory); scripts/test.sh runs it explicitly"]
 async fn eleven_hundred_slots_over_two_bridges() {
     require_root();
+    // The host service the last slot reaches, on every address: the host guard lets its port
+    // through and no other.
+    let host = TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let port = host.local_addr().unwrap().port();
     let mut c = config("tf", 206);
     c.max_slots = 1100;
     c.low_watermark = 1100;
     c.high_watermark = 1100;
+    c.allow_host_ports = vec![(port, port)];
     let pool = NetPool::new(c).await.unwrap();
     pool.wait_idle(1100, Duration::from_secs(240))
         .await
@@ -823,8 +828,6 @@ async fn eleven_hundred_slots_over_two_bridges() {
     let bridges: std::collections::BTreeSet<_> = leases.iter().map(|l| l.gateway()).collect();
     assert_eq!(bridges.len(), 2);
     // The last slot reaches the host through the second bridge.
-    let host = TcpListener::bind((leases[1099].gateway(), 0)).unwrap();
-    let port = host.local_addr().unwrap().port();
     assert!(run_in(
         &leases[1099],
         &format!("connect:{}:{port}", leases[1099].gateway())
