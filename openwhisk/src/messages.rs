@@ -717,6 +717,21 @@ impl EventMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_pass_through_a_decode_and_encode_unchanged() {
+        // A number must read as the nearest f64 (serde_json's `float_roundtrip`): the fast
+        // parser read this integer a unit in the last place off, so its encoding changed on a
+        // second pass (found by the activation_message fuzz target).
+        let v: Value = serde_json::from_str(
+            "[666666666666666600000000000000000000000000000000000000000003074457345618258603]",
+        )
+        .unwrap();
+        let once = serde_json::to_string(&v).unwrap();
+        let twice = serde_json::to_string(&serde_json::from_str::<Value>(&once).unwrap()).unwrap();
+        assert_eq!(once, twice);
+    }
+
     use serde_json::json;
 
     /// Contract §3.5's example, field for field.
