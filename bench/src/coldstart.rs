@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use testkit::invoker::InvokerCommand;
 use testkit::stack::Stack;
 
-use crate::cpu_account::{CpuAccount, CpuShares};
+use crate::cpu_account::{CpuAccount, CpuShares, CpuTimes};
 use crate::machine::Machine;
 use crate::stats::Summary;
 
@@ -304,7 +304,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                         db.put_doc(&whisks, &doc.id, &doc.to_value()).await?.rev,
                     ));
                 }
-                let cpu0 = cpu_times();
+                let cpu0 = CpuTimes::now();
                 let account0 = account.as_ref().map(CpuAccount::snapshot);
                 let t0 = Instant::now();
                 let base_ms = now_ms();
@@ -373,7 +373,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 let total = t0.elapsed();
                 totals.entry(n).or_default().push(total);
 
-                if let (Some(a), Some(b)) = (cpu0, cpu_times()) {
+                if let (Some(a), Some(b)) = (cpu0, CpuTimes::now()) {
                     busy.entry(n).or_default().push(a.busy_share_until(&b));
                 }
                 println!(
@@ -500,39 +500,6 @@ pub(crate) async fn wait_ready(port: u16) -> Result<()> {
     }
 }
 
-/// The machine's CPU time so far (`/proc/stat`, all CPUs): idle (+ iowait) and total ticks.
-#[derive(Clone, Copy, Debug)]
-struct CpuTimes {
-    idle: u64,
-    total: u64,
-}
-
-impl CpuTimes {
-    /// The share of CPU time that was busy between `self` and `later`.
-    fn busy_share_until(&self, later: &Self) -> f64 {
-        let total = later.total.saturating_sub(self.total);
-        if total == 0 {
-            return 0.0;
-        }
-        1.0 - later.idle.saturating_sub(self.idle) as f64 / total as f64
-    }
-}
-
-fn cpu_times() -> Option<CpuTimes> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    Some(CpuTimes {
-        idle: cpu.get(3)? + cpu.get(4)?,
-        total: cpu.iter().sum(),
-    })
-}
-
 fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
@@ -545,9 +512,9 @@ fn median(xs: &[f64]) -> f64 {
 async fn wait_cpu_quiet() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let Some(a) = cpu_times() else { return };
+        let Some(a) = CpuTimes::now() else { return };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(b) = cpu_times() else { return };
+        let Some(b) = CpuTimes::now() else { return };
         if a.busy_share_until(&b) <= 0.15 {
             return;
         }

@@ -317,22 +317,50 @@ pub fn process_cpu_s(pid: u32) -> Result<f64> {
     Ok((f[0] + f[1]) as f64 / clock_ticks())
 }
 
+/// The machine's CPU time so far (`/proc/stat`, all CPUs): idle (+ iowait) and total ticks.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuTimes {
+    idle: u64,
+    total: u64,
+}
+
+impl CpuTimes {
+    /// Reads `/proc/stat`; `None` if it cannot be read.
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        Some(Self {
+            idle: cpu.get(3)? + cpu.get(4)?,
+            total: cpu.iter().sum(),
+        })
+    }
+
+    /// The share of CPU time that was busy between `self` and `later`.
+    pub fn busy_share_until(&self, later: &Self) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return 0.0;
+        }
+        1.0 - later.idle.saturating_sub(self.idle) as f64 / total as f64
+    }
+
+    /// All CPUs' busy time so far (everything but idle and iowait), in seconds.
+    pub fn busy_s(&self) -> f64 {
+        self.total.saturating_sub(self.idle) as f64 / clock_ticks()
+    }
+}
+
 /// All CPUs' busy time so far (everything but idle and iowait), in seconds.
 pub fn machine_busy_s() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpu: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if cpu.len() < 5 {
-        bail!("/proc/stat: unreadable");
-    }
-    let idle = cpu[3] + cpu[4];
-    Ok((cpu.iter().sum::<u64>() - idle) as f64 / clock_ticks())
+    CpuTimes::now()
+        .map(|t| t.busy_s())
+        .context("/proc/stat: unreadable")
 }
 
 fn clock_ticks() -> f64 {
