@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::action::ActionStore;
 use crate::container::docker::{DockerFactory, Networking};
 use crate::container::proxy::ProxyClient;
-use crate::container::router::Router;
+use crate::container::router::{Router, VmBackendError};
 use crate::container::runc::RuncFactory;
 use crate::container::vm::{VmConfig, VmFactory};
 use crate::container::{BackendError, ContainerFactory};
@@ -85,8 +85,13 @@ pub enum ServiceError {
     VmFactory(#[source] crate::container::vm::VmError),
     #[error("removing leftover action containers")]
     Leftovers(#[source] BackendError),
-    #[error("the {task} task stopped on its own ({why})")]
-    TaskEnded { task: &'static str, why: String },
+    /// A task ended on its own: returned (`failure` is `None`) or panicked.
+    #[error("the {task} task stopped on its own")]
+    TaskEnded {
+        task: &'static str,
+        #[source]
+        failure: Option<tokio::task::JoinError>,
+    },
 }
 
 /// Resolves when a pool's background work has ended.
@@ -293,7 +298,7 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     watchers.abort_all();
     // A task that ended because shutdown began (they all stop on `cancel`) is no failure.
     let ended = ended.filter(|_| !cancel.is_cancelled());
-    let failure = match &ended {
+    let failure = match ended {
         None => {
             tracing::info!(
                 grace_ms = grace.as_millis(),
@@ -302,12 +307,10 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
             None
         }
         Some((task, result)) => {
-            let why = match result {
-                Ok(()) => "ended".to_owned(),
-                Err(e) => e.to_string(),
-            };
+            let failure = result.err();
+            let why = failure.as_ref().map_or("returned".to_owned(), |e| e.to_string());
             tracing::error!(task, why, "a task stopped on its own; shutting down");
-            Some(ServiceError::TaskEnded { task, why })
+            Some(ServiceError::TaskEnded { task, failure })
         }
     };
     cancel.cancel();
@@ -485,8 +488,8 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
         let factory: Arc<dyn ContainerFactory> =
             if settings.network_mode != NetworkMode::Vm && wants_vms(settings, &manifest) {
                 let vms = start_vm_backend(settings, id, &name_prefix, &mut pools).await;
-                if let Err(reason) = &vms {
-                    tracing::warn!(reason, "no VM backend: wasm:0.1 actions and actions annotated sandbox: vm will fail");
+                if let Err(e) = &vms {
+                    tracing::warn!(reason = %openwhisk::errors::chain(e), "no VM backend: wasm:0.1 actions and actions annotated sandbox: vm will fail");
                 }
                 Arc::new(Router::new(factory, vms))
             } else {
@@ -539,17 +542,17 @@ async fn start_vm_backend(
     id: u32,
     name_prefix: &str,
     pools: &mut Pools,
-) -> Result<Arc<dyn ContainerFactory>, String> {
+) -> Result<Arc<dyn ContainerFactory>, VmBackendError> {
     let qemu = settings.vm.qemu.clone();
     let found = tokio::task::spawn_blocking(move || executable_on_path(&qemu))
         .await
         .unwrap_or(false);
     if !found {
-        return Err(format!("{} not found", settings.vm.qemu.display()));
+        return Err(VmBackendError::NoQemu(settings.vm.qemu.clone()));
     }
     let slots = start_netpool(settings, NetpoolKind::VmSlots, id)
         .await
-        .map_err(|e| openwhisk::errors::chain(&ServiceError::VmSlots(e)))?;
+        .map_err(VmBackendError::Slots)?;
     let factory = match VmFactory::new(
         Arc::new(slots.clone()),
         VmConfig::from_settings(&settings.vm, name_prefix),
@@ -562,7 +565,7 @@ async fn start_vm_backend(
             if let Err(teardown) = slots.shutdown().await {
                 tracing::warn!(error = %openwhisk::errors::chain(&teardown), "removing the VM slots of a VM backend that did not start");
             }
-            return Err(openwhisk::errors::chain(&ServiceError::VmFactory(e)));
+            return Err(VmBackendError::Factory(e));
         }
     };
     pools.vm_slots = Some(slots);

@@ -333,6 +333,15 @@ async fn a_start_up_failing_after_the_pools_exist_leaves_nothing() {
     assert!(!std::path::Path::new("/run/netpool/v802").exists());
     let left = iptables_lines("NETPOOL-v802-");
     assert!(left.is_empty(), "firewall rules left: {left:#?}");
+    // The VM factory's run folder (`/run/wsk-vm/wsk<unique><id>`), made by the canary's start.
+    let folders: Vec<String> = std::fs::read_dir("/run/wsk-vm")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("wsk") && n.ends_with("802"))
+        .collect();
+    assert!(folders.is_empty(), "VM run folders left: {folders:?}");
 }
 
 /// The leak seen under load: a container's cgroup still busy with its last, exiting process

@@ -7,6 +7,7 @@
 //! still runs containers, and a spec that asks for a VM fails with [`NoVmBackend`], which names
 //! why (the activation's answer is the whisk error for an unprovisioned container).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::{
@@ -14,27 +15,42 @@ use super::{
     Sandbox,
 };
 
-/// The VM backend did not start, so a spec that asks for a VM cannot be served.
+/// Why the VM backend beside a container mode's did not start.
 #[derive(Debug, thiserror::Error)]
-#[error("this invoker has no VM backend: {reason}")]
+pub enum VmBackendError {
+    #[error("{} not found", .0.display())]
+    NoQemu(PathBuf),
+    #[error("starting the netpool of VM slots (needs root)")]
+    Slots(#[source] netpool::PoolError),
+    #[error("starting the VM backend")]
+    Factory(#[source] super::vm::VmError),
+}
+
+/// The VM backend did not start, so a spec that asks for a VM cannot be served.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("this invoker has no VM backend")]
 pub struct NoVmBackend {
-    /// Why the VM backend did not start (the error chain, as logged at start-up).
-    pub reason: String,
+    /// Why the VM backend did not start (logged at start-up too).
+    #[source]
+    pub reason: Arc<VmBackendError>,
 }
 
 /// Containers and VMs behind one [`ContainerFactory`].
 #[derive(Debug)]
 pub struct Router {
     containers: Arc<dyn ContainerFactory>,
-    vms: Result<Arc<dyn ContainerFactory>, String>,
+    vms: Result<Arc<dyn ContainerFactory>, NoVmBackend>,
 }
 
 impl Router {
     /// `vms` is the VM backend, or why there is none.
     pub fn new(
         containers: Arc<dyn ContainerFactory>,
-        vms: Result<Arc<dyn ContainerFactory>, String>,
+        vms: Result<Arc<dyn ContainerFactory>, VmBackendError>,
     ) -> Self {
+        let vms = vms.map_err(|e| NoVmBackend {
+            reason: Arc::new(e),
+        });
         Self { containers, vms }
     }
 
@@ -50,9 +66,7 @@ impl ContainerFactory for Router {
         match (spec.sandbox, &self.vms) {
             (Sandbox::Mode, _) => self.containers.create(spec).await,
             (Sandbox::Vm, Ok(vms)) => vms.create(spec).await,
-            (Sandbox::Vm, Err(reason)) => Err(CreateError::provision(NoVmBackend {
-                reason: reason.clone(),
-            })),
+            (Sandbox::Vm, Err(none)) => Err(CreateError::provision(none.clone())),
         }
     }
 
@@ -116,7 +130,7 @@ mod tests {
         let containers = Arc::new(FakeFactory::default());
         let router = Router::new(
             containers.clone(),
-            Err("qemu-system-x86_64 not found".into()),
+            Err(VmBackendError::NoQemu("qemu-system-x86_64".into())),
         );
         assert!(!router.has_vms());
         let Err(e) = router.create(&spec("v1", Sandbox::Vm)).await else {

@@ -1052,13 +1052,20 @@ impl VmFactory {
             Accelerator::Tcg => Engine::Tcg,
             Accelerator::Kvm => Engine::Kvm,
             Accelerator::Auto => {
-                let choice = choose_accelerator(
+                let choice = match choose_accelerator(
                     open_kvm().await,
                     &factory,
                     factory.config.canary_timeout,
                     factory.config.boot_timeout,
                 )
-                .await?;
+                .await
+                {
+                    Ok(choice) => choice,
+                    Err(e) => {
+                        factory.remove_empty_dirs().await;
+                        return Err(e);
+                    }
+                };
                 match &choice.kvm_failure {
                     Some(why) => tracing::warn!(
                         accelerator = choice.engine.label(),
@@ -1080,6 +1087,24 @@ impl VmFactory {
                 .set(if e == factory.engine { 1.0 } else { 0.0 });
         }
         Ok(factory)
+    }
+
+    /// Undoes what a failed start-up made: the canary's teardown removed its own VM folder and
+    /// cgroup, which leaves this factory's run folder and the cgroup parent, removed here when
+    /// empty (another factory's VMs may share the parent).
+    async fn remove_empty_dirs(&self) {
+        let run_dir = self.config.run_dir.clone();
+        let cgroup_parent = match (&self.cgroups, &self.config.cgroup_parent) {
+            (Some(l), Some(p)) => Some(l.root().join(p)),
+            _ => None,
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir(&run_dir);
+            if let Some(parent) = cgroup_parent {
+                let _ = std::fs::remove_dir(parent);
+            }
+        })
+        .await;
     }
 
     /// The accelerator the VMs run with.
