@@ -308,7 +308,9 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
         }
         Some((task, result)) => {
             let failure = result.err();
-            let why = failure.as_ref().map_or("returned".to_owned(), |e| e.to_string());
+            let why = failure
+                .as_ref()
+                .map_or("returned".to_owned(), |e| e.to_string());
             tracing::error!(task, why, "a task stopped on its own; shutting down");
             Some(ServiceError::TaskEnded { task, failure })
         }
