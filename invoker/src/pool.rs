@@ -152,6 +152,8 @@ struct Inner {
     /// Creates and removals running on their own tasks; shutdown waits for them before the
     /// final sweep, so a create that ends late cannot leave its container behind.
     tasks: tokio_util::task::TaskTracker,
+    /// The janitor task, until the service takes it to watch it.
+    janitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// How long shutdown waits for creates and removals still running.
@@ -219,9 +221,10 @@ impl ContainerPool {
             keys: AtomicU64::new(1),
             names: AtomicU64::new(1),
             tasks: tokio_util::task::TaskTracker::new(),
+            janitor: Mutex::new(None),
         });
         let janitor = Arc::downgrade(&inner);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let period = Duration::from_secs(1);
             loop {
                 tokio::time::sleep(period).await;
@@ -234,7 +237,15 @@ impl ContainerPool {
                 inner.remove_expired();
             }
         });
+        *inner.janitor.lock() = Some(task);
         Self { inner }
+    }
+
+    /// The janitor task (removes idle containers past their time), once: it ends when the
+    /// pool is shut down or dropped, so its end before that (a panic) means idle containers
+    /// would hold memory for good.
+    pub fn take_janitor(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.inner.janitor.lock().take()
     }
 
     /// Starts the stem cells of the manifest, as memory allows.

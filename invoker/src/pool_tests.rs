@@ -873,3 +873,19 @@ async fn in_vm_mode_every_spec_is_the_mode_s_and_vm_actions_take_its_stem_cells(
     assert_eq!(l.start, Start::Prewarm);
     assert!(fake.with(|s| s.sandboxes.values().all(|b| *b == Sandbox::Mode)));
 }
+
+/// The janitor's handle is given out once, and its task runs until the pool shuts down (the
+/// service watches it: an end before that stops the invoker).
+#[tokio::test(start_paused = true)]
+async fn the_janitor_runs_until_shutdown_and_its_handle_is_given_once() {
+    let (_fake, pool) = setup(config(1024));
+    let janitor = pool.take_janitor().expect("the janitor's handle");
+    assert!(pool.take_janitor().is_none(), "given out twice");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!janitor.is_finished(), "the janitor ended on its own");
+    pool.shutdown().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), janitor)
+        .await
+        .expect("the janitor outlived the shutdown")
+        .unwrap();
+}

@@ -286,14 +286,25 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
     for (name, ended) in pools.maintenance() {
         watchers.spawn(async move {
             ended.await;
-            name
+            (name, Ok(()))
         });
+    }
+    // The records writer and the container pool's janitor end only with the invoker's
+    // handles and the pool's shutdown, so before that their end is a failure too.
+    let inside = [
+        ("records writer", invoker.records.take_writer()),
+        ("container pool janitor", pool.take_janitor()),
+    ];
+    for (name, task) in inside {
+        if let Some(task) = task {
+            watchers.spawn(async move { (name, task.await) });
+        }
     }
     let ended = tokio::select! {
         biased;
         () = cancel.cancelled() => None,
         Some(first) = tasks.join_next() => first.ok(),
-        Some(Ok(name)) = watchers.join_next() => Some((name, Ok(()))),
+        Some(Ok(ended)) = watchers.join_next() => Some(ended),
     };
     watchers.abort_all();
     // A task that ended because shutdown began (they all stop on `cancel`) is no failure.

@@ -62,6 +62,8 @@ type Job = (Value, oneshot::Sender<Stored>);
 #[derive(Clone, Debug)]
 pub struct RecordStore {
     tx: mpsc::Sender<Job>,
+    /// The writer task, until the service takes it to watch it.
+    writer: Arc<parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl RecordStore {
@@ -69,8 +71,17 @@ impl RecordStore {
     /// `components`.
     pub fn start(couch: impl BulkWriter, db: String, components: Arc<Components>) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer(couch, db, rx, components));
-        Self { tx }
+        let writer = tokio::spawn(writer(couch, db, rx, components));
+        Self {
+            tx,
+            writer: Arc::new(parking_lot::Mutex::new(Some(writer))),
+        }
+    }
+
+    /// The writer task, once: it ends only when every handle is dropped, so its end while the
+    /// invoker runs (a panic) means no record would be stored again.
+    pub fn take_writer(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.writer.lock().take()
     }
 
     /// Stores one record and waits until the database answered for it.
@@ -291,6 +302,32 @@ mod tests {
         // Written within one pause of the store's return.
         let last = *calls.last().unwrap();
         assert!(last >= db.up_at && last - db.up_at <= MAX_RETRY_PAUSE);
+    }
+
+    /// The writer's handle is given out once; its task ends only when every store handle is
+    /// dropped (the service watches it: an end before that stops the invoker).
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_ends_only_with_its_last_handle() {
+        let db = Arc::new(FlakyDb {
+            up_at: Instant::now(),
+            calls: Mutex::new(Vec::new()),
+            written: AtomicUsize::new(0),
+        });
+        let store = RecordStore::start(db.clone(), "acts".into(), Arc::default());
+        let writer = store.take_writer().expect("the writer's handle");
+        assert!(store.take_writer().is_none(), "given out twice");
+        let other = store.clone();
+        drop(store);
+        assert_eq!(
+            other.store(json!({"_id": "guest/a"})).await.unwrap(),
+            Stored::Written
+        );
+        assert!(!writer.is_finished(), "the writer ended with handles left");
+        drop(other);
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the writer outlived its last handle")
+            .unwrap();
     }
 
     /// Records that queue behind a failing batch are written with its retry.
