@@ -239,6 +239,17 @@ mod tests {
         written: AtomicUsize,
     }
 
+    impl FlakyDb {
+        /// A database that answers 503 until `up_at`.
+        fn up_at(up_at: Instant) -> Arc<Self> {
+            Arc::new(Self {
+                up_at,
+                calls: Mutex::new(Vec::new()),
+                written: AtomicUsize::new(0),
+            })
+        }
+    }
+
     #[async_trait::async_trait]
     impl BulkWriter for Arc<FlakyDb> {
         async fn bulk_docs(
@@ -275,11 +286,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_record_waits_out_a_long_outage_with_capped_backoff() {
         let start = Instant::now();
-        let db = Arc::new(FlakyDb {
-            up_at: start + Duration::from_secs(75),
-            calls: Mutex::new(Vec::new()),
-            written: AtomicUsize::new(0),
-        });
+        let db = FlakyDb::up_at(start + Duration::from_secs(75));
         let components = Arc::new(Components::default());
         let store = RecordStore::start(db.clone(), "acts".into(), components.clone());
         let waiting = tokio::spawn({
@@ -308,11 +315,7 @@ mod tests {
     /// dropped (the service watches it: an end before that stops the invoker).
     #[tokio::test(start_paused = true)]
     async fn the_writer_ends_only_with_its_last_handle() {
-        let db = Arc::new(FlakyDb {
-            up_at: Instant::now(),
-            calls: Mutex::new(Vec::new()),
-            written: AtomicUsize::new(0),
-        });
+        let db = FlakyDb::up_at(Instant::now());
         let store = RecordStore::start(db.clone(), "acts".into(), Arc::default());
         let writer = store.take_writer().expect("the writer's handle");
         assert!(store.take_writer().is_none(), "given out twice");
@@ -333,11 +336,7 @@ mod tests {
     /// Records that queue behind a failing batch are written with its retry.
     #[tokio::test(start_paused = true)]
     async fn records_queued_during_an_outage_join_the_retry() {
-        let db = Arc::new(FlakyDb {
-            up_at: Instant::now() + Duration::from_secs(10),
-            calls: Mutex::new(Vec::new()),
-            written: AtomicUsize::new(0),
-        });
+        let db = FlakyDb::up_at(Instant::now() + Duration::from_secs(10));
         let store = RecordStore::start(db.clone(), "acts".into(), Arc::default());
         let mut waiting = Vec::new();
         for i in 0..5 {
@@ -361,11 +360,7 @@ mod tests {
     /// A document the database refuses (an answer about the document) is not retried.
     #[tokio::test(start_paused = true)]
     async fn a_refused_document_is_an_answer() {
-        let db = Arc::new(FlakyDb {
-            up_at: Instant::now(),
-            calls: Mutex::new(Vec::new()),
-            written: AtomicUsize::new(0),
-        });
+        let db = FlakyDb::up_at(Instant::now());
         let store = RecordStore::start(db.clone(), "acts".into(), Arc::default());
         let outcome = store.store(json!({"_id": "bad"})).await.unwrap();
         assert_eq!(outcome, Stored::Refused("forbidden: no".into()));
