@@ -9,10 +9,11 @@
 #
 # `up` also builds the action runtime images (runtimes/build.sh), cached by their inputs.
 #
-# Usage: scripts/stack.sh up|zookeeper|openwhisk|down|status|env
+# Usage: scripts/stack.sh up|zookeeper|docker|openwhisk|down|status|env
 #
 #   up         install what is missing (idempotent), start what is not running, health-check them all
 #   zookeeper  install and start only ZooKeeper (and rewrite the env file); leaves the rest alone
+#   docker     start only dockerd, when no engine answers (the fault suite restarts it this way)
 #   openwhisk  on top: invoker 0 ($WHISK_NETWORK_MODE, default netns) and the standalone front door
 #              on $WHISK_API_PORT (default 3233); needs the release build
 #   down       stop what `up` and `openwhisk` started (by pid), wait until every process of theirs
@@ -325,6 +326,13 @@ cmd_up() {
     cmd_status
 }
 
+cmd_docker() {
+    [ "$(id -u)" = 0 ] || die "run as root: dockerd runs as root"
+    mkdir -p "$WHISK_STACK_DIR"
+    take_lock
+    start_docker
+}
+
 cmd_zookeeper() {
     [ "$(id -u)" = 0 ] || die "run as root: apt installs the zookeeper package"
     mkdir -p "$WHISK_STACK_DIR"
@@ -406,9 +414,10 @@ cmd_status() {
 case "${1:-}" in
     up) cmd_up ;;
     zookeeper) cmd_zookeeper ;;
+    docker) cmd_docker ;;
     openwhisk) cmd_openwhisk ;;
     down) cmd_down ;;
     status) cmd_status ;;
     env) write_env && cat "$WHISK_STACK_DIR/env" ;;
-    *) echo "usage: $0 up|zookeeper|openwhisk|down|status|env" >&2; exit 2 ;;
+    *) echo "usage: $0 up|zookeeper|docker|openwhisk|down|status|env" >&2; exit 2 ;;
 esac

@@ -48,6 +48,17 @@ for mode in pcpm netns vm; do
     echo "== invoker end to end, network mode $mode (the workspace run above used bridge)"
     INVOKER_E2E_NETWORK_MODE=$mode cargo test --locked -p invoker --test invoker_e2e
 done
+# Alone and one at a time: these restart dockerd and the broker and drain the pools.
+echo "== the fault suite (invoker/tests/faults.rs), in every network mode"
+for mode in bridge pcpm netns vm; do
+    skip=()
+    # The broker's restart does not depend on the network mode: once, in bridge mode.
+    [ "$mode" = bridge ] || skip+=(--skip a_broker_restarted)
+    # vm mode's VMs use nothing of Docker's once the invoker is up.
+    [ "$mode" = vm ] && skip+=(--skip a_dockerd_restart)
+    INVOKER_E2E_NETWORK_MODE=$mode cargo test --locked -p invoker --test faults -- \
+        --ignored --test-threads=1 "${skip[@]}"
+done
 echo "== deployment configs: static checks (ansible-lint, --syntax-check, helm keys and schema, compose config)"
 # The checks against upstream's sources (apache/openwhisk, openwhisk-deploy-kube,
 # openwhisk-devtools) need checkouts of them: OPENWHISK_HOME and friends, or the mirrors.

@@ -21,6 +21,9 @@ use super::{
     BackendError, Container, ContainerFactory, ContainerSpec, CreateError, Errors, ImageOrigin,
 };
 
+/// How long `oom_killed` waits for a broken container to stop before reading Docker's verdict.
+const OOM_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A Docker backend failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -335,7 +338,17 @@ impl Container for DockerContainer {
             .map_err(self.err("resume"))
     }
 
+    /// Docker's `State.OOMKilled`, read once the container has stopped: the connection to
+    /// the proxy breaks as the kernel kills the process, before dockerd has heard of the OOM
+    /// from containerd, so a read at once races it. A container still running after
+    /// [`OOM_SETTLE`] (the connection broke for another reason) is read as it is.
     async fn oom_killed(&self) -> bool {
+        let options = bollard::query_parameters::WaitContainerOptionsBuilder::new()
+            .condition("not-running")
+            .build();
+        let mut exited = self.docker.wait_container(&self.id, Some(options));
+        // Its result is the exit code (an error for a non-zero one): only the stop matters.
+        let _ = tokio::time::timeout(OOM_SETTLE, exited.next()).await;
         self.docker
             .inspect_container(&self.id, None::<InspectContainerOptions>)
             .await
