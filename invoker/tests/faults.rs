@@ -428,9 +428,9 @@ async fn an_action_past_its_memory_limit_is_a_developer_error_and_its_slot_is_fr
     assert_alive(&mut h);
 }
 
-/// The invoker's gauge `name` from its `/metrics`, summed over the series whose labels
+/// The invoker's metric `name` from its `/metrics`, summed over the series whose labels
 /// contain `labels` (0 when absent).
-async fn gauge(h: &Harness, name: &str, labels: &str) -> f64 {
+async fn metric(h: &Harness, name: &str, labels: &str) -> f64 {
     let (_, text) = h.http("GET", "/metrics", false).await;
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
@@ -469,7 +469,9 @@ async fn a_storm_of_cold_starts_drains_the_pool_every_activation_succeeds_and_it
     for (n, id) in &ids {
         assert_eq!(outcome(&h, id).await, Ok(json!({"n": n})), "{id}");
     }
-    // The pool fills up to its high watermark again (4, `network_mode_env`).
+    // The storm took every endpoint; the pool refills (below its low watermark of 2 it makes
+    // endpoints up to its high watermark of 4, `network_mode_env`), while the storm's
+    // containers, warm now, keep theirs.
     // (The VM slots beside the container modes are a netpool pool too: `pool` tells them
     // apart.)
     let idle = match network_mode().as_str() {
@@ -485,15 +487,27 @@ async fn a_storm_of_cold_starts_drains_the_pool_every_activation_succeeds_and_it
         _ => None,
     };
     if let Some((idle, labels)) = idle {
+        // The storm drained it: it handed out more endpoints than it ever held (pcpm: or fell
+        // back to ordinary networking).
+        let made = if idle.starts_with("pcpm") {
+            metric(&h, "pcpm_pause_containers_created_total", "").await
+                + metric(&h, "pcpm_fallbacks_total", "").await
+        } else {
+            metric(&h, "netpool_slots_created_total", &labels).await
+        };
+        assert!(
+            made >= f64::from(n),
+            "{made} endpoints made for {n} cold starts"
+        );
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let now = gauge(&h, idle, &labels).await;
-            if now >= 4.0 {
+            let now = metric(&h, idle, &labels).await;
+            if now >= 2.0 {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{idle} is {now} 120 s after the storm, 4 expected"
+                "{idle} is {now} 120 s after the storm, at least 2 expected"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
