@@ -261,6 +261,39 @@ def plot_warm(report, out):
     fig.savefig(out, dpi=120)
 
 
+def plot_soak(report, out):
+    """One column of panels per count, one line per mode, against activations answered."""
+    groups = [
+        ("kernel objects", ["netns", "links", "mounts", "cgroups"]),
+        ("containers and VMs", ["docker_containers", "runc_containers", "qemu_processes"]),
+        ("invoker fds and threads", ["invoker_fds", "invoker_threads"]),
+        ("invoker RSS (MiB)", ["invoker_rss_mib"]),
+    ]
+    modes = report["modes"]
+    fig, axes = plt.subplots(len(modes), len(groups), figsize=(4.2 * len(groups), 2.6 * len(modes)),
+                             squeeze=False)
+    for r, mode in enumerate(modes):
+        xs = [s["activations"] for s in mode["samples"]]
+        for c, (title, keys) in enumerate(groups):
+            ax = axes[r][c]
+            for j, key in enumerate(keys):
+                ax.plot(xs, [s["counts"][key] for s in mode["samples"]], color=f"C{j}", label=key)
+            ax.set_title(f"{mode['mode']}: {title}", fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if r == len(modes) - 1:
+                ax.set_xlabel("activations answered", fontsize=8)
+            if r == 0:
+                ax.legend(fontsize=6)
+        axes[r][0].set_ylabel(
+            f"{mode['activations']} act., {mode['cold_starts_sent']} cold,\n{mode['failures']} failed",
+            fontsize=7)
+    m = report["machine"]
+    fig.suptitle(f"bench soak: {m['cores']} cores, {m['cpu_model']}, commit {m['git_commit'][:10]}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(out, dpi=110)
+
+
 def main():
     path = Path(sys.argv[1])
     report = json.loads(path.read_text())
@@ -275,6 +308,8 @@ def main():
         plot_docker_start(report, out)
     elif "seconds_per_cell" in report:
         plot_warm(report, out)
+    elif report.get("kind") == "soak":
+        plot_soak(report, out)
     elif report.get("kind") == "stress":
         plot_stress(report, out)
     else:

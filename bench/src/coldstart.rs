@@ -16,21 +16,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use openwhisk::action::{self, ActionDocument, ActionLimits, AttachmentRef, Code, CodeExec, Exec};
-use openwhisk::couchdb::CouchDb;
-use openwhisk::kafka::{self, TopicKind};
 use openwhisk::messages::{
     Ack, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, Identity, TransactionId,
 };
 use openwhisk::time::now_ms;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 use testkit::invoker::InvokerCommand;
-use testkit::stack::Stack;
 
 use crate::cpu_account::{CpuAccount, CpuShares, CpuTimes};
 use crate::machine::Machine;
+use crate::run_setup::{RunSetup, remove_databases};
 use crate::stats::Summary;
 
 /// The same sieve as a WebAssembly command for the `unikernel` column (`wasm:0.1`), deployed as
@@ -166,30 +163,17 @@ fn manifest_without_stem_cells() -> Result<String> {
 
 /// Runs the benchmark.
 pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
-    let stack = Stack::from_env();
-    let db = CouchDb::new(&stack.couchdb)?;
-    let tag = std::process::id();
-    let (whisks, activations) = (format!("cs{tag}_whisks"), format!("cs{tag}_activations"));
-    for d in [&whisks, &activations] {
-        db.create_db(d).await?;
-    }
-    let admin = kafka::admin_client(&stack.kafka_hosts)?;
-    let controller = format!("cs{tag}");
-    // Topics of this run only: a controller or front door on the same broker never sees these
-    // invokers (and never routes work to them).
-    let topics_prefix = format!("cs{tag}_");
-    let completed = format!("{topics_prefix}completed{controller}");
-    kafka::ensure_topic(&admin, &completed, &TopicKind::Completed.default_config()).await?;
-    kafka::ensure_topic(
-        &admin,
-        &format!("{topics_prefix}health"),
-        &TopicKind::Health.default_config(),
-    )
-    .await?;
-    let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create()?;
-    let acks: StreamConsumer =
-        kafka::consumer_config(&stack.kafka_hosts, &format!("bench-cs-{tag}")).create()?;
-    acks.subscribe(&[&completed])?;
+    let RunSetup {
+        stack,
+        db,
+        tag,
+        whisks,
+        activations,
+        controller,
+        topics_prefix,
+        producer,
+        acks,
+    } = RunSetup::new("cs").await?;
     let manifest = manifest_without_stem_cells()?;
     let user = Identity::guest(&[]);
     let docker = pcpm::docker::connect().await?;
@@ -466,9 +450,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
             (m.clone(), p50(m, top) / p50(m, min_n))
         })
         .collect();
-    for d in [&whisks, &activations] {
-        let _ = db.delete_db(d).await;
-    }
+    remove_databases(&db, &whisks, &activations).await;
     Ok(ColdstartReport {
         machine: Machine::describe(),
         rounds: p.rounds,

@@ -17,6 +17,10 @@
 //! - [`netns`]: `bench netns`, the PCPM paper's Table 1 on this machine: network endpoints
 //!   created and cleaned up with `ip` commands, in-process with rtnetlink, and leased from a
 //!   warm netpool.
+//! - [`run_setup`]: the controller's side of a run through Kafka: its own databases and
+//!   topics, a producer and the acks consumer.
+//! - [`soak`]: `bench soak`, many activations cold and warm across the network modes while
+//!   kernel objects, containers and the invoker's fds, threads and RSS are counted (all flat).
 //! - [`warm`]: `bench warm`, the warm path through Kafka: closed-loop clients against warm
 //!   containers, throughput, latency and the invoker's CPU per activation.
 
@@ -29,5 +33,7 @@ pub mod machine;
 pub mod memory;
 pub mod memory_table;
 pub mod netns;
+pub mod run_setup;
+pub mod soak;
 pub mod stats;
 pub mod warm;

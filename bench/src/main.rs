@@ -16,6 +16,10 @@
 //! - `warm [--modes bridge,netns] [--concurrency 1,4,16,32] [--seconds 15] [--out FILE]`: the
 //!   warm path through Kafka (see [`bench::warm`]); writes JSON (default
 //!   `bench/results/warm.json`).
+//! - `soak [--modes bridge,pcpm,netns,vm] [--activations 10000] [--cold-every 20]
+//!   [--concurrency 4] [--out FILE]`: cold and warm activations across the modes while kernel
+//!   objects, containers and the invoker process are counted (see [`bench::soak`]); writes JSON
+//!   (default `bench/results/soak.json`).
 //! - `docker-start [--rounds R] [--sizes 1,10,50,100] [--out FILE]`: N concurrent Docker cold
 //!   starts, bridge networking against pcpm pause containers, and the memory of 50 idle pause
 //!   containers (see [`bench::docker_start`]); writes JSON (default
@@ -98,6 +102,25 @@ enum Command {
         seconds: Option<u64>,
         /// Where the JSON report goes.
         #[arg(long, default_value = "bench/results/warm.json")]
+        out: PathBuf,
+    },
+    /// Many activations, cold and warm, per network mode, while kernel objects, containers and
+    /// the invoker's fds, threads and RSS are counted.
+    Soak {
+        /// Network modes, comma-separated, run one after the other (default bridge,pcpm,netns,vm).
+        #[arg(long, value_delimiter = ',')]
+        modes: Option<Vec<String>>,
+        /// Activations over all modes (default 10000).
+        #[arg(long)]
+        activations: Option<usize>,
+        /// One activation in this many is a cold start (default 20).
+        #[arg(long)]
+        cold_every: Option<usize>,
+        /// Closed-loop clients (default 4).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Where the JSON report goes.
+        #[arg(long, default_value = "bench/results/soak.json")]
         out: PathBuf,
     },
     /// The paper's Table 2: memory of cold, warm, prewarm, pcpm and netns functions.
@@ -216,6 +239,28 @@ async fn run(command: Command) -> Result<()> {
                 params.seconds = s;
             }
             write_report(&out, &bench::warm::run(&params).await?)
+        }
+        Command::Soak {
+            modes,
+            activations,
+            cold_every,
+            concurrency,
+            out,
+        } => {
+            let mut params = bench::soak::SoakParams::default();
+            if let Some(m) = modes {
+                params.modes = m;
+            }
+            if let Some(a) = activations {
+                params.activations = a;
+            }
+            if let Some(c) = cold_every {
+                params.cold_every = c;
+            }
+            if let Some(c) = concurrency {
+                params.concurrency = c;
+            }
+            write_report(&out, &bench::soak::run(&params).await?)
         }
         Command::Memory { n, out } => write_report(&out, &bench::memory_table::run(n).await?),
         Command::DockerStart { rounds, sizes, out } => {

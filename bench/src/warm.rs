@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use openwhisk::action::{self, ActionDocument, ActionLimits, AttachmentRef, Code, CodeExec, Exec};
 use openwhisk::couchdb::CouchDb;
-use openwhisk::kafka::{self, TopicKind};
 use openwhisk::messages::{
     Ack, ActivationMessage, ControllerInstanceId, FullyQualifiedEntityName, Identity, TransactionId,
 };
 use openwhisk::time::now_ms;
 use parking_lot::Mutex;
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use testkit::invoker::InvokerCommand;
@@ -35,6 +34,7 @@ use tokio::sync::oneshot;
 
 use crate::cpu_account::{CpuAccount, CpuShares, machine_busy_s, process_cpu_s};
 use crate::machine::Machine;
+use crate::run_setup::{RunSetup, remove_databases};
 use crate::stats::Summary;
 
 const NOOP: &str = "function main(p) { return p; }";
@@ -98,37 +98,26 @@ pub struct WarmReport {
 }
 
 /// Acks routed to whoever waits for an activation id.
-type Waiters = Arc<Mutex<HashMap<String, (bool, oneshot::Sender<Answer>)>>>;
+pub(crate) type Waiters = Arc<Mutex<HashMap<String, (bool, oneshot::Sender<Answer>)>>>;
 
 /// What the bench learns from the ack it waited for.
-struct Answer {
-    success: bool,
-    cold: bool,
+pub(crate) struct Answer {
+    pub(crate) success: bool,
+    pub(crate) cold: bool,
 }
 
 pub async fn run(p: &WarmParams) -> Result<WarmReport> {
-    let stack = Stack::from_env();
-    let db = CouchDb::new(&stack.couchdb)?;
-    let tag = std::process::id();
-    let (whisks, activations) = (format!("wm{tag}_whisks"), format!("wm{tag}_activations"));
-    for d in [&whisks, &activations] {
-        db.create_db(d).await?;
-    }
-    let admin = kafka::admin_client(&stack.kafka_hosts)?;
-    let controller = format!("wm{tag}");
-    let topics_prefix = format!("wm{tag}_");
-    let completed = format!("{topics_prefix}completed{controller}");
-    kafka::ensure_topic(&admin, &completed, &TopicKind::Completed.default_config()).await?;
-    kafka::ensure_topic(
-        &admin,
-        &format!("{topics_prefix}health"),
-        &TopicKind::Health.default_config(),
-    )
-    .await?;
-    let producer: FutureProducer = kafka::producer_config(&stack.kafka_hosts).create()?;
-    let acks: StreamConsumer =
-        kafka::consumer_config(&stack.kafka_hosts, &format!("bench-wm-{tag}")).create()?;
-    acks.subscribe(&[&completed])?;
+    let RunSetup {
+        stack,
+        db,
+        tag,
+        whisks,
+        activations,
+        controller,
+        topics_prefix,
+        producer,
+        acks,
+    } = RunSetup::new("wm").await?;
     let waiters: Waiters = Arc::default();
     let router = tokio::spawn(route_acks(acks, waiters.clone()));
 
@@ -146,9 +135,7 @@ pub async fn run(p: &WarmParams) -> Result<WarmReport> {
     )
     .await;
     router.abort();
-    for d in [&whisks, &activations] {
-        let _ = db.delete_db(d).await;
-    }
+    remove_databases(&db, &whisks, &activations).await;
     Ok(WarmReport {
         machine: Machine::describe(),
         method: "closed loop: each of C clients produces an ActivationMessage, waits for its ack \
@@ -213,23 +200,7 @@ async fn measure(
         }
         crate::coldstart::wait_ready(port).await?;
         let name = format!("noop-{mode}");
-        let mut doc = ActionDocument::new(
-            "guest",
-            &name,
-            Exec::Managed(CodeExec {
-                kind: "nodejs:default".into(),
-                code: Some(Code::Attachment(AttachmentRef::inline(
-                    NOOP.as_bytes(),
-                    action::TEXT_CODE_TYPE,
-                ))),
-                main: None,
-                binary: false,
-            }),
-        );
-        doc.limits = ActionLimits {
-            memory: 128,
-            ..ActionLimits::default()
-        };
+        let doc = noop_action(&name);
         let rev = db.put_doc(whisks, &doc.id, &doc.to_value()).await?.rev;
         let client = Client {
             producer,
@@ -285,31 +256,65 @@ async fn measure(
     Ok(cells)
 }
 
-struct Client<'a> {
-    producer: &'a FutureProducer,
-    waiters: &'a Waiters,
-    topic: String,
-    controller: &'a str,
-    name: &'a str,
-    rev: &'a str,
-    tag: u32,
+/// The no-op Node.js action `guest/<name>`, 128 MB, concurrency limit 1.
+pub(crate) fn noop_action(name: &str) -> ActionDocument {
+    let mut doc = ActionDocument::new(
+        "guest",
+        name,
+        Exec::Managed(CodeExec {
+            kind: "nodejs:default".into(),
+            code: Some(Code::Attachment(AttachmentRef::inline(
+                NOOP.as_bytes(),
+                action::TEXT_CODE_TYPE,
+            ))),
+            main: None,
+            binary: false,
+        }),
+    );
+    doc.limits = ActionLimits {
+        memory: 128,
+        ..ActionLimits::default()
+    };
+    doc
+}
+
+/// Plays the controller for one action: produces its activations, waits for their acks.
+pub(crate) struct Client<'a> {
+    pub(crate) producer: &'a FutureProducer,
+    pub(crate) waiters: &'a Waiters,
+    /// `invoker<N>`.
+    pub(crate) topic: String,
+    pub(crate) controller: &'a str,
+    pub(crate) name: &'a str,
+    pub(crate) rev: &'a str,
+    pub(crate) tag: u32,
     /// The next activation's number: with `tag`, its 32 hex digit id.
-    seq: std::sync::atomic::AtomicU64,
+    pub(crate) seq: std::sync::atomic::AtomicU64,
 }
 
 impl Client<'_> {
-    /// One activation: produce, wait for its ack.
-    async fn activate(&self, blocking: bool) -> Result<Answer> {
+    /// One activation of the client's action: produce, wait for its ack.
+    pub(crate) async fn activate(&self, blocking: bool) -> Result<Answer> {
+        self.activate_of(self.name, self.rev, blocking).await
+    }
+
+    /// One activation of the action `name` at `rev`: produce, wait for its ack.
+    pub(crate) async fn activate_of(
+        &self,
+        name: &str,
+        rev: &str,
+        blocking: bool,
+    ) -> Result<Answer> {
         let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let aid = format!("{:08x}{seq:024x}", self.tag);
         let msg = ActivationMessage::builder(
             TransactionId::new(&format!("wm{aid}"), now_ms()),
-            FullyQualifiedEntityName::new("guest", self.name).with_version("0.0.1"),
+            FullyQualifiedEntityName::new("guest", name).with_version("0.0.1"),
             Identity::guest(&[]),
             &aid,
             ControllerInstanceId::controller(self.controller),
         )
-        .revision(self.rev)
+        .revision(rev)
         .blocking(blocking)
         .content(json!({}))
         .build()?;
@@ -395,7 +400,7 @@ impl Client<'_> {
 
 /// Reads `completed<C>` and hands each ack to the activation waiting for it: a blocking one
 /// waits for the ack with the result, a non-blocking one for the ack that frees the slot.
-async fn route_acks(acks: StreamConsumer, waiters: Waiters) {
+pub(crate) async fn route_acks(acks: StreamConsumer, waiters: Waiters) {
     loop {
         let Ok(m) = acks.recv().await else { continue };
         let Ok(ack) = serde_json::from_slice::<Ack>(m.payload().unwrap_or_default()) else {

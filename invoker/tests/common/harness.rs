@@ -237,6 +237,23 @@ pub fn next_slot() -> u32 {
     N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A netpool pool's namespaces folder and host devices (`<pool>br<n>` bridges, `<pool>v<b>-<i>`
+/// veths), while they exist.
+fn netpool_leftovers(pool: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let ns_dir = Path::new("/run/netpool").join(pool);
+    if ns_dir.exists() {
+        left.push(format!("namespaces {}", ns_dir.display()));
+    }
+    for dev in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+        let dev = dev.file_name().to_string_lossy().into_owned();
+        if dev.starts_with(&format!("{pool}br")) || dev.starts_with(&format!("{pool}v")) {
+            left.push(format!("device {dev}"));
+        }
+    }
+    left
+}
+
 /// The stack's endpoints, with the broker `options` names instead of the stack's.
 fn stack_for(options: &Options) -> Stack {
     let mut stack = Stack::from_env();
@@ -449,18 +466,7 @@ impl Harness {
         if run_dir.exists() {
             left.push(format!("folder {}", run_dir.display()));
         }
-        let pool = self.vm_pool_name();
-        let ns_dir = Path::new("/run/netpool").join(&pool);
-        if ns_dir.exists() {
-            left.push(format!("namespaces {}", ns_dir.display()));
-        }
-        // netpool's host devices: `<pool>br<n>` bridges and `<pool>v<b>-<i>` veths.
-        for dev in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
-            let dev = dev.file_name().to_string_lossy().into_owned();
-            if dev.starts_with(&format!("{pool}br")) || dev.starts_with(&format!("{pool}v")) {
-                left.push(format!("device {dev}"));
-            }
-        }
+        left.extend(netpool_leftovers(&self.vm_pool_name()));
         let prefix = self.container_prefix();
         for parent in ["/sys/fs/cgroup/cpu/wsk-vm", "/sys/fs/cgroup/wsk-vm"] {
             for cg in std::fs::read_dir(parent).into_iter().flatten().flatten() {
@@ -516,16 +522,7 @@ impl Harness {
         }
         left.extend(processes_naming(&format!("/run/wsk-runc/{name_prefix}")));
         // netns mode's pool (vm_leftovers has the VM slots' namespaces and devices).
-        let ns_dir = Path::new("/run/netpool").join(&pool);
-        if ns_dir.exists() {
-            left.push(format!("namespaces {}", ns_dir.display()));
-        }
-        for dev in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
-            let dev = dev.file_name().to_string_lossy().into_owned();
-            if dev.starts_with(&format!("{pool}br")) || dev.starts_with(&format!("{pool}v")) {
-                left.push(format!("device {dev}"));
-            }
-        }
+        left.extend(netpool_leftovers(&pool));
         // Both pools' host guards: `NETPOOL-<pool>-IN` and `-FWD`, and the jumps into them.
         if let Ok(out) = Command::new("iptables").args(["-S"]).output() {
             for rule in String::from_utf8_lossy(&out.stdout).lines() {
