@@ -493,8 +493,15 @@ async fn drive(
         if k >= total {
             return Ok(());
         }
-        let blocking = k.is_multiple_of(2);
-        let answer = if k % p.cold_every == p.cold_every - 1 {
+        let cold = k % p.cold_every == p.cold_every - 1;
+        // The cold starts alternate too (with an even `cold_every` every one has an odd `k`):
+        // a blocking one's answer is its record, which says whether it succeeded.
+        let blocking = if cold {
+            (k / p.cold_every).is_multiple_of(2)
+        } else {
+            k.is_multiple_of(2)
+        };
+        let answer = if cold {
             counters.cold_sent.fetch_add(1, Ordering::Relaxed);
             let name = format!("soak-{mode}-cold{k}");
             let doc = noop_action(&name);

@@ -425,10 +425,19 @@ pub(crate) async fn route_acks(acks: StreamConsumer, waiters: Waiters) {
                 success: r.response.status_code == 0,
                 cold: r.annotation("initTime").is_some(),
             },
-            // A completion carries no record: the activation ran (a failure would still
-            // free the slot, so non-blocking cells count failures only by timeouts).
+            // A completion carries no record, only whether the activation was a system error
+            // (an application or developer error is not told apart from a success here).
             None => Answer {
-                success: true,
+                success: !matches!(
+                    ack,
+                    Ack::Completion {
+                        is_system_error: true,
+                        ..
+                    } | Ack::Combined {
+                        is_system_error: true,
+                        ..
+                    }
+                ),
                 cold: false,
             },
         };

@@ -13,7 +13,9 @@
 //!
 //! These tests restart shared components (dockerd) and fill the machine, so they are ignored in
 //! the workspace's test run and `scripts/test.sh` runs them alone, one at a time
-//! (`--ignored --test-threads=1`), once per network mode (`INVOKER_E2E_NETWORK_MODE`).
+//! (`--ignored --test-threads=1`), in each network mode (`INVOKER_E2E_NETWORK_MODE`): the
+//! broker's restart once (it does not depend on the mode), dockerd's in the container modes
+//! (vm mode's VMs use nothing of Docker's once the invoker is up).
 
 mod common;
 #[path = "common/harness.rs"]
@@ -240,12 +242,20 @@ async fn a_broker_restarted_mid_burst_loses_no_activation() {
     // offsets cannot be committed.
     broker.down().await;
     eprintln!("[faults] broker down");
-    // Down for longer than the invoker's ack retries took before it gave up (4 tries).
-    let down_until = Instant::now() + Duration::from_secs(20);
+    // Down past the producer's 30 s message timeout, so the acks of the activations that end
+    // meanwhile fail and are retried: the invoker must say the broker is down (and stop its
+    // health pings) rather than give the acks up.
+    let down_until = Instant::now() + Duration::from_secs(50);
+    let mut said_down = false;
     while Instant::now() < down_until {
         assert_alive(&mut h);
+        said_down |= metric(&h, "invoker_component_down", "component=\"kafka\"").await == 1.0;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    assert!(
+        said_down,
+        "50 s without the broker and invoker_component_down{{component=\"kafka\"}} never said so"
+    );
     broker.up().await;
     eprintln!("[faults] broker up again");
 
@@ -292,6 +302,8 @@ fn stack_dockerd() -> i32 {
 /// starts it again the way the stack does.
 async fn restart_dockerd() {
     let pid = stack_dockerd();
+    // Whatever happens below, the next test finds a Docker engine.
+    let _back = DockerdBack;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
@@ -311,6 +323,28 @@ async fn restart_dockerd() {
         .expect("scripts/stack.sh docker");
     assert!(status.success(), "scripts/stack.sh docker: {status}");
     eprintln!("[faults] dockerd {} started", stack_dockerd());
+}
+
+/// Starts the stack's dockerd again when it is dropped and no engine answers: a restart that
+/// failed halfway must not leave the later tests (and the harness's own clean-up) without one.
+struct DockerdBack;
+
+impl Drop for DockerdBack {
+    fn drop(&mut self) {
+        let answers = Command::new("docker")
+            .args(["info", "--format", "{{.ID}}"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !answers {
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/stack.sh");
+            let status = Command::new(script).arg("docker").status();
+            eprintln!(
+                "[faults] dockerd was down after the test: scripts/stack.sh docker: {status:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -390,8 +424,9 @@ async fn a_dockerd_restart_mid_burst_ends_every_activation_and_the_invoker_recov
 async fn an_action_past_its_memory_limit_is_a_developer_error_and_its_slot_is_freed() {
     let mut h = Harness::start_with(Options {
         manifest: Some(manifest_without_stem_cells()),
-        // Room for one 256 MB container beside the hog: the hog's slot must come back.
-        user_memory: "384 m",
+        // Room for one 256 MB container, or the hog's 128 MB: the echo below fits only once the
+        // hog's memory has come back.
+        user_memory: "256 m",
         ..Options::default()
     })
     .await;
@@ -484,21 +519,26 @@ async fn a_storm_of_cold_starts_drains_the_pool_every_activation_succeeds_and_it
             "netpool_slots_idle",
             format!("pool=\"{}\"", h.vm_pool_name()),
         )),
-        _ => None,
+        _ => {
+            eprintln!("[faults] bridge mode has no endpoint pool: the storm's cold starts only");
+            None
+        }
     };
     if let Some((idle, labels)) = idle {
-        // The storm drained it: it handed out more endpoints than it ever held (pcpm: or fell
-        // back to ordinary networking).
-        let made = if idle.starts_with("pcpm") {
-            metric(&h, "pcpm_pause_containers_created_total", "").await
-                + metric(&h, "pcpm_fallbacks_total", "").await
+        // The storm drained it: cold starts found it empty and waited for an endpoint to be
+        // made (or, pcpm, fell back to ordinary networking). A lease from a ready slot takes
+        // microseconds; one that waits for a slot's creation, tens of milliseconds.
+        if idle.starts_with("pcpm") {
+            let empty = metric(&h, "pcpm_acquire_seconds_count", "outcome=\"waited\"").await
+                + metric(&h, "pcpm_acquire_seconds_count", "outcome=\"fallback\"").await;
+            assert!(empty > 0.0, "no acquisition found the pcpm pool empty");
         } else {
-            metric(&h, "netpool_slots_created_total", &labels).await
-        };
-        assert!(
-            made >= f64::from(n),
-            "{made} endpoints made for {n} cold starts"
-        );
+            let waited = metric(&h, "netpool_lease_wait_seconds_sum", &labels).await;
+            assert!(
+                waited >= 0.01,
+                "{n} leases waited {waited} s in all: the pool was never empty"
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let now = metric(&h, idle, &labels).await;

@@ -523,15 +523,25 @@ impl Harness {
         left.extend(processes_naming(&format!("/run/wsk-runc/{name_prefix}")));
         // netns mode's pool (vm_leftovers has the VM slots' namespaces and devices).
         left.extend(netpool_leftovers(&pool));
-        // Both pools' host guards: `NETPOOL-<pool>-IN` and `-FWD`, and the jumps into them.
-        if let Ok(out) = Command::new("iptables").args(["-S"]).output() {
-            for rule in String::from_utf8_lossy(&out.stdout).lines() {
-                if rule.contains(&format!("NETPOOL-{pool}-"))
-                    || rule.contains(&format!("NETPOOL-{vm_pool}-"))
-                {
-                    left.push(format!("iptables {rule}"));
+        // Both pools' host guards (`NETPOOL-<pool>-IN` and `-FWD`, the jumps into them) and
+        // their bridges' own FORWARD rules (`-i <pool>br<n> -o <pool>br<n> -j ACCEPT`).
+        match Command::new("iptables").args(["-S"]).output() {
+            Ok(out) if out.status.success() => {
+                for rule in String::from_utf8_lossy(&out.stdout).lines() {
+                    if [&pool, &vm_pool].iter().any(|p| {
+                        rule.contains(&format!("NETPOOL-{p}-"))
+                            || rule.contains(&format!("-i {p}br"))
+                            || rule.contains(&format!("-o {p}br"))
+                    }) {
+                        left.push(format!("iptables {rule}"));
+                    }
                 }
             }
+            Ok(out) => left.push(format!(
+                "(iptables -S failed: {})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => left.push(format!("(iptables -S failed: {e})")),
         }
         // Mounts: the namespaces' nsfs bind mounts, the containers' overlays.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
