@@ -6,8 +6,7 @@
 //! activation is of an action no container has run yet (a cold start: a fresh endpoint from the
 //! pool, a container or VM made for it, and, once the user memory is full, an older container
 //! evicted), the others go to a warm no-op action; blocking and non-blocking alternate. Every
-//! `sample_every` activations the bench counts: network namespaces (nsfs mounts and
-//! `/run/netns`), network devices, mounts, cgroups (every hierarchy), Docker containers, runc
+//! `sample_every` activations the bench counts: network namespaces (nsfs mounts), network devices, mounts, cgroups (every hierarchy), Docker containers, runc
 //! containers, QEMU processes, and the invoker's open fds, threads and RSS. Per count the report
 //! gives the value before the first activation, after the last, the least-squares slope over
 //! the run's second half (per 1,000 activations: a leak grows with the activations, a pool
@@ -360,7 +359,8 @@ async fn soak_mode(ctx: &Ctx<'_>, p: &SoakParams, m: usize, mode: &str) -> Resul
             "RUNTIMES_MANIFEST",
             concat!(env!("CARGO_MANIFEST_DIR"), "/../runtimes/runtimes.json"),
         )
-        // Room for 16 containers of 128 MB: the cold starts' containers push older ones out.
+        // Room for the two 256 MB stem cells and 12 containers of 128 MB: the cold starts'
+        // containers push older ones out.
         .env("CONFIG_whisk_containerPool_userMemory", "2 g")
         .env("CONFIG_whisk_invoker_network_mode", mode)
         // Ranges of its own, apart from the quickstart's (10.230, 10.232), `bench
