@@ -53,8 +53,38 @@ impl RunSetup {
             format!("{short}{tag}_activations"),
         );
         for d in [&whisks, &activations] {
-            db.create_db(d).await?;
+            if let Err(e) = db.create_db(d).await {
+                remove_databases(&db, &whisks, &activations).await;
+                return Err(e.into());
+            }
         }
+        // What follows fails without its databases left behind.
+        match Self::clients(short, tag, &stack).await {
+            Ok((controller, topics_prefix, producer, acks)) => Ok(Self {
+                stack,
+                db,
+                tag,
+                whisks,
+                activations,
+                controller,
+                topics_prefix,
+                producer,
+                acks,
+            }),
+            Err(e) => {
+                remove_databases(&db, &whisks, &activations).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The run's topics and its clients: the controller, the topics prefix, the producer and
+    /// the consumer of `completed<C>`.
+    async fn clients(
+        short: &str,
+        tag: u32,
+        stack: &Stack,
+    ) -> Result<(String, String, FutureProducer, StreamConsumer)> {
         let admin = kafka::admin_client(&stack.kafka_hosts)?;
         let controller = format!("{short}{tag}");
         let topics_prefix = format!("{short}{tag}_");
@@ -70,17 +100,7 @@ impl RunSetup {
         let acks: StreamConsumer =
             kafka::consumer_config(&stack.kafka_hosts, &format!("bench-{short}-{tag}")).create()?;
         acks.subscribe(&[&completed])?;
-        Ok(Self {
-            stack,
-            db,
-            tag,
-            whisks,
-            activations,
-            controller,
-            topics_prefix,
-            producer,
-            acks,
-        })
+        Ok((controller, topics_prefix, producer, acks))
     }
 }
 

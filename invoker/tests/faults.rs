@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use serde_json::{Value, json};
-use testkit::invoker::free_port;
+use testkit::invoker::free_port_outside_ephemeral;
 
 /// Whether an ack frees the activation's slot (a completion, or a combined ack).
 fn slot_freeing(acks: &[Value]) -> bool {
@@ -70,12 +70,22 @@ async fn until_acked(h: &mut Harness, ids: &[(u32, String)], want: usize, within
     }
 }
 
-/// How one activation ended, from its acks and its record, which must agree: its result
-/// (`Ok`) or its error activation (`Err((statusCode, error))`). Every result-bearing ack
-/// (a redelivered activation may be answered twice) carries the same response as the record.
+/// How one blocking activation ended, from its acks and its record, which must agree: its
+/// result (`Ok`) or its error activation (`Err((statusCode, error))`). Each delivery answers
+/// with a result ack and a completion ack, or one combined ack, so there is at least one
+/// result-bearing and one slot-freeing ack (more when the activation was redelivered, or a
+/// produce was retried across the broker's restart: the producer is not idempotent), and
+/// every result-bearing ack carries the same response as the record.
 async fn outcome(h: &Harness, id: &str) -> Result<Value, (i64, String)> {
     let record = h.record(id).await;
     let response = record["response"].clone();
+    let acks = &h.seen[id];
+    let results = acks.iter().filter(|a| a.get("response").is_some()).count();
+    let freeing = acks.iter().filter(|a| a.get("instance").is_some()).count();
+    assert!(
+        results >= 1 && freeing >= 1,
+        "{id}: {results} result-bearing and {freeing} slot-freeing acks: {acks:?}"
+    );
     for ack in &h.seen[id] {
         if let Some(Value::Object(activation)) = ack.get("response") {
             assert_eq!(
@@ -145,7 +155,7 @@ impl Broker {
 
     async fn start() -> Self {
         let mut b = Self {
-            port: free_port(),
+            port: free_port_outside_ephemeral(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -165,7 +175,8 @@ impl Broker {
             .append(true)
             .open(self.dir.path().join("tansu.log"))
             .unwrap();
-        let child = Command::new(Self::binary())
+        let mut command = Command::new(Self::binary());
+        command
             .args([
                 "broker",
                 "--listener-url",
@@ -177,9 +188,24 @@ impl Broker {
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start tansu");
+            .stderr(log);
+        // A test killed by a signal takes its broker with it. The thread that starts it is a
+        // worker of the test's runtime, which lives as long as the test.
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (prctl, getppid, kill on itself); it allocates nothing.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                use nix::sys::signal::{Signal, kill};
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                // The parent may have died before the line above: then no signal would come.
+                if nix::unistd::getppid().as_raw() != i32::try_from(parent).unwrap_or(-1) {
+                    let _ = kill(nix::unistd::getpid(), Signal::SIGKILL);
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start tansu");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while tokio::net::TcpStream::connect(self.hosts()).await.is_err() {

@@ -43,7 +43,7 @@ fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
         run_dir: run_dir.to_owned(),
         cgroup_parent: Some(cgroup_parent.to_owned()),
         vcpus: 1,
-        canary_name: "wskux0_canary".into(),
+        name_prefix: "wskux0_".into(),
         canary_timeout: vm::DEFAULT_CANARY_TIMEOUT,
     }
 }

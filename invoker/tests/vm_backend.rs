@@ -3,7 +3,8 @@
 //! `/run` on the lease's address, its sentinelled logs arrive through the serial console, a
 //! paused VM does not answer and answers again once resumed, and destroying it leaves no QEMU
 //! process, file, cgroup or neighbour entry and gives the slot back; a missing kernel, a kernel
-//! QEMU cannot load and a boot timeout each give their typed error and leak nothing.
+//! QEMU cannot load and a boot timeout each give their typed error and leak nothing; a killed
+//! invoker's QEMU, folder and cgroup are removed when the next factory starts.
 //!
 //! `auto` on this machine, whose `/dev/kvm` is a PVM that opens but cannot run the guest, ends
 //! on TCG, says why, and leaves nothing of its canaries.
@@ -44,7 +45,7 @@ fn config(run_dir: &Path, cgroup_parent: &str) -> VmConfig {
         run_dir: run_dir.to_owned(),
         cgroup_parent: Some(cgroup_parent.to_owned()),
         vcpus: 1,
-        canary_name: "wskvx0_canary".into(),
+        name_prefix: "wskvx0_".into(),
         canary_timeout: vm::DEFAULT_CANARY_TIMEOUT,
     }
 }
@@ -106,6 +107,28 @@ fn assert_nothing_left(
     let n = permanent_neighbours(pool_name);
     assert!(n.is_empty(), "neighbour entries left: {n}");
     assert_eq!(pool.stats().leased, 0, "a slot is still leased");
+}
+
+/// A QEMU as a killed invoker's VM leaves it: running (an idle machine, no guest), its pid file
+/// in the VM's folder `<run_dir>/<name>`, its pid in the VM's cgroup. The child and the name.
+fn killed_runs_vm(
+    run_dir: &Path,
+    cgroup_parent: &str,
+    name: &str,
+) -> (std::process::Child, String) {
+    let vm_dir = run_dir.join(name);
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let child = std::process::Command::new("qemu-system-x86_64")
+        .args(["-machine", "none", "-nodefaults", "-display", "none", "-S"])
+        .arg("-pidfile")
+        .arg(vm_dir.join("qemu.pid"))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (runtimes/build.sh installs it)");
+    let cgroup = cgroup_dir(cgroup_parent, name);
+    std::fs::create_dir_all(&cgroup).unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), child.id().to_string()).unwrap();
+    (child, name.to_owned())
 }
 
 async fn shut_down(pool: Arc<netpool::NetPool>) {
@@ -309,10 +332,32 @@ async fn faults_give_typed_errors_and_leak_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");
     let cgroup_parent = "wsk-vm-test-vf";
+    // What a SIGKILLed invoker leaves: its QEMU still running, in the VM's cgroup, with its
+    // folder; another factory's cgroup beside it.
+    let (mut qemu, left) = killed_runs_vm(&run_dir, cgroup_parent, "wskvx0_7_guest_left");
+    let foreign = cgroup_dir(cgroup_parent, "wskvy0_1_guest_other");
+    std::fs::create_dir_all(&foreign).unwrap();
     // A missing kernel: refused before a slot is leased or QEMU started.
     let mut missing = config(&run_dir, cgroup_parent);
     missing.kernel = dir.path().join("no-such-vmlinux");
     let factory = VmFactory::new(pool.clone(), missing).await.unwrap();
+    // The factory's start removed the earlier run's VM, and only that.
+    // `new` waited for it to die: our child is a zombie now, or it is still running.
+    let status = qemu
+        .try_wait()
+        .expect("wait for the leftover QEMU")
+        .unwrap_or_else(|| {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            panic!("the factory's start left an earlier run's QEMU running")
+        });
+    assert!(
+        !status.success(),
+        "the leftover QEMU was not killed: {status}"
+    );
+    assert_nothing_left(&run_dir, cgroup_parent, &left, "vf", &pool);
+    assert!(foreign.exists(), "another factory's cgroup was removed");
+    std::fs::remove_dir(&foreign).unwrap();
     let name = "wskvf0_1_guest_nokernel";
     let e = factory.create(&spec(name)).await.expect_err("no kernel");
     println!("{name}: {}", openwhisk::errors::chain(&e));
@@ -420,7 +465,7 @@ async fn auto_picks_tcg_here_says_why_and_leaves_nothing() {
     let cgroup_parent = "wsk-vm-test-va";
     let mut cfg = config(&run_dir, cgroup_parent);
     cfg.accelerator = vm::Accelerator::Auto;
-    cfg.canary_name = "wskva0_canary".into();
+    cfg.name_prefix = "wskva0_".into();
     let started = std::time::Instant::now();
     let factory = VmFactory::new(pool.clone(), cfg).await.unwrap_or_else(|e| {
         panic!(

@@ -203,6 +203,28 @@ pub fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
+/// A TCP port free now and below the kernel's ephemeral range, for a server that is stopped
+/// and started again on the same port: while it is down, no client's local port can take it
+/// (a port from [`free_port`] can be, it is in that range).
+pub fn free_port_outside_ephemeral() -> u16 {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (first, last) = (20_000u16, low.saturating_sub(1));
+    assert!(
+        first < last,
+        "the ephemeral range starts at {low}: no room below it"
+    );
+    let span = u32::from(last - first) + 1;
+    // Starting from this process's id keeps two test processes off the same first choice.
+    let start = std::process::id() % span;
+    (0..span)
+        .map(|i| first + u16::try_from((start + i) % span).unwrap_or(0))
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap_or_else(|| panic!("no free port in {first}..={last}"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -21,9 +21,10 @@
 //! - **Limits:** `-m` is the action's memory limit; the QEMU process goes into a cgroup of its
 //!   own with the action's CPU shares (and `--cpus` quota), cgroup v1 `cpu` or v2.
 //! - **Leftovers:** each VM has a folder `<run_dir>/<name>` with its QMP socket, QEMU's pid
-//!   file and the neighbour entry it added; [`VmFactory::remove_all`] finds QEMU processes of an
-//!   earlier run by their `-pidfile` argument under that folder, kills them and removes the
-//!   folders and cgroups.
+//!   file and the neighbour entry it added; [`VmFactory::new`] (before its canary) and
+//!   [`VmFactory::remove_all`] find QEMU processes of an earlier run (a killed invoker's VMs
+//!   keep running) by their `-pidfile` argument under that folder, kill them and remove the
+//!   folders, neighbour entries and cgroups with the factory's name prefix.
 //! - **Accelerator:** `tcg`, `kvm`, or `auto`, which [`VmFactory::new`] settles once by booting
 //!   a canary guest (the native root image) on a slot of the factory's own pool, with KVM and
 //!   then with TCG ([`choose_accelerator`]). The canary goes through the same lease, boot and
@@ -164,6 +165,14 @@ pub enum VmError {
     },
     #[error("a blocking task was lost")]
     Join(#[source] tokio::task::JoinError),
+    /// What an earlier run of this factory left (its QEMU processes, folders, cgroups) could
+    /// not all be removed at start-up.
+    #[error("cannot remove the VMs an earlier run left in {}", .run_dir.display())]
+    Leftovers {
+        run_dir: PathBuf,
+        #[source]
+        source: Errors,
+    },
     /// `auto` found no accelerator that boots the canary guest.
     #[error("no accelerator boots the canary guest: kvm: {}; tcg: {}", openwhisk::errors::chain(.kvm.as_ref()), openwhisk::errors::chain(.tcg.as_ref()))]
     NoAccelerator {
@@ -319,15 +328,22 @@ pub struct VmConfig {
     /// `None` runs QEMU in the invoker's cgroup.
     pub cgroup_parent: Option<String>,
     pub vcpus: u32,
-    /// `auto`'s canary VM, named with this invoker's prefix so that `remove_all` finds it
-    /// after a crash.
-    pub canary_name: String,
+    /// What every VM name of this factory starts with (`<invoker prefix>_`), `auto`'s canary
+    /// (`<name_prefix>canary`) included: what an earlier run left with it is removed when the
+    /// factory starts, before the canary boots, and by `remove_all`.
+    pub name_prefix: String,
     /// The bound of `auto`'s KVM canary boot; the TCG one has `boot_timeout`, since the
     /// factory would accept a boot that slow for an action.
     pub canary_timeout: Duration,
 }
 
 impl VmConfig {
+    /// `auto`'s canary VM: a name with this factory's prefix, so that what a crash left of it
+    /// is found like any VM's.
+    pub fn canary_name(&self) -> String {
+        format!("{}canary", self.name_prefix)
+    }
+
     /// The settings, with `<vm.dir>/<name_prefix>` as this invoker's runtime folder.
     pub fn from_settings(s: &VmSettings, name_prefix: &str) -> Self {
         Self {
@@ -343,7 +359,7 @@ impl VmConfig {
             run_dir: s.dir.join(name_prefix),
             cgroup_parent: Some("wsk-vm".into()),
             vcpus: 1,
-            canary_name: format!("{name_prefix}canary"),
+            name_prefix: format!("{name_prefix}_"),
             canary_timeout: DEFAULT_CANARY_TIMEOUT,
         }
     }
@@ -1038,6 +1054,31 @@ impl VmFactory {
         if want_cgroup && cgroups.is_none() {
             tracing::warn!("no cpu cgroup controller found: VMs run without their CPU share");
         }
+        // A killed invoker's QEMU processes outlive it: they go first, before the canary
+        // competes with them for the CPU (and before anything is made under their names).
+        let (run_dir, prefix) = (config.run_dir.clone(), config.name_prefix.clone());
+        let cgroup_parent = match (&cgroups, &config.cgroup_parent) {
+            (Some(l), Some(p)) => Some(l.root().join(p)),
+            _ => None,
+        };
+        let (removed, errors) = tokio::task::spawn_blocking(move || {
+            remove_leftovers(&run_dir, cgroup_parent.as_deref(), &prefix)
+        })
+        .await
+        .map_err(VmError::Join)?;
+        if !errors.is_empty() {
+            return Err(VmError::Leftovers {
+                run_dir: config.run_dir.clone(),
+                source: Errors(errors),
+            });
+        }
+        if removed > 0 {
+            tracing::warn!(
+                removed,
+                run_dir = %config.run_dir.display(),
+                "removed the VMs an earlier run left"
+            );
+        }
         let setting = config.accelerator;
         let mut factory = Self {
             netpool,
@@ -1407,7 +1448,7 @@ impl VmFactory {
 impl Canary for VmFactory {
     async fn boot(&self, engine: Engine, timeout: Duration) -> Result<(), VmError> {
         let spec = ContainerSpec {
-            name: self.config.canary_name.clone(),
+            name: self.config.canary_name(),
             image: super::ImageRef::local("openwhisk/dockerskeleton"),
             memory_mb: CANARY_MEMORY_MB,
             cpu_shares: 1024,
@@ -1824,7 +1865,7 @@ mod tests {
             run_dir: "/run/wsk-vm/wskinv0".into(),
             cgroup_parent: Some("wsk-vm".into()),
             vcpus: 1,
-            canary_name: "wskinv0_canary".into(),
+            name_prefix: "wskinv0_".into(),
             canary_timeout: DEFAULT_CANARY_TIMEOUT,
         }
     }

@@ -375,14 +375,15 @@ impl Harness {
             format!("10.{}.0.0/16", 150 + self.id % 50),
         )
         // The VM slots (vm mode's, and the VM backend's beside the container modes), likewise:
-        // 10.100–10.109, apart from netns's (above, and the stack's 10.230), the benchmark's
+        // 10.100–10.149, apart from netns's (above, and the stack's 10.230), the benchmark's
         // 10.231 and 10.233, vm mode's default 10.232, the free ranges the invokers of other
         // tests pick (netpool's `subnet_auto`, from 10.200) and the ranges of netpool's and the
-        // VM backend's own tests (10.213, 10.215–10.218). `id % 10` is the harness's slot in
-        // this process, so the invokers of one run never share a range.
+        // VM backend's own tests (10.213, 10.215–10.218). Ids are a multiple of 10 plus the
+        // harness's slot in this process, so `id % 50`, like netns's, keeps the ranges of one
+        // process's first 50 invokers apart.
         .env(
             "CONFIG_whisk_invoker_network_vm_subnet",
-            format!("10.{}.0.0/16", 100 + self.id % 10),
+            format!("10.{}.0.0/16", 100 + self.id % 50),
         )
         .grace(Duration::from_secs(30))
         .spawn()
