@@ -15,6 +15,8 @@ pub const CONTAINER_CREATE_SECONDS: &str = "invoker_container_create_seconds";
 /// Counter: containers removed by the pool, by `reason` (`evicted`, `idle`, `unhealthy`,
 /// `abandoned`).
 pub const CONTAINERS_REMOVED_TOTAL: &str = "invoker_containers_removed_total";
+/// Counter: removals by the pool that failed (each is tried again while the pool runs).
+pub const CONTAINER_REMOVE_FAILURES_TOTAL: &str = "invoker_container_remove_failures_total";
 /// Gauge: memory of the containers that exist or are being created (limits, not usage).
 pub const POOL_MEMORY_BYTES: &str = "invoker_pool_memory_used_bytes";
 /// Gauge: the most [`POOL_MEMORY_BYTES`] ever was since start (a high-water mark, so a check
@@ -65,6 +67,7 @@ pub const ALL: &[&str] = &[
     CONTAINER_STARTS_TOTAL,
     CONTAINER_CREATE_SECONDS,
     CONTAINERS_REMOVED_TOTAL,
+    CONTAINER_REMOVE_FAILURES_TOTAL,
     POOL_MEMORY_BYTES,
     POOL_MEMORY_PEAK_BYTES,
     ACKS_TOTAL,

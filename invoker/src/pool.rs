@@ -154,10 +154,19 @@ struct Inner {
     tasks: tokio_util::task::TaskTracker,
     /// The janitor task, until the service takes it to watch it.
     janitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Cancelled when shutdown begins: removals stop retrying (the sweep follows).
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// How long shutdown waits for creates and removals still running.
 const SHUTDOWN_TASKS_BOUND: Duration = Duration::from_secs(60);
+
+/// The pauses between the tries of a removal that fails while the pool runs (a backend down for
+/// a while: dockerd restarting), doubling from the first to the last, which repeats until the
+/// removal works or shutdown begins (its sweep takes over). The container's memory stays
+/// reserved meanwhile: the backend may still hold it.
+const REMOVE_RETRY_FIRST: Duration = Duration::from_millis(500);
+const REMOVE_RETRY_LAST: Duration = Duration::from_secs(30);
 
 /// A container handed to one activation.
 #[derive(Debug)]
@@ -222,6 +231,7 @@ impl ContainerPool {
             names: AtomicU64::new(1),
             tasks: tokio_util::task::TaskTracker::new(),
             janitor: Mutex::new(None),
+            closing: tokio_util::sync::CancellationToken::new(),
         });
         let janitor = Arc::downgrade(&inner);
         let task = tokio::spawn(async move {
@@ -341,6 +351,7 @@ impl ContainerPool {
         let containers: Vec<_> = {
             let mut s = self.inner.state.lock();
             s.closed = true;
+            self.inner.closing.cancel();
             // Pause and idle timers leave alone what shutdown removes; containers already
             // being removed are left to whoever removes them.
             let mut containers = Vec::new();
@@ -790,12 +801,27 @@ impl Inner {
         self.changed.notify_waiters();
     }
 
-    /// Removes a container, then frees its memory.
+    /// Removes a container, trying again while it fails and the pool runs, then frees its
+    /// memory.
     async fn destroy_entry(self: Arc<Self>, key: u64, c: Arc<dyn Container>, reason: &'static str) {
         metrics::counter!(crate::metrics::CONTAINERS_REMOVED_TOTAL, "reason" => reason)
             .increment(1);
-        if let Err(e) = c.destroy().await {
-            tracing::warn!(error = %e, "removing a container failed");
+        let mut pause = REMOVE_RETRY_FIRST;
+        while let Err(e) = c.destroy().await {
+            metrics::counter!(crate::metrics::CONTAINER_REMOVE_FAILURES_TOTAL).increment(1);
+            if self.closing.is_cancelled() {
+                tracing::warn!(container = c.id(), error = %openwhisk::errors::chain(&e), "removing a container failed; left to the shutdown sweep");
+                break;
+            }
+            tracing::warn!(container = c.id(), error = %openwhisk::errors::chain(&e), retry_in_ms = pause.as_millis() as u64, "removing a container failed; trying again");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.closing.cancelled() => {
+                    tracing::warn!(container = c.id(), "a removal still failing is left to the shutdown sweep");
+                    break;
+                }
+            }
+            pause = (pause * 2).min(REMOVE_RETRY_LAST);
         }
         self.forget(key);
     }

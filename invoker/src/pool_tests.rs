@@ -364,6 +364,67 @@ async fn an_evicted_container_holds_its_memory_until_its_destroy_returns() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failed_removal_is_tried_again_and_holds_its_memory_until_it_works() {
+    let (fake, pool) = setup(config(256));
+    fake.set(|s| s.fail_destroys = 3);
+    let a = acquire(&pool, &action("a", "nodejs:18", 256, 1), "guest")
+        .await
+        .unwrap();
+    let id = a.container.id().to_owned();
+    a.finish(true);
+    let started = Instant::now();
+    let b = spawn_acquire(&pool, &action("b", "nodejs:18", 256, 1), "guest");
+    fake.until(|s| s.count(|c| *c == Call::Destroy(id.clone())) == 3)
+        .await;
+    assert!(!b.is_finished(), "b started while a still existed");
+    assert_eq!(pool.stats().used_mb, 256, "a's memory is still reserved");
+    let b = within(b).await.unwrap().unwrap();
+    assert_eq!(b.start, Start::Cold);
+    assert_eq!(
+        destroys_of(&fake, &id),
+        4,
+        "three failures, then the removal"
+    );
+    assert_eq!(
+        fake.with(|s| s.peak_mb),
+        256,
+        "a and b never existed at once"
+    );
+    // 0.5 + 1 + 2 s of pauses between the four tries.
+    assert!(
+        started.elapsed() >= Duration::from_millis(3500),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_removal_that_keeps_failing_is_left_to_the_shutdown_sweep() {
+    let (fake, pool) = setup(config(256));
+    fake.set(|s| s.fail_destroys = usize::MAX);
+    let a = acquire(&pool, &action("a", "nodejs:18", 256, 1), "guest")
+        .await
+        .unwrap();
+    let id = a.container.id().to_owned();
+    a.finish(true);
+    let b = spawn_acquire(&pool, &action("b", "nodejs:18", 256, 1), "guest");
+    fake.until(|s| s.count(|c| *c == Call::Destroy(id.clone())) >= 3)
+        .await;
+    // Shutdown does not wait out the retries (its bound for running removals is 60 s).
+    tokio::time::timeout(Duration::from_secs(5), pool.shutdown())
+        .await
+        .expect("shutdown waited for the retries")
+        .unwrap();
+    assert!(within(b).await.unwrap().is_err(), "b never got a container");
+    let calls = fake.calls();
+    assert!(
+        calls.contains(&Call::RemoveAll(format!("{PREFIX}_"))),
+        "{calls:?}"
+    );
+    assert_eq!(pool.stats().used_mb, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn runs_that_do_not_fit_wait_in_order_and_block_the_runs_behind_them() {
     let (fake, pool) = setup(config(768));
     let a = acquire(&pool, &action("a", "nodejs:18", 256, 1), "guest")

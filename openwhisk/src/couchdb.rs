@@ -9,6 +9,10 @@
 //!   both, pouchdb-server ignores `If-Match` on writes (`shared/stack-notes.md` §2.2).
 //! - A 404 becomes [`CouchDbError::NotFound`], a 409 [`CouchDbError::Conflict`] and a 401
 //!   [`CouchDbError::Unauthorized`], so callers can tell a missing action from a broken store.
+//! - Idle pooled connections are dropped after [`POOL_IDLE_TIMEOUT`], before a Node.js server
+//!   (pouchdb-server) closes them at its 5 s keep-alive; a GET or HEAD whose connection fails
+//!   anyway (a server closing it as the request goes out) is sent once more on a new one. Writes
+//!   are never re-sent: the caller decides (the invoker's record writer retries with back-off).
 
 use std::time::Duration;
 
@@ -18,6 +22,10 @@ use url::Url;
 
 /// Default time a single CouchDB request may take.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an idle connection stays in the pool: under Node.js's default keep-alive timeout
+/// (5 s), so the client never picks a connection the server is about to close.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Errors of the CouchDB client. Each names the request that failed.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +136,7 @@ impl CouchDb {
         }
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|source| CouchDbError::Transport {
                 method: Method::GET,
@@ -282,7 +291,7 @@ impl CouchDb {
         name: &str,
     ) -> Result<Attachment, CouchDbError> {
         let segments = [db, id, name];
-        let resp = self.request(Method::GET, &segments, &[]).send().await;
+        let resp = send(&Method::GET, self.request(Method::GET, &segments, &[])).await;
         let resp = match resp {
             Ok(r) => r,
             Err(source) => return Err(self.transport(Method::GET, &segments, source)),
@@ -338,7 +347,7 @@ impl CouchDb {
             req = req.json(body);
         }
         let bytes = self
-            .check(method.clone(), segments, req.send().await)
+            .check(method.clone(), segments, send(&method, req).await)
             .await?;
         self.parse(method, segments, &bytes)
     }
@@ -405,6 +414,26 @@ impl CouchDb {
     }
 }
 
+/// Sends `req`; a GET or HEAD that failed on its connection (not by its timeout) is sent once
+/// more, on a new connection: a pooled connection the server closed as the request went out fails
+/// it without the server having read it.
+async fn send(
+    method: &Method,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let again = match *method {
+        Method::GET | Method::HEAD => req.try_clone(),
+        _ => None,
+    };
+    match (req.send().await, again) {
+        (Err(e), Some(again)) if !e.is_timeout() => {
+            tracing::debug!(%method, error = %crate::errors::chain(&e), "couchdb request sent again");
+            again.send().await
+        }
+        (result, _) => result,
+    }
+}
+
 fn path_of(segments: &[&str]) -> String {
     let mut p = String::new();
     for s in segments {
@@ -443,6 +472,73 @@ mod tests {
         let c = client("http://127.0.0.1:5984/couch/");
         let url = c.url(&["db", "doc", "att"], &[]);
         assert_eq!(url.as_str(), "http://127.0.0.1:5984/couch/db/doc/att");
+    }
+
+    /// A server that answers every request with `{}` on a keep-alive connection, except the
+    /// requests (counted from 1 over all connections) in `close_at`: for those it closes the
+    /// connection having read the request, as a server closing an idle connection does when the
+    /// request crosses its close. Returns its url and its request count.
+    async fn closing_server(
+        close_at: &'static [usize],
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut chunk = [0u8; 1024];
+                            match conn.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        buf.clear();
+                        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+                        if close_at.contains(&n) {
+                            return;
+                        }
+                        let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                     content-length: 2\r\nconnection: keep-alive\r\n\r\n{}";
+                        if conn.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn a_read_whose_connection_closes_is_sent_again() {
+        let (url, count) = closing_server(&[2]).await;
+        let c = client(&url);
+        c.server_info().await.unwrap();
+        // The second request goes out on the pooled connection, which the server closes.
+        c.server_info().await.unwrap();
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_connection_closes_is_not_sent_again() {
+        let (url, count) = closing_server(&[2]).await;
+        let c = client(&url);
+        c.server_info().await.unwrap();
+        let err = c.bulk_docs("db", &[serde_json::json!({"a": 1})]).await;
+        assert!(
+            matches!(err, Err(CouchDbError::Transport { .. })),
+            "{err:?}"
+        );
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]

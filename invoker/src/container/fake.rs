@@ -41,6 +41,8 @@ pub struct FakeState {
     pub fail_creates: usize,
     pub fail_pause: bool,
     pub fail_resume: bool,
+    /// This many of the next destroys fail and leave their container as it was.
+    pub fail_destroys: usize,
     /// How long a create takes (on the tokio clock, which tests pause).
     pub create_delay: std::time::Duration,
     /// How long a destroy takes; the container holds its memory until the destroy returns.
@@ -294,6 +296,10 @@ impl Container for FakeContainer {
             tokio::time::sleep(delay).await;
         }
         let mut s = self.factory.shared.state.lock();
+        if s.fail_destroys > 0 {
+            s.fail_destroys -= 1;
+            return Err(self.fails("destroy"));
+        }
         let existed = s.live.remove(&self.id).is_some();
         drop(s);
         self.factory.shared.changed.notify_waiters();

@@ -1195,8 +1195,16 @@ impl Container for RuncContainer {
     }
 
     async fn destroy(&self) -> Result<(), BackendError> {
-        let _ = self.runc("resume", &["resume", &self.id]).await;
-        let deleted = self.runc("delete", &["delete", "--force", &self.id]).await;
+        // runc keeps a container's state in `<root>/<id>`: without it (an earlier try deleted
+        // the container and failed further on) there is nothing to delete, and `runc delete`
+        // would fail, so a removal tried again goes on with the bundle and the cgroups.
+        let deleted = match tokio::fs::try_exists(self.state.join(&self.id)).await {
+            Ok(false) => Ok(()),
+            _ => {
+                let _ = self.runc("resume", &["resume", &self.id]).await;
+                self.runc("delete", &["delete", "--force", &self.id]).await
+            }
+        };
         let bundle = self.bundle.clone();
         let mut errors = teardown_bundle_off_workers(bundle).await;
         // runc gives up on a cgroup that is still busy with an exiting process; retried here
