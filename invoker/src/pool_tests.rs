@@ -130,6 +130,20 @@ fn spawn_acquire(
     tokio::spawn(async move { pool.acquire(&a, &namespace).await })
 }
 
+/// With 256 MB of user memory: `a` (256 MB) runs and finishes, then `b` (256 MB) asks for a
+/// container, which evicts `a`. Returns `a`'s id and `b`'s acquire.
+async fn evict_a_for_b(pool: &ContainerPool) -> (String, JoinHandle<Result<Lease, CreateError>>) {
+    let a = acquire(pool, &action("a", "nodejs:18", 256, 1), "guest")
+        .await
+        .unwrap();
+    let id = a.container.id().to_owned();
+    a.finish(true);
+    (
+        id,
+        spawn_acquire(pool, &action("b", "nodejs:18", 256, 1), "guest"),
+    )
+}
+
 fn destroys_of(fake: &FakeFactory, id: &str) -> usize {
     fake.with(|s| s.count(|c| *c == Call::Destroy(id.to_owned())))
 }
@@ -343,12 +357,7 @@ async fn the_least_recently_used_idle_container_is_evicted_when_memory_is_needed
 async fn an_evicted_container_holds_its_memory_until_its_destroy_returns() {
     let (fake, pool) = setup(config(256));
     fake.set(|s| s.destroy_delay = Duration::from_secs(1));
-    let a = acquire(&pool, &action("a", "nodejs:18", 256, 1), "guest")
-        .await
-        .unwrap();
-    let id = a.container.id().to_owned();
-    a.finish(true);
-    let b = spawn_acquire(&pool, &action("b", "nodejs:18", 256, 1), "guest");
+    let (id, b) = evict_a_for_b(&pool).await;
     fake.until(|s| s.count(|c| *c == Call::Destroy(id.clone())) == 1)
         .await;
     tokio::time::sleep(Duration::from_millis(900)).await;
@@ -367,13 +376,8 @@ async fn an_evicted_container_holds_its_memory_until_its_destroy_returns() {
 async fn a_failed_removal_is_tried_again_and_holds_its_memory_until_it_works() {
     let (fake, pool) = setup(config(256));
     fake.set(|s| s.fail_destroys = 3);
-    let a = acquire(&pool, &action("a", "nodejs:18", 256, 1), "guest")
-        .await
-        .unwrap();
-    let id = a.container.id().to_owned();
-    a.finish(true);
     let started = Instant::now();
-    let b = spawn_acquire(&pool, &action("b", "nodejs:18", 256, 1), "guest");
+    let (id, b) = evict_a_for_b(&pool).await;
     fake.until(|s| s.count(|c| *c == Call::Destroy(id.clone())) == 3)
         .await;
     assert!(!b.is_finished(), "b started while a still existed");
@@ -402,12 +406,7 @@ async fn a_failed_removal_is_tried_again_and_holds_its_memory_until_it_works() {
 async fn a_removal_that_keeps_failing_is_left_to_the_shutdown_sweep() {
     let (fake, pool) = setup(config(256));
     fake.set(|s| s.fail_destroys = usize::MAX);
-    let a = acquire(&pool, &action("a", "nodejs:18", 256, 1), "guest")
-        .await
-        .unwrap();
-    let id = a.container.id().to_owned();
-    a.finish(true);
-    let b = spawn_acquire(&pool, &action("b", "nodejs:18", 256, 1), "guest");
+    let (id, b) = evict_a_for_b(&pool).await;
     fake.until(|s| s.count(|c| *c == Call::Destroy(id.clone())) >= 3)
         .await;
     // Shutdown does not wait out the retries (its bound for running removals is 60 s).
