@@ -121,6 +121,17 @@ def plot_docker_start(report, out):
     fig.savefig(out, dpi=120)
 
 
+def cpu_bars(ax, cells, labels, key):
+    """Stacked bars of each cell's CPU account `key` by component; returns each bar's total."""
+    comps = sorted({k for c in cells for k in c[key]["ms"]})
+    bottom = [0.0] * len(cells)
+    for j, comp in enumerate(comps):
+        vals = [c[key]["ms"].get(comp, 0.0) for c in cells]
+        ax.bar(labels, vals, bottom=bottom, color=f"C{j % 10}", label=comp)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    return bottom
+
+
 def plot_coldstart(report, out):
     order = ["bridge", "pcpm", "netns", "vm", "unikernel"]
     modes = sorted({c["mode"] for c in report["cells"]}, key=lambda m: order.index(m) if m in order else 9)
@@ -156,13 +167,8 @@ def plot_coldstart(report, out):
         # CPU ms per cold start by component (a cgroup each), every mode at each N it ran.
         ax, rest = rest[0], rest[1:]
         picked = sorted(accounted, key=lambda c: (modes.index(c["mode"]), c["n"]))
-        comps = sorted({k for c in picked for k in c["cpu_ms_per_cold_start"]["ms"]})
         labels = [f"{c['mode']}\nN={c['n']}" for c in picked]
-        bottom = [0.0] * len(picked)
-        for j, comp in enumerate(comps):
-            vals = [c["cpu_ms_per_cold_start"]["ms"].get(comp, 0.0) for c in picked]
-            ax.bar(labels, vals, bottom=bottom, color=f"C{j % 10}", label=comp)
-            bottom = [b + v for b, v in zip(bottom, vals)]
+        bottom = cpu_bars(ax, picked, labels, "cpu_ms_per_cold_start")
         # The Linux guest under TCG costs seconds per cold start: its bars are cut at the
         # others' scale and carry their total.
         rest_max = max([b for c, b in zip(picked, bottom) if c["mode"] != "vm"] or bottom)
@@ -271,13 +277,8 @@ def plot_warm(report, out):
     # CPU per activation by component, blocking cells at the highest C of each mode.
     top = max(c["concurrency"] for c in cells)
     picked = [c for c in cells if c["concurrency"] == top and c.get("cpu_ms_per_activation")]
-    comps = sorted({k for c in picked for k in c["cpu_ms_per_activation"]["ms"]})
     labels = [f"{c['mode']}\n{'blocking' if c['blocking'] else 'non-bl.'}" for c in picked]
-    bottom = [0.0] * len(picked)
-    for j, comp in enumerate(comps):
-        vals = [c["cpu_ms_per_activation"]["ms"].get(comp, 0.0) for c in picked]
-        ax3.bar(labels, vals, bottom=bottom, color=f"C{j}", label=comp)
-        bottom = [b + v for b, v in zip(bottom, vals)]
+    cpu_bars(ax3, picked, labels, "cpu_ms_per_activation")
     ax3.set_ylabel("CPU ms per warm activation")
     ax3.set_title(f"where the CPU goes at C={top} (cgroup per component)", fontsize=9)
     ax3.legend(fontsize=7)
