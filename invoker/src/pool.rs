@@ -809,17 +809,15 @@ impl Inner {
         let mut pause = REMOVE_RETRY_FIRST;
         while let Err(e) = c.destroy().await {
             metrics::counter!(crate::metrics::CONTAINER_REMOVE_FAILURES_TOTAL).increment(1);
-            if self.closing.is_cancelled() {
-                tracing::warn!(container = c.id(), error = %openwhisk::errors::chain(&e), "removing a container failed; left to the shutdown sweep");
-                break;
-            }
-            tracing::warn!(container = c.id(), error = %openwhisk::errors::chain(&e), retry_in_ms = pause.as_millis() as u64, "removing a container failed; trying again");
+            tracing::warn!(container = c.id(), error = %openwhisk::errors::chain(&e), retry_in_ms = pause.as_millis() as u64, "removing a container failed");
             tokio::select! {
-                () = tokio::time::sleep(pause) => {}
+                // Checked first: once shutdown began, its sweep removes what is left.
+                biased;
                 () = self.closing.cancelled() => {
-                    tracing::warn!(container = c.id(), "a removal still failing is left to the shutdown sweep");
+                    tracing::warn!(container = c.id(), "a failed removal is left to the shutdown sweep");
                     break;
                 }
+                () = tokio::time::sleep(pause) => {}
             }
             pause = (pause * 2).min(REMOVE_RETRY_LAST);
         }
