@@ -136,6 +136,8 @@ install_base() {
     need_apt iproute2 ip
     need_apt conntrack conntrack
     need_apt docker.io dockerd
+    # netns mode's second OCI runtime (whisk.invoker.runc.runtime = crun); docker.io brings runc.
+    need_apt crun crun
     command -v node >/dev/null 2>&1 || need_apt nodejs node
     command -v npm >/dev/null 2>&1 || need_apt npm npm
     command -v cargo >/dev/null 2>&1 || die "cargo not found: this project needs a Rust toolchain (1.95 or newer)"

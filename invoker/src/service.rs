@@ -83,6 +83,8 @@ pub enum ServiceError {
     VmSlots(#[source] netpool::PoolError),
     #[error("starting the VM backend")]
     VmFactory(#[source] crate::container::vm::VmError),
+    #[error("the OCI runtime of netns mode (whisk.invoker.runc.runtime) cannot run")]
+    OciRuntime(#[source] crate::container::runc::CommandError),
     #[error("removing leftover action containers")]
     Leftovers(#[source] BackendError),
     /// A task ended on its own: returned (`failure` is `None`) or panicked.
@@ -473,7 +475,10 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
                     &settings.runc_dir.join("bundles").join(&name_prefix),
                     &Path::new("/run/wsk-runc").join(&name_prefix),
                 )
-                .with_image_store(&settings.runc_image_store);
+                .with_image_store(&settings.runc_image_store)
+                .with_runtime(&settings.runc_runtime);
+                let version = runc.runtime_version().await.map_err(ServiceError::OciRuntime)?;
+                tracing::info!(runtime = %settings.runc_runtime.display(), version, "OCI runtime");
                 // Unpack the managed runtimes' images before the first cold start needs them.
                 for image in manifest
                     .images(&settings.runtimes_registry)

@@ -1,8 +1,10 @@
-//! The runc backend against the real kernel, runc and the locally built images: a Node.js
-//! action container in a netpool namespace answers `/init` and `/run` on the lease's address,
-//! writes sentinelled logs that arrive through its pipes, pauses and resumes, and leaves nothing
-//! behind; an image whose entry point is missing is refused as a developer error before runc
-//! runs.
+//! The runc backend against the real kernel, the OCI runtimes (runc, and crun, which on this
+//! host's hybrid cgroup layout runs from a mount namespace without the unified hierarchy) and
+//! the locally built images: a Node.js action container in a netpool namespace answers `/init`
+//! and `/run` on the lease's address, writes sentinelled logs that arrive through its pipes,
+//! pauses (the runtime itself then reports it paused) and resumes, a paused one is destroyed,
+//! and nothing is left behind; an image whose entry point is missing is refused as a developer
+//! error before the runtime runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,10 +16,38 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
+    node_action_in_a_netpool_namespace("runc", "rb", [10, 211, 0, 0], "wskrb0_").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_action_runs_under_crun_in_a_netpool_namespace() {
+    node_action_in_a_netpool_namespace("crun", "rc", [10, 211, 128, 0], "wskrc0_").await;
+}
+
+/// The runtime's own word on a container's status (`<runtime> state`).
+async fn status(runtime: &str, state: &std::path::Path, id: &str) -> String {
+    let out = tokio::process::Command::new(runtime)
+        .arg("--root")
+        .arg(state)
+        .args(["state", id])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{runtime} state: {e}"));
+    assert!(out.status.success(), "{runtime} state {id}: {out:?}");
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    state["status"].as_str().unwrap().to_owned()
+}
+
+async fn node_action_in_a_netpool_namespace(
+    runtime: &str,
+    pool_name: &str,
+    subnet: [u8; 4],
+    prefix: &str,
+) {
     let docker = pcpm::docker::connect()
         .await
         .expect("docker (for image export) is needed; scripts/stack.sh up");
-    let mut cfg = netpool::PoolConfig::new("rb", std::net::Ipv4Addr::new(10, 211, 0, 0), 16);
+    let mut cfg = netpool::PoolConfig::new(pool_name, subnet.into(), 17);
     cfg.low_watermark = 2;
     cfg.high_watermark = 2;
     cfg.max_slots = 8;
@@ -35,9 +65,15 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
         &dir.path().join("images"),
         &dir.path().join("bundles"),
         &state,
-    );
+    )
+    .with_runtime(std::path::Path::new(runtime));
+    let version = factory
+        .runtime_version()
+        .await
+        .unwrap_or_else(|e| panic!("{runtime} is needed (scripts/stack.sh installs it): {e}"));
+    assert!(version.contains(runtime), "{version}");
     let spec = ContainerSpec {
-        name: "wskrb0_1_guest_sieve".into(),
+        name: format!("{prefix}1_guest_sieve"),
         image: ImageRef::local("openwhisk/action-nodejs-v18:nightly"),
         memory_mb: 256,
         cpu_shares: 128,
@@ -47,7 +83,7 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
     };
     // An image that is not there is the developer's error, as under Docker.
     let missing = ContainerSpec {
-        name: "wskrb0_0_guest_missing".into(),
+        name: format!("{prefix}0_guest_missing"),
         image: ImageRef::local("wsk-no-such-image:none"),
         ..spec.clone()
     };
@@ -55,7 +91,7 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
         Err(CreateError::NoExecutable { image, .. }) => assert_eq!(image, "wsk-no-such-image:none"),
         other => panic!("expected NoExecutable, got {other:?}"),
     }
-    let c = factory.create(&spec).await.expect("runc create");
+    let c = factory.create(&spec).await.expect("create");
     let client = ProxyClient::new();
     let code = "function main(p) { console.log('counting to', p.n); return {n: p.n} }";
     let init = json!({"value": {"name": "sieve", "main": "main", "binary": false, "code": code}});
@@ -91,9 +127,12 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
             .any(|l| l.ends_with("stdout: counting to 7")),
         "{logs:?}"
     );
-    // Pause and resume.
+    // Pause and resume, through the cgroup freezer: the runtime sees what was done.
+    assert_eq!(status(runtime, &state, c.id()).await, "running");
     c.pause().await.unwrap();
+    assert_eq!(status(runtime, &state, c.id()).await, "paused");
     c.resume().await.unwrap();
+    assert_eq!(status(runtime, &state, c.id()).await, "running");
     let (answer, _) = client
         .run(
             c.addr(),
@@ -107,18 +146,46 @@ async fn a_node_action_runs_under_runc_in_a_netpool_namespace() {
         Some(json!({"n": 8}))
     );
     c.destroy().await.unwrap();
+    // A paused container is destroyed as it is (the pool removes paused idle containers).
+    let paused = factory
+        .create(&ContainerSpec {
+            name: format!("{prefix}2_guest_sieve"),
+            ..spec.clone()
+        })
+        .await
+        .expect("create");
+    paused.pause().await.unwrap();
+    assert_eq!(status(runtime, &state, paused.id()).await, "paused");
+    paused.destroy().await.unwrap();
     assert_eq!(
-        factory.remove_all("wskrb0_").await.unwrap(),
+        factory.remove_all(prefix).await.unwrap(),
         0,
         "destroy left a container"
     );
-    assert!(!dir.path().join("bundles/wskrb0_1_guest_sieve").exists());
+    assert!(
+        !dir.path()
+            .join(format!("bundles/{prefix}1_guest_sieve"))
+            .exists()
+    );
+    assert!(
+        !dir.path()
+            .join(format!("bundles/{prefix}2_guest_sieve"))
+            .exists()
+    );
+    for h in ["memory", "freezer", "pids", "cpu", "unified", ""] {
+        for n in [1, 2] {
+            let cg = std::path::Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(format!("wsk-runc/{prefix}{n}_guest_sieve"));
+            assert!(!cg.exists(), "{} is left behind", cg.display());
+        }
+    }
     assert!(!state.exists(), "an empty runc state folder is left behind");
     assert!(
         !dir.path().join("bundles").exists(),
         "an empty bundles folder is left behind"
     );
-    drop((c, factory));
+    drop((c, paused, factory));
     Arc::try_unwrap(pool)
         .expect("one owner")
         .shutdown()

@@ -2,8 +2,9 @@
 //! Node.js runtime image: the same action, run once in a container the Docker backend makes
 //! (contract §5.1 flags, bridge networking) and once in one the runc backend makes (netns mode),
 //! reports its own `/proc/self/status` security lines and what it sees of the masked and
-//! read-only paths; the two reports must agree. And an action that allocates past its memory
-//! limit under runc is reported as OOM-killed. Needs root, `scripts/stack.sh up` and
+//! read-only paths; the two reports must agree, under either OCI runtime of netns mode (runc,
+//! crun). And an action that allocates past its memory limit under either is reported as
+//! OOM-killed. Needs root, `scripts/stack.sh up` and
 //! `runtimes/build.sh`.
 
 use std::sync::Arc;
@@ -157,10 +158,10 @@ async fn a_runc_function_has_dockers_sandbox() {
     let docker_view = probe(&*under_docker).await;
     under_docker.destroy().await.unwrap();
 
-    let pool = pool("sp", [10, 214, 0, 0]).await;
+    let runc_pool = pool("sp", [10, 214, 0, 0]).await;
     let factory = RuncFactory::new(
-        docker,
-        pool.clone(),
+        docker.clone(),
+        runc_pool.clone(),
         &dir.path().join("images"),
         &dir.path().join("bundles"),
         &dir.path().join("state"),
@@ -174,9 +175,28 @@ async fn a_runc_function_has_dockers_sandbox() {
     assert!(!under_runc.oom_killed().await);
     under_runc.destroy().await.unwrap();
     drop((under_runc, factory));
-    shut(pool).await;
+    shut(runc_pool).await;
 
-    eprintln!("docker: {docker_view:#}\nrunc: {runc_view:#}");
+    let crun_pool = pool("sc", [10, 219, 0, 0]).await;
+    let factory = RuncFactory::new(
+        docker,
+        crun_pool.clone(),
+        &dir.path().join("images"),
+        &dir.path().join("bundles"),
+        &dir.path().join("crun-state"),
+    )
+    .with_runtime(std::path::Path::new("crun"));
+    let under_crun = factory
+        .create(&spec("wsksp0_3_guest_probe", 256))
+        .await
+        .expect("crun create");
+    let crun_view = probe(&*under_crun).await;
+    assert!(!under_crun.oom_killed().await);
+    under_crun.destroy().await.unwrap();
+    drop((under_crun, factory));
+    shut(crun_pool).await;
+
+    eprintln!("docker: {docker_view:#}\nrunc: {runc_view:#}\ncrun: {crun_view:#}");
     // What Docker applies, as seen by the process itself.
     let status = &docker_view["status"];
     assert_eq!(status["Seccomp"], "2", "Docker's seccomp filter: {status}");
@@ -208,26 +228,38 @@ async fn a_runc_function_has_dockers_sandbox() {
     // Masked by current Docker (GHSA-6fw5-f8r9-fgfm), not yet by the 20.10 daemon of the stack:
     // runc follows current Docker.
     assert_eq!(runc_view["masked"]["/proc/interrupts"], "file:0");
+    // crun is given the same spec and applies it the same way.
+    assert_eq!(crun_view, runc_view);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runc_function_past_its_memory_limit_is_oom_killed() {
+    past_its_memory_limit("runc", "so", [10, 214, 128, 0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crun_function_past_its_memory_limit_is_oom_killed() {
+    past_its_memory_limit("crun", "sd", [10, 219, 128, 0]).await;
+}
+
+async fn past_its_memory_limit(runtime: &str, pool_name: &str, subnet: [u8; 4]) {
     let docker = pcpm::docker::connect()
         .await
         .expect("docker (for image export) is needed; scripts/stack.sh up");
     let dir = tempfile::tempdir().unwrap();
-    let pool = pool("so", [10, 214, 128, 0]).await;
+    let pool = pool(pool_name, subnet).await;
     let factory = RuncFactory::new(
         docker,
         pool.clone(),
         &dir.path().join("images"),
         &dir.path().join("bundles"),
         &dir.path().join("state"),
-    );
+    )
+    .with_runtime(std::path::Path::new(runtime));
     let c = factory
-        .create(&spec("wskso0_1_guest_hog", 128))
+        .create(&spec(&format!("wsk{pool_name}0_1_guest_hog"), 128))
         .await
-        .expect("runc create");
+        .unwrap_or_else(|e| panic!("{runtime} create: {e}"));
     // Buffers live outside V8's heap and `alloc` fills them, so every page counts against
     // the cgroup long before Node's own limits.
     let code =

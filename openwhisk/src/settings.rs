@@ -235,6 +235,10 @@ pub struct Settings {
     /// netns mode: runtime image archives (`docker save` format) read without dockerd
     /// (`whisk.invoker.runc.image-store`, default `<runc.dir>/image-store`).
     pub runc_image_store: std::path::PathBuf,
+    /// netns mode: the OCI runtime, a name looked up in `PATH` or a path
+    /// (`whisk.invoker.runc.runtime`: `runc`, or `crun`, which starts a container with less
+    /// CPU; see `bench coldstart`'s `netns-crun` column).
+    pub runc_runtime: std::path::PathBuf,
     /// The VM backend (`whisk.invoker.vm.*`).
     pub vm: VmSettings,
     /// Most `docker run`s at once (`whisk.docker.client.parallel-runs`).
@@ -391,6 +395,7 @@ impl Settings {
             runc_dir: p
                 .str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker")
                 .into(),
+            runc_runtime: p.str("whisk.invoker.runc.runtime", "runc").into(),
             runc_image_store: match p.str("whisk.invoker.runc.image-store", "") {
                 s if s.is_empty() => {
                     std::path::Path::new(&p.str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker"))

@@ -93,6 +93,13 @@ pub enum RuncError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot {} cgroup {}", if *.frozen { "freeze" } else { "thaw" }, .path.display())]
+    Freeze {
+        path: PathBuf,
+        frozen: bool,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("a blocking task was lost")]
     Join(#[source] tokio::task::JoinError),
     #[error(transparent)]
@@ -459,6 +466,132 @@ fn oom_kills(root: &Path, path: &str) -> Option<u64> {
     field(&control, "oom_kill").or_else(|| field(&control, "under_oom"))
 }
 
+/// Pauses between reads of a freezer's state while the kernel freezes or thaws a cgroup's
+/// tasks: about 2 s in all, as runc's own wait.
+const FREEZE_PAUSES: [Duration; 12] = [
+    Duration::from_micros(100),
+    Duration::from_micros(200),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_millis(2),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(20),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_millis(1300),
+];
+
+/// Freezes (or thaws) the cgroup `path` (a `cgroupsPath`) under the cgroup mount `root` the way
+/// `runc pause` and `runc resume` do, without starting a runtime process: cgroup v2's
+/// `cgroup.freeze`, waited on in `cgroup.events` (`frozen 1`), or cgroup v1's
+/// `freezer/<path>/freezer.state`, written and read until it says `FROZEN` (`THAWED`). runc and
+/// crun derive a container's `paused` status from the same files, so they see what this did.
+/// A freeze that does not complete in [`FREEZE_PAUSES`] is undone and is the error.
+fn freeze(root: &Path, path: &str, frozen: bool) -> Result<(), RuncError> {
+    freeze_with(root, path, frozen, std::thread::sleep)
+}
+
+fn freeze_with(
+    root: &Path,
+    path: &str,
+    frozen: bool,
+    mut pause: impl FnMut(Duration),
+) -> Result<(), RuncError> {
+    let relative = path.trim_start_matches('/');
+    let v2 = root.join(relative);
+    let (file, value, state_file, done): (PathBuf, &str, PathBuf, &str) =
+        if v2.join("cgroup.freeze").is_file() {
+            let done = if frozen { "frozen 1" } else { "frozen 0" };
+            (
+                v2.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+                v2.join("cgroup.events"),
+                done,
+            )
+        } else {
+            let dir = root.join("freezer").join(relative);
+            let value = if frozen { "FROZEN" } else { "THAWED" };
+            (
+                dir.join("freezer.state"),
+                value,
+                dir.join("freezer.state"),
+                value,
+            )
+        };
+    let error = |source| RuncError::Freeze {
+        path: file.clone(),
+        frozen,
+        source,
+    };
+    let reached = || -> std::io::Result<bool> {
+        Ok(std::fs::read_to_string(&state_file)?
+            .lines()
+            .any(|l| l.trim() == done))
+    };
+    let mut pauses = FREEZE_PAUSES.iter();
+    loop {
+        // v1 wants the write repeated while it says FREEZING; v2 keeps it.
+        std::fs::write(&file, value).map_err(error)?;
+        if reached().map_err(error)? {
+            return Ok(());
+        }
+        match pauses.next() {
+            Some(&d) => pause(d),
+            None => break,
+        }
+    }
+    if frozen {
+        let _ = freeze_with(root, path, false, pause);
+    }
+    Err(error(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the kernel did not finish freezing the cgroup's tasks",
+    )))
+}
+
+/// Whether `mounts` (`/proc/self/mounts`) is systemd's hybrid cgroup layout: cgroup v1
+/// hierarchies under `/sys/fs/cgroup` and an (empty) unified v2 hierarchy at
+/// `/sys/fs/cgroup/unified`. runc copes with it; crun refuses it ("cgroups in hybrid mode not
+/// supported, drop all controllers from cgroupv2") unless it runs where that mount is gone.
+fn is_hybrid_layout(mounts: &str) -> bool {
+    mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 3 && f[1] == "/sys/fs/cgroup/unified" && f[2] == "cgroup2"
+    })
+}
+
+/// Run in the runtime's forked child before it execs (see [`RuncFactory::with_runtime`]): a
+/// mount namespace of its own, slave to the host's so that nothing it does leaks back, without
+/// the hybrid layout's unified hierarchy, so that the runtime sees a pure cgroup v1 host.
+/// Containers are made from this namespace; it goes when the runtime exits.
+fn hide_unified_hierarchy() -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: between fork and exec only async-signal-safe calls are allowed: these are three
+    // plain syscalls on static NUL-terminated strings and null pointers, and
+    // `last_os_error` reads errno without allocating.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_SLAVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// What an image runs and with which environment.
 #[derive(Clone, Debug)]
 struct ImageConfig {
@@ -473,7 +606,10 @@ struct ImageConfig {
 pub struct RuncFactory {
     docker: Docker,
     netpool: Arc<NetPool>,
+    /// The OCI runtime's binary: `runc`, or one with its command line (`crun`).
     runc: PathBuf,
+    /// `run` starts from a mount namespace without the hybrid layout's unified hierarchy.
+    hide_unified: bool,
     /// `runc --root`: this invoker's container state.
     state: PathBuf,
     /// Unpacked images, shared by every invoker on the host (`<images>/<image id>/rootfs`).
@@ -500,6 +636,7 @@ impl RuncFactory {
             docker,
             netpool,
             runc: PathBuf::from("runc"),
+            hide_unified: false,
             state: state.to_owned(),
             images_dir: images.to_owned(),
             bundles: bundles.to_owned(),
@@ -514,6 +651,45 @@ impl RuncFactory {
     pub fn with_image_store(mut self, store: &Path) -> Self {
         self.image_store = Some(store.to_owned());
         self
+    }
+
+    /// Runs containers with `runtime` (a name looked up in `PATH`, or a path) instead of
+    /// `runc`: an OCI runtime with runc's command line, such as `crun`. On a host with
+    /// systemd's hybrid cgroup layout, a runtime other than runc creates its containers from a
+    /// mount namespace without the unified hierarchy (which has no controllers there), so that
+    /// it sees the cgroup v1 host it then manages; see [`hide_unified_hierarchy`].
+    #[must_use]
+    pub fn with_runtime(mut self, runtime: &Path) -> Self {
+        let is_runc = runtime.file_name().is_some_and(|n| n == "runc");
+        // Read once at start-up (procfs answers from memory).
+        self.hide_unified = !is_runc
+            && std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| is_hybrid_layout(&m));
+        self.runc = runtime.to_owned();
+        self
+    }
+
+    /// The first line of the runtime's `--version`: asked at start-up, so that a runtime that
+    /// is missing or cannot run stops the invoker there instead of failing every cold start.
+    pub async fn runtime_version(&self) -> Result<String, CommandError> {
+        let out = tokio::process::Command::new(&self.runc)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| CommandError::Spawn {
+                runc: self.runc.clone(),
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if out.status.success() {
+            Ok(stdout.lines().next().unwrap_or_default().to_owned())
+        } else {
+            Err(CommandError::Failed {
+                command: "--version".into(),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
     }
 
     /// Unpacks `image` now (at start-up), so that no cold start pays for it.
@@ -963,6 +1139,7 @@ impl ContainerFactory for RuncFactory {
             bundle,
             runc: self.runc.clone(),
             state: self.state.clone(),
+            frozen: std::sync::atomic::AtomicBool::new(false),
             lease: parking_lot::Mutex::new(Some(lease)),
         }))
     }
@@ -1030,7 +1207,8 @@ impl RuncFactory {
             runc: self.runc.clone(),
             source,
         };
-        let mut child = tokio::process::Command::new(&self.runc)
+        let mut command = tokio::process::Command::new(&self.runc);
+        command
             .arg("--root")
             .arg(&self.state)
             .args(["run", "--detach", "--bundle"])
@@ -1038,9 +1216,15 @@ impl RuncFactory {
             .arg(name)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(spawn)?;
+            .stderr(Stdio::piped());
+        if self.hide_unified {
+            // SAFETY: the closure runs in the forked child before exec and makes only
+            // async-signal-safe calls (see `hide_unified_hierarchy`).
+            unsafe {
+                command.pre_exec(hide_unified_hierarchy);
+            }
+        }
+        let mut child = command.spawn().map_err(spawn)?;
         // runc's own account of a failure, read from the same stderr (a second channel, so the
         // container's source holds only the container's lines).
         let (errors_tx, mut errors_rx) = logs::channel(4096);
@@ -1114,6 +1298,9 @@ struct RuncContainer {
     bundle: PathBuf,
     runc: PathBuf,
     state: PathBuf,
+    /// Set before a freeze, cleared once thawed: whether `destroy` must thaw first (a frozen
+    /// process cannot act on the runtime's SIGKILL, so `delete --force` would wait on it).
+    frozen: std::sync::atomic::AtomicBool,
     lease: parking_lot::Mutex<Option<Lease>>,
 }
 
@@ -1127,6 +1314,21 @@ impl RuncContainer {
                 id: self.id.clone(),
                 source: Box::new(e),
             })
+    }
+
+    /// [`freeze`] on the blocking pool (it polls the freezer's state).
+    async fn freeze(&self, frozen: bool) -> Result<(), BackendError> {
+        let path = cgroups_path(&self.id);
+        let done =
+            tokio::task::spawn_blocking(move || freeze(Path::new(CGROUP_ROOT), &path, frozen))
+                .await
+                .map_err(RuncError::Join)
+                .and_then(|r| r);
+        done.map_err(|e| BackendError {
+            action: if frozen { "pause" } else { "resume" },
+            id: self.id.clone(),
+            source: Box::new(e),
+        })
     }
 }
 
@@ -1168,12 +1370,18 @@ impl Container for RuncContainer {
         Some(&self.logs)
     }
 
+    /// The container's freezer written directly: what `runc pause` does, without starting
+    /// the runtime's process (a Go program's start costs several ms of CPU).
     async fn pause(&self) -> Result<(), BackendError> {
-        self.runc("pause", &["pause", &self.id]).await
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.freeze(true).await
     }
 
     async fn resume(&self) -> Result<(), BackendError> {
-        self.runc("resume", &["resume", &self.id]).await
+        self.freeze(false).await?;
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 
     /// From the container's memory cgroup, which lasts until `destroy` deletes the container.
@@ -1201,7 +1409,9 @@ impl Container for RuncContainer {
         let deleted = match tokio::fs::try_exists(self.state.join(&self.id)).await {
             Ok(false) => Ok(()),
             _ => {
-                let _ = self.runc("resume", &["resume", &self.id]).await;
+                if self.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = self.freeze(false).await;
+                }
                 self.runc("delete", &["delete", "--force", &self.id]).await
             }
         };
@@ -1522,6 +1732,68 @@ mod tests {
         assert_eq!(oom_kills(v1.path(), "/wsk-runc/c2"), Some(2));
         std::fs::write(&control, "oom_kill_disable 0\nunder_oom 1\n").unwrap();
         assert_eq!(oom_kills(v1.path(), "/wsk-runc/c2"), Some(1));
+    }
+
+    /// Freezing writes the layout's freezer file and waits for the kernel's word: v2's
+    /// `cgroup.events`, v1's `freezer.state` read back. One that never completes is thawed
+    /// again and reported.
+    #[test]
+    fn freezing_uses_either_cgroup_layout_and_gives_up_thawed() {
+        let v2 = tempfile::tempdir().unwrap();
+        let dir = v2.path().join("wsk-runc/c1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.freeze"), "0\n").unwrap();
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        freeze_with(v2.path(), "/wsk-runc/c1", true, |_| panic!("no wait")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.freeze")).unwrap(),
+            "1"
+        );
+        // The kernel never says frozen: every pause is waited, then the cgroup is thawed.
+        std::fs::write(dir.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let mut waited = Vec::new();
+        let e = freeze_with(v2.path(), "/wsk-runc/c1", true, |d| waited.push(d)).unwrap_err();
+        assert_eq!(waited, FREEZE_PAUSES.to_vec());
+        assert!(
+            matches!(&e, RuncError::Freeze { frozen: true, source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+            "{e:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cgroup.freeze")).unwrap(),
+            "0"
+        );
+
+        let v1 = tempfile::tempdir().unwrap();
+        let dir = v1.path().join("freezer/wsk-runc/c2");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("freezer.state"), "THAWED\n").unwrap();
+        freeze_with(v1.path(), "/wsk-runc/c2", true, |_| panic!("no wait")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("freezer.state")).unwrap(),
+            "FROZEN"
+        );
+        freeze_with(v1.path(), "/wsk-runc/c2", false, |_| panic!("no wait")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("freezer.state")).unwrap(),
+            "THAWED"
+        );
+        // A container whose cgroup is gone cannot be frozen.
+        assert!(matches!(
+            freeze_with(v1.path(), "/wsk-runc/gone", true, |_| {}),
+            Err(RuncError::Freeze { .. })
+        ));
+    }
+
+    #[test]
+    fn the_hybrid_layout_is_recognised() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs ro,nosuid,nodev,noexec,mode=755 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n\
+                      cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n";
+        assert!(is_hybrid_layout(hybrid));
+        let v2 = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0\n";
+        assert!(!is_hybrid_layout(v2));
+        let v1 = "tmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n";
+        assert!(!is_hybrid_layout(v1));
     }
 
     /// The spec carries the sandbox Docker applies: the seccomp section, empty inheritable and
