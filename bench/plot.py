@@ -133,7 +133,7 @@ def cpu_bars(ax, cells, labels, key):
 
 
 def plot_coldstart(report, out):
-    order = ["bridge", "pcpm", "netns", "vm", "unikernel"]
+    order = ["bridge", "pcpm", "netns", "netns-runc", "netns-crun", "vm", "unikernel"]
     modes = sorted({c["mode"] for c in report["cells"]}, key=lambda m: order.index(m) if m in order else 9)
     sizes = sorted({c["n"] for c in report["cells"]})
     cell = {(c["mode"], c["n"]): c for c in report["cells"]}
@@ -149,7 +149,7 @@ def plot_coldstart(report, out):
         ns = [n for n in sizes if (mode, n) in cell]
         med = [cell[(mode, n)]["total"]["p50_s"] for n in ns]
         hi = [cell[(mode, n)]["total"]["max_s"] - m for n, m in zip(ns, med)]
-        color = {"bridge": "C0", "pcpm": "C2", "netns": "C3", "vm": "C5", "unikernel": "C4"}.get(mode, "C6")
+        color = {"bridge": "C0", "pcpm": "C2", "netns": "C3", "netns-runc": "C3", "netns-crun": "C1", "vm": "C5", "unikernel": "C4"}.get(mode, "C6")
         ax.errorbar(ns, med, yerr=[[0] * len(med), hi], marker="o", capsize=3, color=color,
                     label=f"{mode} total")
         done = [n for n in ns if cell[(mode, n)]["each"]]

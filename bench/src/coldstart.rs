@@ -6,9 +6,11 @@
 //! activations and the total until the last result; for N = 50 the timeline of every
 //! activation, split into queue + container start (produce → `/init` start), init and run.
 //!
-//! Columns: `bridge`, `pcpm`, `netns` (Node.js in containers), `vm` (Node.js in the Linux
-//! microVM guest, N ≤ 50) and `unikernel` (the sieve as a WebAssembly module, `wasm:0.1`, in our
-//! unikernel); the last two run an invoker in vm mode, so under TCG on this machine.
+//! Columns: `bridge`, `pcpm`, `netns` (Node.js in containers; `netns` with the invoker's default
+//! OCI runtime, `netns-runc` and `netns-crun` with that runtime, `whisk.invoker.runc.runtime`),
+//! `vm` (Node.js in the Linux microVM guest, N ≤ 50) and `unikernel` (the sieve as a WebAssembly
+//! module, `wasm:0.1`, in our unikernel); the last two run an invoker in vm mode, so under TCG
+//! on this machine.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -39,12 +41,19 @@ const SIEVE_WAT: &str = include_str!("../../unikernel/functions/sieve.wat");
 /// per round and says nothing N = 50 does not.
 const VM_MAX_N: usize = 50;
 
-/// The invoker's network mode for a column: `unikernel` is vm mode running `wasm:0.1`.
+/// The invoker's network mode for a column: `unikernel` is vm mode running `wasm:0.1`, and
+/// `netns-<runtime>` netns mode with that OCI runtime.
 fn network_mode(column: &str) -> &str {
     match column {
         "unikernel" => "vm",
+        c if c.starts_with("netns-") => "netns",
         other => other,
     }
+}
+
+/// The OCI runtime a `netns-<runtime>` column pins (`whisk.invoker.runc.runtime`).
+fn oci_runtime(column: &str) -> Option<&str> {
+    column.strip_prefix("netns-")
 }
 
 /// The sizes a column runs.
@@ -72,9 +81,16 @@ impl Default for ColdstartParams {
         Self {
             sizes: vec![1, 10, 25, 50, 75, 100],
             rounds: 3,
-            modes: ["bridge", "pcpm", "netns", "vm", "unikernel"]
-                .map(String::from)
-                .to_vec(),
+            modes: [
+                "bridge",
+                "pcpm",
+                "netns-runc",
+                "netns-crun",
+                "vm",
+                "unikernel",
+            ]
+            .map(String::from)
+            .to_vec(),
             timeline_n: 50,
         }
     }
@@ -202,7 +218,12 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         let vm_state = std::path::PathBuf::from(format!("/run/wsk-vm/wskcs{id}{id}"));
         let sizes = sizes_of(mode, &p.sizes);
         println!("== mode {mode}: starting invoker {id}");
-        let invoker = InvokerCommand::new("target/release/invoker", &stack, id, &format!("cs{id}"))
+        let mut invoker =
+            InvokerCommand::new("target/release/invoker", &stack, id, &format!("cs{id}"));
+        if let Some(runtime) = oci_runtime(mode) {
+            invoker = invoker.env("CONFIG_whisk_invoker_runc_runtime", runtime);
+        }
+        let invoker = invoker
             .topics_prefix(&topics_prefix)
             .databases(&whisks, &activations)
             .port(port)
@@ -517,9 +538,9 @@ const POOL_READY: u64 = 100;
 /// while the next one is timed, and a just-started invoker answers `/ping` before its pool is
 /// filled. Bridge mode has no pool.
 async fn wait_pool_ready(port: u16, mode: &str) -> Result<()> {
-    let (idle, leased) = match mode {
+    let (idle, leased) = match network_mode(mode) {
         "pcpm" => ("pcpm_pause_containers_idle", "pcpm_pause_containers_leased"),
-        "netns" | "vm" | "unikernel" => ("netpool_slots_idle", "netpool_slots_leased"),
+        "netns" | "vm" => ("netpool_slots_idle", "netpool_slots_leased"),
         _ => return Ok(()),
     };
     let deadline = Instant::now() + Duration::from_secs(300);
