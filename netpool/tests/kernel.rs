@@ -402,8 +402,23 @@ async fn clean_slots_return_dirty_ones_are_destroyed() {
         &lease,
         &format!("connect:{}:{port}", lease.gateway())
     ));
+    // The connection left host conntrack entries (deleted through ctnetlink by the scrub).
+    let tracked = |ip: Ipv4Addr| {
+        std::fs::read_to_string("/proc/net/nf_conntrack")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains(&format!(" src={ip} ")) || l.contains(&format!(" dst={ip} ")))
+    };
+    let tenant_ip = lease.ip();
+    let conntrack_loaded = std::path::Path::new("/proc/net/nf_conntrack").exists();
+    assert_eq!(
+        tracked(tenant_ip),
+        conntrack_loaded,
+        "the connection left no conntrack entry"
+    );
     let outcome = lease.release().await;
     assert!(matches!(outcome, Released::Recycled), "{outcome:?}");
+    assert!(!tracked(tenant_ip), "conntrack entries of {tenant_ip} left");
     let lease = pool.lease().await.unwrap();
     assert_eq!(lease.id(), id, "the clean slot is the one handed out next");
 
