@@ -201,9 +201,14 @@ pub async fn run(config: ServiceConfig, shutdown: CancellationToken) -> Result<(
                 .max(kafka::MAX_MESSAGE_BYTES)
                 .to_string(),
         );
+        // The operator's client properties last: theirs win.
+        kafka::apply_properties(&mut producer_config, &settings.kafka_common.0);
+        kafka::apply_properties(&mut producer_config, &settings.kafka_producer.0);
         let producer: FutureProducer = producer_config.create()?;
-        let consumer: StreamConsumer =
-            kafka::consumer_config(&settings.kafka_hosts, &topic).create()?;
+        let mut consumer_config = kafka::consumer_config(&settings.kafka_hosts, &topic);
+        kafka::apply_properties(&mut consumer_config, &settings.kafka_common.0);
+        kafka::apply_properties(&mut consumer_config, &settings.kafka_consumer.0);
+        let consumer: StreamConsumer = consumer_config.create()?;
         consumer.subscribe(&[&topic])?;
         Ok::<_, KafkaError>((producer, consumer))
     })();
@@ -409,7 +414,8 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
         hosts: settings.kafka_hosts.clone(),
         source: Box::new(source),
     };
-    let admin = kafka::admin_client(&settings.kafka_hosts).map_err(kafka_error)?;
+    let admin = kafka::admin_client_with(&settings.kafka_hosts, &settings.kafka_common.0)
+        .map_err(kafka_error)?;
     let topic = settings.topic(&format!("invoker{id}"));
     kafka::ensure_topic(&admin, &topic, &TopicKind::Invoker.default_config())
         .await

@@ -130,12 +130,20 @@ pub fn common_config(bootstrap: &str) -> ClientConfig {
 
 /// An admin client for topic management.
 pub fn admin_client(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, KafkaSetupError> {
-    common_config(bootstrap)
-        .create()
-        .map_err(|source| KafkaSetupError::Admin {
-            bootstrap: bootstrap.to_owned(),
-            source,
-        })
+    admin_client_with(bootstrap, &[])
+}
+
+/// An admin client with the configured common properties (see [`apply_properties`]).
+pub fn admin_client_with(
+    bootstrap: &str,
+    properties: &[(String, String)],
+) -> Result<AdminClient<DefaultClientContext>, KafkaSetupError> {
+    let mut config = common_config(bootstrap);
+    apply_properties(&mut config, properties);
+    config.create().map_err(|source| KafkaSetupError::Admin {
+        bootstrap: bootstrap.to_owned(),
+        source,
+    })
 }
 
 /// Creates `topic` with `config` unless it exists. Retriable errors are retried up to five
@@ -233,9 +241,61 @@ pub fn producer_config(bootstrap: &str) -> ClientConfig {
     c
 }
 
+/// Java client property names (OpenWhisk's) whose librdkafka counterpart has another name.
+const JAVA_NAMES: &[(&str, &str)] = &[
+    ("max.request.size", "message.max.bytes"),
+    ("fetch.max.wait.ms", "fetch.wait.max.ms"),
+];
+
+/// Java client properties without a librdkafka counterpart, skipped: the serializers (records
+/// are UTF-8 JSON here) and `max.poll.records` (the feed's `maxPeek` bounds what is taken).
+const JAVA_ONLY: &[&str] = &[
+    "max.poll.records",
+    "key.serializer",
+    "value.serializer",
+    "key.deserializer",
+    "value.deserializer",
+];
+
+/// Sets the configured client properties (`whisk.kafka.common.*`, then the client kind's; see
+/// [`crate::settings::KafkaProperties`]) over `config`'s, the operator's value winning. Java
+/// client names are translated ([`JAVA_NAMES`]) or skipped ([`JAVA_ONLY`]); any other name goes
+/// to librdkafka as it is, which refuses one it does not know when the client is created.
+pub fn apply_properties(config: &mut ClientConfig, properties: &[(String, String)]) {
+    for (key, value) in properties {
+        if JAVA_ONLY.contains(&key.as_str()) {
+            continue;
+        }
+        let key = JAVA_NAMES
+            .iter()
+            .find(|(java, _)| java == key)
+            .map_or(key.as_str(), |(_, ours)| ours);
+        config.set(key, value);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configured_properties_win_and_java_names_are_translated() {
+        let mut c = producer_config("127.0.0.1:9092");
+        let props: Vec<(String, String)> = [
+            ("linger.ms", "2"),
+            ("max.request.size", "2000000"),
+            ("max.poll.records", "10"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        apply_properties(&mut c, &props);
+        assert_eq!(c.get("linger.ms"), Some("2"));
+        assert_eq!(c.get("message.max.bytes"), Some("2000000"));
+        assert_eq!(c.get("max.poll.records"), None);
+        assert_eq!(c.get("max.request.size"), None);
+        assert_eq!(c.get("acks"), Some("1"));
+    }
 
     #[test]
     fn invoker_topic_config_matches_openwhisk() {

@@ -168,10 +168,42 @@ pub struct Bounds {
 }
 
 /// Everything the invoker reads at start-up.
+/// Kafka client properties set in the configuration, as OpenWhisk's `KafkaConfiguration` reads
+/// them: `whisk.kafka.common.*` for every client, `whisk.kafka.producer.*` and
+/// `whisk.kafka.consumer.*` for one kind, each key the rest after the prefix with its dashes as
+/// dots (`CONFIG_whisk_kafka_producer_lingerMs=1` is `linger.ms=1`). Applied over the
+/// invoker's own client settings by [`crate::kafka::apply_properties`]. `Debug` hides the values
+/// of passwords and other secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaProperties(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |k: &str| {
+            ["password", "secret", "sasl.jaas", "key.pem"]
+                .iter()
+                .any(|s| k.contains(s))
+        };
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if secret(k) { "<hidden>" } else { v.as_str() })),
+            )
+            .finish()
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub port: u16,
     pub kafka_hosts: String,
+    /// `whisk.kafka.common.*` (see [`KafkaProperties`]).
+    pub kafka_common: KafkaProperties,
+    /// `whisk.kafka.producer.*`.
+    pub kafka_producer: KafkaProperties,
+    /// `whisk.kafka.consumer.*`.
+    pub kafka_consumer: KafkaProperties,
     pub runtimes_manifest: String,
     /// `__OW_API_HOST` for action containers.
     pub api_host: String,
@@ -310,6 +342,9 @@ impl Settings {
         let mut settings = Self {
             port,
             kafka_hosts,
+            kafka_common: p.kafka("whisk.kafka.common."),
+            kafka_producer: p.kafka("whisk.kafka.producer."),
+            kafka_consumer: p.kafka("whisk.kafka.consumer."),
             runtimes_manifest,
             api_host,
             topics_prefix: p.str("whisk.kafka.topics.prefix", ""),
@@ -675,6 +710,17 @@ impl Props<'_> {
         self.get(key).unwrap_or(default).to_owned()
     }
 
+    /// The Kafka client properties under `prefix` (see [`KafkaProperties`]).
+    fn kafka(&self, prefix: &str) -> KafkaProperties {
+        KafkaProperties(
+            self.0
+                .range(prefix.to_owned()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k[prefix.len()..].replace('-', "."), v.clone()))
+                .collect(),
+        )
+    }
+
     fn bytes(&self, key: &str, default: &str) -> Result<u64, SettingsError> {
         Ok(parse_bytes(key, self.get(key).unwrap_or(default))?)
     }
@@ -832,6 +878,46 @@ mod tests {
         assert_eq!(s.topic("invoker0"), "dev-invoker0");
         assert_eq!(s.api_host, "http://172.17.0.1:3233");
         assert!(!s.collect_logs);
+    }
+
+    #[test]
+    fn kafka_client_properties_are_read_as_openwhisk_reads_them() {
+        let s = Settings::from_vars(
+            vars(&[
+                ("CONFIG_whisk_kafka_producer_lingerMs", "2"),
+                ("CONFIG_whisk_kafka_consumer_fetchMinBytes", "1000"),
+                ("CONFIG_whisk_kafka_common_securityProtocol", "SSL"),
+                ("CONFIG_whisk_kafka_common_sslKeyPassword", "hunter2"),
+                ("CONFIG_whisk_kafka_topics_prefix", "dev-"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.kafka_producer.0,
+            [("linger.ms".to_owned(), "2".to_owned())]
+        );
+        assert_eq!(
+            s.kafka_consumer.0,
+            [("fetch.min.bytes".to_owned(), "1000".to_owned())]
+        );
+        assert_eq!(
+            s.kafka_common.0,
+            [
+                ("security.protocol".to_owned(), "SSL".to_owned()),
+                ("ssl.key.password".to_owned(), "hunter2".to_owned())
+            ]
+        );
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("\"linger.ms\": \"2\""), "{shown}");
+        assert!(
+            Settings::from_vars(vars(&[]), None)
+                .unwrap()
+                .kafka_producer
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
