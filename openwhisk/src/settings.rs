@@ -179,19 +179,40 @@ pub struct KafkaProperties(pub Vec<(String, String)>);
 
 impl std::fmt::Debug for KafkaProperties {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secret = |k: &str| {
-            ["password", "secret", "sasl.jaas", "key.pem"]
-                .iter()
-                .any(|s| k.contains(s))
-        };
-        f.debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(k, v)| (k, if secret(k) { "<hidden>" } else { v.as_str() })),
-            )
-            .finish()
+        debug_hiding_secrets(f, self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
+}
+
+/// Every property seen, for the settings not typed in [`Settings`]; `Debug` hides secrets.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Properties(pub BTreeMap<String, String>);
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_hiding_secrets(f, self.0.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+/// A map's `Debug` with the values of passwords, secrets and SASL settings hidden.
+fn debug_hiding_secrets<'a>(
+    f: &mut std::fmt::Formatter<'_>,
+    entries: impl Iterator<Item = (&'a str, &'a str)>,
+) -> std::fmt::Result {
+    let secret = |k: &str| {
+        [
+            "password",
+            "secret",
+            "sasl.jaas",
+            "sasl-jaas",
+            "key.pem",
+            "key-pem",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+    };
+    f.debug_map()
+        .entries(entries.map(|(k, v)| (k, if secret(k) { "<hidden>" } else { v })))
+        .finish()
 }
 
 #[derive(Clone, Debug)]
@@ -268,8 +289,8 @@ pub struct Settings {
     /// (`whisk.invoker.runc.image-store`, default `<runc.dir>/image-store`).
     pub runc_image_store: std::path::PathBuf,
     /// netns mode: the OCI runtime, a name looked up in `PATH` or a path
-    /// (`whisk.invoker.runc.runtime`: `runc`, or `crun`, which starts a container with less
-    /// CPU; see `bench coldstart`'s `netns-crun` column).
+    /// (`whisk.invoker.runc.runtime`, default `crun`, or `runc`): crun starts a container with
+    /// less CPU (measured by `bench coldstart`'s `netns-crun` and `netns-runc` columns, README).
     pub runc_runtime: std::path::PathBuf,
     /// The VM backend (`whisk.invoker.vm.*`).
     pub vm: VmSettings,
@@ -288,7 +309,7 @@ pub struct Settings {
     /// another slot or a private network is refused; empty by default.
     pub allow_host_ports: Vec<(u16, u16)>,
     /// Every property seen, for the settings not typed here.
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 impl Settings {
@@ -430,7 +451,7 @@ impl Settings {
             runc_dir: p
                 .str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker")
                 .into(),
-            runc_runtime: p.str("whisk.invoker.runc.runtime", "runc").into(),
+            runc_runtime: p.str("whisk.invoker.runc.runtime", "crun").into(),
             runc_image_store: match p.str("whisk.invoker.runc.image-store", "") {
                 s if s.is_empty() => {
                     std::path::Path::new(&p.str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker"))
@@ -445,7 +466,7 @@ impl Settings {
             shutdown_grace: p.duration("whisk.invoker.shutdown.grace-period", "20 seconds")?,
             allow_host_ports: port_ranges(&p, "whisk.invoker.network.allow-host-ports")?,
             couchdb,
-            properties: props.clone(),
+            properties: Properties(props.clone()),
         };
         let key = "whisk.invoker.network.vm.subnet";
         (settings.vm_subnet, settings.vm_subnet_auto) = match p.get(key) {
@@ -848,6 +869,8 @@ mod tests {
         assert_eq!(s.api_host, "https://localhost");
         assert!(s.collect_logs);
         assert_eq!(s.store_blocking, StoreLevel::Always);
+        // Not OpenWhisk's: netns mode's OCI runtime, chosen by `bench coldstart`.
+        assert_eq!(s.runc_runtime, std::path::Path::new("crun"));
     }
 
     #[test]
