@@ -138,6 +138,38 @@ async fn shut(pool: Arc<netpool::NetPool>) {
         .unwrap();
 }
 
+/// The probe's report from a container the runc backend makes with OCI runtime `runtime`, in a
+/// pool of its own (`pool_name`, `subnet`); the container is checked healthy and removed.
+async fn view_under(
+    runtime: &str,
+    docker: &bollard::Docker,
+    dir: &std::path::Path,
+    pool_name: &str,
+    subnet: [u8; 4],
+    n: u32,
+) -> Value {
+    let pool = pool(pool_name, subnet).await;
+    let factory = RuncFactory::new(
+        docker.clone(),
+        pool.clone(),
+        &dir.join("images"),
+        &dir.join("bundles"),
+        &dir.join(format!("{runtime}-state")),
+    )
+    .with_runtime(std::path::Path::new(runtime));
+    let c = factory
+        .create(&spec(&format!("wsksp0_{n}_guest_probe"), 256))
+        .await
+        .unwrap_or_else(|e| panic!("{runtime} create: {e}"));
+    let view = probe(&*c).await;
+    // A healthy container was not OOM-killed.
+    assert!(!c.oom_killed().await);
+    c.destroy().await.unwrap();
+    drop((c, factory));
+    shut(pool).await;
+    view
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_runc_function_has_dockers_sandbox() {
     let docker = pcpm::docker::connect()
@@ -158,43 +190,8 @@ async fn a_runc_function_has_dockers_sandbox() {
     let docker_view = probe(&*under_docker).await;
     under_docker.destroy().await.unwrap();
 
-    let runc_pool = pool("sp", [10, 214, 0, 0]).await;
-    let factory = RuncFactory::new(
-        docker.clone(),
-        runc_pool.clone(),
-        &dir.path().join("images"),
-        &dir.path().join("bundles"),
-        &dir.path().join("state"),
-    );
-    let under_runc = factory
-        .create(&spec("wsksp0_2_guest_probe", 256))
-        .await
-        .expect("runc create");
-    let runc_view = probe(&*under_runc).await;
-    // A healthy container was not OOM-killed.
-    assert!(!under_runc.oom_killed().await);
-    under_runc.destroy().await.unwrap();
-    drop((under_runc, factory));
-    shut(runc_pool).await;
-
-    let crun_pool = pool("sc", [10, 219, 0, 0]).await;
-    let factory = RuncFactory::new(
-        docker,
-        crun_pool.clone(),
-        &dir.path().join("images"),
-        &dir.path().join("bundles"),
-        &dir.path().join("crun-state"),
-    )
-    .with_runtime(std::path::Path::new("crun"));
-    let under_crun = factory
-        .create(&spec("wsksp0_3_guest_probe", 256))
-        .await
-        .expect("crun create");
-    let crun_view = probe(&*under_crun).await;
-    assert!(!under_crun.oom_killed().await);
-    under_crun.destroy().await.unwrap();
-    drop((under_crun, factory));
-    shut(crun_pool).await;
+    let runc_view = view_under("runc", &docker, dir.path(), "sp", [10, 214, 0, 0], 2).await;
+    let crun_view = view_under("crun", &docker, dir.path(), "sc", [10, 219, 0, 0], 3).await;
 
     eprintln!("docker: {docker_view:#}\nrunc: {runc_view:#}\ncrun: {crun_view:#}");
     // What Docker applies, as seen by the process itself.

@@ -595,16 +595,17 @@ impl Harness {
             .sum()
     }
 
-    /// In netns mode: runc's view of this invoker's containers (id, status).
+    /// In netns mode: the OCI runtime's view of this invoker's containers (id, status).
     pub fn runc_list(&self) -> Vec<(String, String)> {
         let state = format!(
             "/run/wsk-runc/{}",
             self.container_prefix().trim_end_matches('_')
         );
-        let out = Command::new("runc")
+        let runtime = oci_runtime();
+        let out = Command::new(&runtime)
             .args(["--root", &state, "list", "-f", "json"])
             .output()
-            .expect("runc");
+            .unwrap_or_else(|e| panic!("{runtime}: {e}"));
         let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         list.as_array()
             .map(|a| {
@@ -650,12 +651,13 @@ impl Harness {
                 "/run/wsk-runc/{}",
                 self.container_prefix().trim_end_matches('_')
             );
-            let ok = Command::new("runc")
+            let runtime = oci_runtime();
+            let ok = Command::new(&runtime)
                 .args(["--root", &state, "kill", name, "KILL"])
                 .status()
                 .unwrap()
                 .success();
-            assert!(ok, "runc kill {name}");
+            assert!(ok, "{runtime} kill {name}");
         } else {
             self.docker
                 .kill_container(
@@ -991,4 +993,14 @@ pub fn annotation(activation: &Value, key: &str) -> Option<Value> {
         .iter()
         .find(|a| a["key"] == key)
         .map(|a| a["value"].clone())
+}
+
+/// netns mode's OCI runtime in the invokers the harness starts: the one the environment sets
+/// (`CONFIG_whisk_invoker_runc_runtime`), else the invoker's default, crun. Each runtime reads
+/// only its own state files, so the harness must ask the same one.
+pub fn oci_runtime() -> String {
+    std::env::var("CONFIG_whisk_invoker_runc_runtime")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "crun".into())
 }
