@@ -42,11 +42,24 @@ fn entries_of(ip: Ipv4Addr) -> Result<Vec<String>, SysError> {
     Ok(out)
 }
 
+/// What [`delete_decoded`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// No entry of the address: nothing to delete or to check again (the common case, one read
+    /// of the table per returned slot).
+    None,
+    /// Entries, each deleted through ctnetlink.
+    Deleted,
+    /// Entries, some of them not decoded: left to the conntrack tool.
+    Undecoded,
+}
+
 /// Deletes every host conntrack entry of `ip`, in both directions.
 pub(crate) async fn flush(ip: Ipv4Addr) -> Result<(), SysError> {
-    let undecoded = blocking(move || delete_decoded(ip)).await?;
-    if undecoded {
-        flush_with_cli(ip).await?;
+    match blocking(move || delete_decoded(ip)).await? {
+        Found::None => return Ok(()),
+        Found::Deleted => {}
+        Found::Undecoded => flush_with_cli(ip).await?,
     }
     if has_entries(ip).await? {
         return Err(SysError::Conntrack {
@@ -58,11 +71,11 @@ pub(crate) async fn flush(ip: Ipv4Addr) -> Result<(), SysError> {
 }
 
 /// Deletes each entry of `ip` that [`Tuple::parse`] decodes through ctnetlink; an entry gone
-/// meanwhile (it expired) is not an error. Returns whether some entry was left undecoded.
-fn delete_decoded(ip: Ipv4Addr) -> Result<bool, SysError> {
+/// meanwhile (it expired) is not an error.
+fn delete_decoded(ip: Ipv4Addr) -> Result<Found, SysError> {
     let lines = entries_of(ip)?;
     if lines.is_empty() {
-        return Ok(false);
+        return Ok(Found::None);
     }
     let error = |detail: String| SysError::Conntrack { ip, detail };
     let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)
@@ -100,7 +113,11 @@ fn delete_decoded(ip: Ipv4Addr) -> Result<bool, SysError> {
             }
         }
     }
-    Ok(undecoded)
+    Ok(if undecoded {
+        Found::Undecoded
+    } else {
+        Found::Deleted
+    })
 }
 
 /// `conntrack -D` for each direction: the entries [`Tuple::parse`] does not decode.
