@@ -520,6 +520,10 @@ impl Harness {
             for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                 left.push(format!("runc {}", e.path().display()));
             }
+            // The invoker removes its folders once they are empty.
+            if dir.exists() {
+                left.push(format!("folder {}", dir.display()));
+            }
         }
         left.extend(processes_naming(&format!("/run/wsk-runc/{name_prefix}")));
         // netns mode's pool (vm_leftovers has the VM slots' namespaces and devices).
@@ -601,6 +605,10 @@ impl Harness {
             "/run/wsk-runc/{}",
             self.container_prefix().trim_end_matches('_')
         );
+        // No state folder, no container; and asking crun would make the folder.
+        if !std::path::Path::new(&state).exists() {
+            return Vec::new();
+        }
         let runtime = oci_runtime();
         let out = Command::new(&runtime)
             .args(["--root", &state, "list", "-f", "json"])
