@@ -606,7 +606,7 @@ impl Harness {
             self.container_prefix().trim_end_matches('_')
         );
         // No state folder, no container; and asking crun would make the folder.
-        if !std::path::Path::new(&state).exists() {
+        if !Path::new(&state).exists() {
             return Vec::new();
         }
         let runtime = oci_runtime();
