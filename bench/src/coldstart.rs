@@ -8,6 +8,9 @@
 //!
 //! Columns: `bridge`, `pcpm`, `netns` (Node.js in containers; `netns` with the invoker's default
 //! OCI runtime, `netns-runc` and `netns-crun` with that runtime, `whisk.invoker.runc.runtime`),
+//! `netns-<runtime>-pre` as `netns-<runtime>` with 100 pre-created sandboxes per shape
+//! (`whisk.invoker.runc.presandboxes`; primed by one untimed cold start before the first cell,
+//! and refilled between cells, which the CPU account counts as it counts the pool's refill),
 //! `vm` (Node.js in the Linux microVM guest, N ≤ 50) and `unikernel` (the sieve as a WebAssembly
 //! module, `wasm:0.1`, in our unikernel); the last two run an invoker in vm mode, so under TCG
 //! on this machine.
@@ -53,7 +56,14 @@ fn network_mode(column: &str) -> &str {
 
 /// The OCI runtime a `netns-<runtime>` column pins (`whisk.invoker.runc.runtime`).
 fn oci_runtime(column: &str) -> Option<&str> {
-    column.strip_prefix("netns-")
+    column
+        .strip_prefix("netns-")
+        .map(|r| r.strip_suffix("-pre").unwrap_or(r))
+}
+
+/// Whether a column keeps pre-created sandboxes (`netns-<runtime>-pre`).
+fn presandboxes(column: &str) -> bool {
+    column.starts_with("netns-") && column.ends_with("-pre")
 }
 
 /// The sizes a column runs.
@@ -86,6 +96,7 @@ impl Default for ColdstartParams {
                 "pcpm",
                 "netns-runc",
                 "netns-crun",
+                "netns-crun-pre",
                 "vm",
                 "unikernel",
             ]
@@ -223,6 +234,16 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
         if let Some(runtime) = oci_runtime(mode) {
             invoker = invoker.env("CONFIG_whisk_invoker_runc_runtime", runtime);
         }
+        let pre = presandboxes(mode);
+        // Enough for the largest cell (0: none, the default).
+        invoker = invoker.env(
+            "CONFIG_whisk_invoker_runc_presandboxes",
+            if pre {
+                POOL_READY.to_string()
+            } else {
+                "0".into()
+            },
+        );
         let invoker = invoker
             .topics_prefix(&topics_prefix)
             .databases(&whisks, &activations)
@@ -258,7 +279,7 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
             a.add_invoker(invoker.pid())?;
         }
         wait_ready(port).await?;
-        wait_pool_ready(port, mode).await?;
+        wait_pool_ready(port, mode, pre).await?;
         let mut cpu: HashMap<usize, Vec<CpuShares>> = HashMap::new();
         let mut totals: HashMap<usize, Vec<Duration>> = HashMap::new();
         let mut each: HashMap<usize, Vec<Duration>> = HashMap::new();
@@ -270,12 +291,25 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
             .map(|&n| rounds_of(n))
             .max()
             .unwrap_or(p.rounds);
-        for round in 0..max_rounds {
-            for &n in sizes.iter().filter(|&&n| round < rounds_of(n)) {
+        // A column with pre-created sandboxes begins with one cold start that is not a sample:
+        // the first cold start of a shape makes its shelf.
+        let smallest = sizes.iter().copied().min().unwrap_or(1);
+        for pass in usize::from(!pre)..=max_rounds {
+            let round = pass.checked_sub(1);
+            let sample = round.is_some();
+            if !sample {
+                println!("== mode {mode}: priming the pre-created sandboxes");
+            }
+            for &n in sizes.iter().filter(|&&n| match round {
+                Some(r) => r < rounds_of(n),
+                None => n == smallest,
+            }) {
+                let n = if sample { n } else { 1 };
+                let round_name = round.map_or("prime".to_owned(), |r| r.to_string());
                 // Actions named for this cell: nothing can be warm.
                 let mut revs = Vec::new();
                 for i in 0..n {
-                    let name = format!("sieve-{mode}-r{round}-n{n}-{i}");
+                    let name = format!("sieve-{mode}-r{round_name}-n{n}-{i}");
                     let exec = match mode.as_str() {
                         "unikernel" => CodeExec {
                             kind: "wasm:0.1".into(),
@@ -315,7 +349,13 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 let base_ms = now_ms();
                 let mut pending: HashMap<String, (usize, Instant)> = HashMap::new();
                 for (i, (name, rev)) in revs.iter().enumerate() {
-                    let aid = format!("{:08x}{:04x}{:04x}{:016x}", tag, round, n, i);
+                    let aid = format!(
+                        "{:08x}{:04x}{:04x}{:016x}",
+                        tag,
+                        round.unwrap_or(0xffff),
+                        n,
+                        i
+                    );
                     let msg = ActivationMessage::builder(
                         TransactionId::new(&format!("cs{aid}"), now_ms()),
                         FullyQualifiedEntityName::new("guest", name).with_version("0.0.1"),
@@ -383,15 +423,15 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                 }
                 println!(
                     "round {}/{} {mode:>6} N={n:>3}: total {:>8.1} ms",
-                    round + 1,
+                    round.map_or("prime".to_owned(), |r| (r + 1).to_string()),
                     rounds_of(n),
                     total.as_secs_f64() * 1e3
                 );
-                if n == p.timeline_n && round + 1 == rounds_of(n) {
+                if n == p.timeline_n && round.is_some_and(|r| r + 1 == rounds_of(n)) {
                     timelines.insert(mode.clone(), spans);
                 }
-                wait_no_containers(&docker, &prefix, &[&runc_state, &vm_state]).await?;
-                wait_pool_ready(port, mode).await?;
+                wait_no_containers(&docker, &prefix, &[&runc_state, &vm_state], port, pre).await?;
+                wait_pool_ready(port, mode, pre).await?;
                 // A cold start's CPU includes its clean-up: the container removed (after the 2 s
                 // idle timeout) and its endpoint back in the pool.
                 if let (Some(a), Some(before)) = (account.as_ref(), account0.as_ref()) {
@@ -400,6 +440,16 @@ pub async fn run(p: &ColdstartParams) -> Result<ColdstartReport> {
                         .push(a.snapshot().since(before, n));
                 }
                 wait_cpu_quiet().await;
+                if !sample {
+                    // Not a sample: what it measured goes.
+                    if errors.remove(&n).unwrap_or(0) > 0 {
+                        bail!("{mode}: the cold start that primes the sandboxes failed");
+                    }
+                    totals.remove(&n);
+                    each.remove(&n);
+                    busy.remove(&n);
+                    cpu.remove(&n);
+                }
             }
         }
         for &n in &sizes {
@@ -536,8 +586,9 @@ const POOL_READY: u64 = 100;
 /// Waits until the invoker's endpoint pool (pcpm or netns) is full again and nothing is still
 /// being returned to it, read from its `/metrics`: the cell before must not be scrubbing slots
 /// while the next one is timed, and a just-started invoker answers `/ping` before its pool is
-/// filled. Bridge mode has no pool.
-async fn wait_pool_ready(port: u16, mode: &str) -> Result<()> {
+/// filled. Bridge mode has no pool. With pre-created sandboxes (`pre`), their shelf is full too
+/// once primed, and their endpoints are the only ones leased.
+async fn wait_pool_ready(port: u16, mode: &str, pre: bool) -> Result<()> {
     let (idle, leased) = match network_mode(mode) {
         "pcpm" => ("pcpm_pause_containers_idle", "pcpm_pause_containers_leased"),
         "netns" | "vm" => ("netpool_slots_idle", "netpool_slots_leased"),
@@ -552,18 +603,16 @@ async fn wait_pool_ready(port: u16, mode: &str) -> Result<()> {
             .await?
             .text()
             .await?;
-        let gauge = |name: &str| -> u64 {
-            text.lines()
-                .filter(|l| l.split(['{', ' ']).next() == Some(name))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64
-        };
-        if gauge(idle) >= POOL_READY && gauge(leased) == 0 {
+        let gauge = |name: &str| gauge_in(&text, name);
+        let shelf = gauge(PRESANDBOXES_READY);
+        let primed = shelf > 0 || gauge(PRESANDBOX_TAKES) > 0;
+        let shelf_full = !pre || !primed || shelf >= POOL_READY;
+        if gauge(idle) >= POOL_READY && gauge(leased) == shelf && shelf_full {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "the {mode} pool did not refill within 300 s: {} idle, {} leased",
+                "the {mode} pool did not refill within 300 s: {} idle, {} leased, {shelf} sandboxes pre-created",
                 gauge(idle),
                 gauge(leased)
             );
@@ -572,16 +621,35 @@ async fn wait_pool_ready(port: u16, mode: &str) -> Result<()> {
     }
 }
 
+/// The invoker's gauge of sandboxes on the shelf, and its counter of cold starts that looked.
+const PRESANDBOXES_READY: &str = "invoker_runc_presandboxes_ready";
+const PRESANDBOX_TAKES: &str = "invoker_runc_presandbox_takes_total";
+
 /// Waits until the invoker removed its idle action containers (idle timeout 2 s): Docker's and
 /// the ones in `state_dirs`, which hold a folder per container (runc's state in netns mode, the
-/// VM backend's folders).
+/// VM backend's folders). With pre-created sandboxes (`pre`) the runtime's folder keeps theirs:
+/// as many as the invoker's `/metrics` on `port` says are on the shelf.
 async fn wait_no_containers(
     docker: &bollard::Docker,
     prefix: &str,
     state_dirs: &[&std::path::Path],
+    port: u16,
+    pre: bool,
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
+    let http = reqwest::Client::new();
     loop {
+        let kept = if pre {
+            let text = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await?
+                .text()
+                .await?;
+            gauge_in(&text, PRESANDBOXES_READY) as usize
+        } else {
+            0
+        };
         let filters = HashMap::from([("name", vec![prefix.to_owned()])]);
         let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
             .all(true)
@@ -591,12 +659,48 @@ async fn wait_no_containers(
             .iter()
             .map(|dir| std::fs::read_dir(dir).map_or(0, |d| d.flatten().count()))
             .sum();
-        if docker.list_containers(Some(options)).await?.is_empty() && runc_left == 0 {
+        if docker.list_containers(Some(options)).await?.is_empty() && runc_left == kept {
             return Ok(());
         }
         if Instant::now() > deadline {
             bail!("idle containers were not removed within 300 s");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A metric's value in Prometheus text, its series summed (0 when it is not there).
+fn gauge_in(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_name_the_mode_the_runtime_and_the_sandboxes() {
+        assert_eq!(network_mode("netns-crun-pre"), "netns");
+        assert_eq!(oci_runtime("netns-crun-pre"), Some("crun"));
+        assert_eq!(oci_runtime("netns-runc"), Some("runc"));
+        assert_eq!(oci_runtime("bridge"), None);
+        assert!(presandboxes("netns-crun-pre"));
+        assert!(!presandboxes("netns-crun"));
+        assert!(!presandboxes("pcpm"));
+        assert_eq!(network_mode("unikernel"), "vm");
+    }
+
+    #[test]
+    fn metrics_are_read_from_prometheus_text() {
+        let text = "# TYPE invoker_runc_presandboxes_ready gauge\n\
+                    invoker_runc_presandboxes_ready 42\n\
+                    invoker_runc_presandbox_takes_total{outcome=\"hit\"} 3\n\
+                    invoker_runc_presandbox_takes_total{outcome=\"miss\"} 1\n";
+        assert_eq!(gauge_in(text, PRESANDBOXES_READY), 42);
+        assert_eq!(gauge_in(text, PRESANDBOX_TAKES), 4);
+        assert_eq!(gauge_in(text, "netpool_slots_idle"), 0);
     }
 }

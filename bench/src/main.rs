@@ -8,7 +8,7 @@
 //!   [`bench::netns`]); writes JSON (default `bench/results/netns.json`).
 //! - `activate [--invoker N] [--controller C] [--count K]`: plays the controller against a
 //!   running invoker (see [`bench::activate`]).
-//! - `coldstart [--rounds R] [--sizes 1,10,25,50,75,100] [--modes bridge,pcpm,netns-runc,netns-crun,vm,unikernel] [--timeline N]
+//! - `coldstart [--rounds R] [--sizes 1,10,25,50,75,100] [--modes bridge,pcpm,netns-runc,netns-crun,netns-crun-pre,vm,unikernel] [--timeline N]
 //!   [--out FILE]`: the paper's Fig 6 through Kafka, one invoker per network mode (see
 //!   [`bench::coldstart`]); writes JSON (default `bench/results/coldstart.json`).
 //! - `memory [--n 50] [--out FILE]`: the paper's Table 2 (see [`bench::memory_table`]); writes
@@ -77,9 +77,10 @@ enum Command {
         /// Concurrency levels, comma-separated (default 1,10,25,50,75,100).
         #[arg(long, value_delimiter = ',')]
         sizes: Option<Vec<usize>>,
-        /// Columns, comma-separated (default bridge,pcpm,netns-runc,netns-crun,vm,unikernel):
-        /// the network modes, `netns-<runtime>` for netns mode with that OCI runtime, and
-        /// `unikernel` for `wasm:0.1` in vm mode.
+        /// Columns, comma-separated (default bridge,pcpm,netns-runc,netns-crun,netns-crun-pre,
+        /// vm,unikernel): the network modes, `netns-<runtime>` for netns mode with that OCI
+        /// runtime, `netns-<runtime>-pre` with pre-created sandboxes too, and `unikernel` for
+        /// `wasm:0.1` in vm mode.
         #[arg(long, value_delimiter = ',')]
         modes: Option<Vec<String>>,
         /// The N whose timelines are kept (default 50).

@@ -5,7 +5,11 @@
 //! - `warm`: 50 containers with the action initialized and run once (each function: `/run`);
 //! - `prewarm`: 50 stem cells, the runtime started but no action (each: `/init`, `/run`);
 //! - `pcpm`: 50 pause containers (each: create and start joined to one, `/init`, `/run`);
-//! - `netns`: 50 netpool namespaces (each function: runc with the namespace, `/init`, `/run`);
+//! - `netns`: 50 netpool namespaces (each function: crun, the invoker's default OCI runtime,
+//!   with the namespace, `/init`, `/run`);
+//! - `presandbox`: 50 sandboxes created ahead of need on netpool namespaces
+//!   (`whisk.invoker.runc.presandboxes`: overlay, cgroup, namespaces, the container's process
+//!   waiting to run the runtime; each function: `start`, `/init`, `/run`);
 //! - `vm`: Linux microVMs (QEMU, TCG) on netpool VM slots, Node.js initialized and run once
 //!   (each function: boot, `/init`, `/run`); 10 of them, not 50 (each boots a kernel under TCG
 //!   and keeps about 200 MiB);
@@ -66,7 +70,7 @@ pub struct MemoryReport {
     pub method: &'static str,
 }
 
-const METHOD: &str = "VM rows (vm, unikernel): the PSS of each VM's QEMU process (guest memory it touched included), the kernel's growth as below, no cgroup charge; time: the VMs booted, initialized and run concurrently from nothing; idle CPU: utime+stime of the QEMU processes over 5 s while idle. Other rows: for each scenario the machine starts with none of our containers; the kernel's /proc/meminfo is read, the N objects are created and left idle for 2 s, then: the PSS (smaps_rollup) of every process in each container (the init process and its descendants) and of each container's containerd-shim, each container's memory cgroup charge (user + kernel), and the growth of SUnreclaim + KernelStack + PageTables + Percpu. committed = PSS + kernel growth. Times: N concurrent functions from that state at the container level, one sample.";
+const METHOD: &str = "VM rows (vm, unikernel): the PSS of each VM's QEMU process (guest memory it touched included), the kernel's growth as below, no cgroup charge; time: the VMs booted, initialized and run concurrently from nothing; idle CPU: utime+stime of the QEMU processes over 5 s while idle. Other rows: for each scenario the machine starts with none of our containers; the kernel's /proc/meminfo is read, the N objects are created and left idle for 2 s, then: the PSS (smaps_rollup) of every process in each container (the init process and its descendants) and of each container's containerd-shim, each container's memory cgroup charge (user + kernel), and the growth of SUnreclaim + KernelStack + PageTables + Percpu. committed = PSS + kernel growth. presandbox: the PSS and cgroup charge of each created sandbox's waiting process (no shim), the kernel's growth from before its netpool pool (n + 2 namespaces: the sandboxes', the primer's and a spare) was made. Times: N concurrent functions from that state at the container level, one sample.";
 
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -165,7 +169,7 @@ async fn netns_functions(
     np: &netpool::NetPool,
     n: usize,
 ) -> Result<f64> {
-    use invoker::container::{ContainerFactory, ContainerSpec, runc::RuncFactory};
+    use invoker::container::{ContainerFactory, runc::RuncFactory};
     let dir = std::env::temp_dir().join(format!("bench-memory-{}", std::process::id()));
     let factory = RuncFactory::new(
         docker.clone(),
@@ -173,22 +177,16 @@ async fn netns_functions(
         std::path::Path::new("/var/lib/wsk-invoker/images"),
         &dir.join("bundles"),
         &dir.join("state"),
-    );
+    )
+    .with_runtime(std::path::Path::new(OCI_RUNTIME));
     factory.prepare(NODE_IMAGE).await?;
     let t0 = Instant::now();
     let made = futures::future::join_all((0..n).map(|i| {
         let factory = &factory;
         async move {
-            let spec = ContainerSpec {
-                name: format!("wskbm_{i}_sieve"),
-                image: invoker::container::ImageRef::local(NODE_IMAGE),
-                memory_mb: 128,
-                cpu_shares: 128,
-                cpus: None,
-                env: Vec::new(),
-                sandbox: invoker::container::Sandbox::Mode,
-            };
-            let c = factory.create(&spec).await?;
+            let c = factory
+                .create(&sieve_spec(format!("wskbm_{i}_sieve")))
+                .await?;
             let ran = init_and_run(client, c.addr(), true).await;
             anyhow::Ok((c, ran))
         }
@@ -220,6 +218,140 @@ async fn netns_functions(
             failed[0]
         )
     }
+}
+
+/// The invoker's default OCI runtime (`whisk.invoker.runc.runtime`).
+const OCI_RUNTIME: &str = "crun";
+
+fn sieve_spec(name: String) -> invoker::container::ContainerSpec {
+    invoker::container::ContainerSpec {
+        name,
+        image: invoker::container::ImageRef::local(NODE_IMAGE),
+        memory_mb: 128,
+        cpu_shares: 128,
+        cpus: None,
+        env: Vec::new(),
+        sandbox: invoker::container::Sandbox::Mode,
+    }
+}
+
+/// The `presandbox` row: `n` sandboxes pre-created on a pool of `n` namespaces (primed by one
+/// cold start of the shape, which is removed again), their memory measured idle, then `n`
+/// concurrent functions that each take one, start it, `/init` and `/run`.
+async fn presandbox_row(docker: &Docker, client: &reqwest::Client, n: usize) -> Result<Row> {
+    use invoker::container::ContainerFactory;
+    use invoker::container::runc::RuncFactory;
+    let before = KernelMemory::now()?;
+    let mut cfg = netpool::PoolConfig::new("bp", std::net::Ipv4Addr::new(10, 209, 0, 0), 16);
+    // n for the sandboxes, the primer's and one spare: never refilled (which would count
+    // namespaces nothing uses), and a refill of the shelf always finds one idle.
+    cfg.high_watermark = n + 2;
+    cfg.low_watermark = 1;
+    cfg.max_slots = n + 2;
+    let np = netpool::NetPool::new(cfg).await?;
+    np.wait_idle(n + 2, Duration::from_secs(120)).await?;
+    let dir = std::env::temp_dir().join(format!("bench-presandbox-{}", std::process::id()));
+    let state = dir.join("state");
+    let factory = RuncFactory::new(
+        docker.clone(),
+        std::sync::Arc::new(np.clone()),
+        std::path::Path::new("/var/lib/wsk-invoker/images"),
+        &dir.join("bundles"),
+        &state,
+    )
+    .with_runtime(std::path::Path::new(OCI_RUNTIME))
+    .with_presandboxes("wskbp_", n);
+    let measured = async {
+        factory.prepare(NODE_IMAGE).await?;
+        factory
+            .create(&sieve_spec("wskbp_prime_sieve".into()))
+            .await?
+            .destroy()
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while factory.presandboxes_ready() < n {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {n} sandboxes pre-created after 300 s",
+                    factory.presandboxes_ready()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Each sandbox's waiting process (its only one), from the runtime's state.
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir(&state)?.flatten() {
+            let out = tokio::process::Command::new(OCI_RUNTIME)
+                .arg("--root")
+                .arg(&state)
+                .arg("state")
+                .arg(entry.file_name())
+                .output()
+                .await?;
+            let v: Value = serde_json::from_slice(&out.stdout)
+                .with_context(|| format!("{OCI_RUNTIME} state {:?}", entry.file_name()))?;
+            if v["status"] == "created" {
+                pids.push(u32::try_from(v["pid"].as_u64().context("no pid")?)?);
+            }
+        }
+        if pids.len() != n {
+            bail!("{} created sandboxes, not {n}", pids.len());
+        }
+        let processes = ProcessMemory::sum(pids.iter().filter_map(|&p| ProcessMemory::of(p).ok()));
+        let charge = pids
+            .iter()
+            .map(|&p| cgroup_charge_kib(p).unwrap_or(0))
+            .sum();
+        let mut row = row("presandbox", n, processes, charge, &before, None)?;
+        let t0 = Instant::now();
+        let made = futures::future::join_all((0..n).map(|i| {
+            let factory = &factory;
+            async move {
+                let c = factory
+                    .create(&sieve_spec(format!("wskbp_{i}_sieve")))
+                    .await?;
+                let ran = init_and_run(client, c.addr(), true).await;
+                anyhow::Ok((c, ran))
+            }
+        }))
+        .await;
+        row.total_s = Some(t0.elapsed().as_secs_f64());
+        let mut failed = Vec::new();
+        let mut hits = 0;
+        for m in made {
+            match m {
+                Ok((c, ran)) => {
+                    hits += usize::from(c.id().starts_with("wskbp_presandbox"));
+                    if let Err(e) = ran {
+                        failed.push(format!("{e:#}"));
+                    }
+                    if let Err(e) = c.destroy().await {
+                        failed.push(format!("destroy: {e}"));
+                    }
+                }
+                Err(e) => failed.push(format!("create: {e:#}")),
+            }
+        }
+        if let Some(first) = failed.first() {
+            bail!(
+                "{} of {n} presandbox functions failed; first: {first}",
+                failed.len()
+            );
+        }
+        if hits != n {
+            bail!("{hits} of {n} functions found a pre-created sandbox");
+        }
+        Ok(row)
+    }
+    .await;
+    let removed = factory.remove_all("wskbp_").await;
+    drop(factory);
+    np.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let row = measured?;
+    removed?;
+    Ok(row)
 }
 
 async fn remove_all(docker: &Docker, ids: &[String]) {
@@ -415,6 +547,17 @@ pub async fn run(n: usize) -> Result<MemoryReport> {
         netns_row.total_s.unwrap_or(f64::NAN)
     );
     rows.push(netns_row);
+
+    // presandbox: N sandboxes created ahead of need on N namespaces.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = presandbox_row(&docker, &client, n).await?;
+    println!(
+        "presandbox: {} KiB PSS, kernel +{} KiB, {n} functions in {:.1} s",
+        r.processes.pss_kib,
+        r.kernel.unreclaimable_kib,
+        r.total_s.unwrap_or(f64::NAN)
+    );
+    rows.push(r);
 
     // vm and unikernel: VMs on netpool VM slots, as the invoker's VM backend runs them.
     for (scenario, count) in [("vm", n.min(VM_ROW_MAX)), ("unikernel", n)] {

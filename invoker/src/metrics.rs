@@ -59,6 +59,14 @@ pub const VM_ACCELERATOR: &str = "invoker_vm_accelerator";
 /// `timeout`, `exited`, `error`, `unavailable`: `/dev/kvm` does not open).
 pub const VM_CANARY_TOTAL: &str = "invoker_vm_canary_total";
 
+/// Gauge: netns mode's pre-created sandboxes waiting to be started, every shape together.
+pub const PRESANDBOXES_READY: &str = "invoker_runc_presandboxes_ready";
+/// Counter: cold starts that looked for a pre-created sandbox, by `outcome` (`hit`, `miss`).
+pub const PRESANDBOX_TAKES_TOTAL: &str = "invoker_runc_presandbox_takes_total";
+/// Counter: pre-created sandboxes that failed, by `stage` (`create`: a refill; `start`: taken
+/// by a cold start, which then made a container as without them).
+pub const PRESANDBOX_FAILURES_TOTAL: &str = "invoker_runc_presandbox_failures_total";
+
 /// Every metric above, for documentation and the catalogue test.
 pub const ALL: &[&str] = &[
     ACTIVATIONS_TOTAL,
@@ -83,6 +91,9 @@ pub const ALL: &[&str] = &[
     VM_BOOT_SECONDS,
     VM_ACCELERATOR,
     VM_CANARY_TOTAL,
+    PRESANDBOXES_READY,
+    PRESANDBOX_TAKES_TOTAL,
+    PRESANDBOX_FAILURES_TOTAL,
 ];
 
 /// The status label of a status code.
@@ -105,6 +116,8 @@ mod tests {
             include_str!("pool.rs"),
             include_str!("store.rs"),
             include_str!("container/vm.rs"),
+            include_str!("container/runc.rs"),
+            include_str!("container/runc/presandbox.rs"),
         ]
         .concat();
         let consts: Vec<&str> = include_str!("metrics.rs")

@@ -482,7 +482,8 @@ async fn start(config: &ServiceConfig) -> Result<Started, ServiceError> {
                     &Path::new("/run/wsk-runc").join(&name_prefix),
                 )
                 .with_image_store(&settings.runc_image_store)
-                .with_runtime(&settings.runc_runtime);
+                .with_runtime(&settings.runc_runtime)
+                .with_presandboxes(&format!("{name_prefix}_"), settings.runc_presandboxes);
                 let version = runc.runtime_version().await.map_err(ServiceError::OciRuntime)?;
                 tracing::info!(runtime = %settings.runc_runtime.display(), version, "OCI runtime");
                 // Unpack the managed runtimes' images before the first cold start needs them.

@@ -108,6 +108,10 @@ pub struct VmSettings {
 /// Where `runtimes/vm/build-guest.sh` puts the guest by default.
 pub const DEFAULT_VM_GUEST_DIR: &str = "/opt/whisk-tools/vm";
 
+/// `whisk.invoker.runc.presandboxes` by default: sandboxes kept created per shape (see
+/// `bench coldstart`'s `netns-pre` column in the README for what they save).
+const PRESANDBOXES: u64 = 0;
+
 /// The format of `whisk.invoker.https.keystore-path` (`keystore-flavor`, compared without
 /// regard to case as Java's `KeyStore.getInstance` does).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +296,10 @@ pub struct Settings {
     /// (`whisk.invoker.runc.runtime`, default `crun`, or `runc`): crun starts a container with
     /// less CPU (measured by `bench coldstart`'s `netns-crun` and `netns-runc` columns, README).
     pub runc_runtime: std::path::PathBuf,
+    /// netns mode: containers created ahead of need per shape (image, limits, environment) a
+    /// cold start asked for, so that a cold start only starts one
+    /// (`whisk.invoker.runc.presandboxes`; 0 turns them off).
+    pub runc_presandboxes: usize,
     /// The VM backend (`whisk.invoker.vm.*`).
     pub vm: VmSettings,
     /// Most `docker run`s at once (`whisk.docker.client.parallel-runs`).
@@ -452,6 +460,7 @@ impl Settings {
                 .str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker")
                 .into(),
             runc_runtime: p.str("whisk.invoker.runc.runtime", "crun").into(),
+            runc_presandboxes: count(p.int("whisk.invoker.runc.presandboxes", PRESANDBOXES)?),
             runc_image_store: match p.str("whisk.invoker.runc.image-store", "") {
                 s if s.is_empty() => {
                     std::path::Path::new(&p.str("whisk.invoker.runc.dir", "/var/lib/wsk-invoker"))
@@ -871,6 +880,7 @@ mod tests {
         assert_eq!(s.store_blocking, StoreLevel::Always);
         // Not OpenWhisk's: netns mode's OCI runtime, chosen by `bench coldstart`.
         assert_eq!(s.runc_runtime, std::path::Path::new("crun"));
+        assert_eq!(s.runc_presandboxes, 0);
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! spec), the root filesystem is the locally built image unpacked once and mounted per container
 //! as an overlay, the cgroup limits match the Docker flags of contract §5.1, and the process's
 //! stdout and stderr are read from its pipes into the container's log source as they arrive.
+//! With [`RuncFactory::with_presandboxes`], cold starts take containers created ahead of need
+//! and only start them ([`presandbox`]).
+
+mod presandbox;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,6 +22,7 @@ use netpool::{Lease, NetPool};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
+use self::presandbox::Presandboxes;
 use super::image_store;
 use super::logs::{self, LineSender, LogLine, LogSource, Logs, Next, Stream};
 use super::{
@@ -605,21 +610,40 @@ struct ImageConfig {
 #[derive(Debug)]
 pub struct RuncFactory {
     docker: Docker,
-    netpool: Arc<NetPool>,
-    /// The OCI runtime's binary: `runc`, or one with its command line (`crun`).
-    runc: PathBuf,
-    /// `run` starts from a mount namespace without the hybrid layout's unified hierarchy.
-    hide_unified: bool,
-    /// `runc --root`: this invoker's container state.
-    state: PathBuf,
+    /// What making one container takes; shared with the refills of [`Self::presandboxes`].
+    launcher: Arc<Launcher>,
     /// Unpacked images, shared by every invoker on the host (`<images>/<image id>/rootfs`).
     images_dir: PathBuf,
-    /// This invoker's container bundles.
-    bundles: PathBuf,
     /// Image archives (`docker save` format) read instead of asking dockerd; see
     /// [`super::image_store`].
     image_store: Option<PathBuf>,
     images: tokio::sync::Mutex<HashMap<String, ImageConfig>>,
+    /// Sandboxes created ahead of need (`whisk.invoker.runc.presandboxes`); see [`presandbox`].
+    presandboxes: Option<Arc<Presandboxes>>,
+}
+
+/// The runtime, the namespaces and the folders a container is made with: what a cold start and
+/// a refill of the pre-created sandboxes both need (so a refill task can own it).
+#[derive(Clone, Debug)]
+struct Launcher {
+    netpool: Arc<NetPool>,
+    /// The OCI runtime's binary: `runc`, or one with its command line (`crun`).
+    runc: PathBuf,
+    /// `run` and `create` start from a mount namespace without the hybrid layout's unified
+    /// hierarchy.
+    hide_unified: bool,
+    /// `runc --root`: this invoker's container state.
+    state: PathBuf,
+    /// This invoker's container bundles.
+    bundles: PathBuf,
+}
+
+/// How a container is made: started at once (`run --detach`), or created with its process
+/// waiting to be started (`create`, then `start` when a cold start takes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    Run,
+    Create,
 }
 
 impl RuncFactory {
@@ -634,15 +658,30 @@ impl RuncFactory {
     ) -> Self {
         Self {
             docker,
-            netpool,
-            runc: PathBuf::from("runc"),
-            hide_unified: false,
-            state: state.to_owned(),
+            launcher: Arc::new(Launcher {
+                netpool,
+                runc: PathBuf::from("runc"),
+                hide_unified: false,
+                state: state.to_owned(),
+                bundles: bundles.to_owned(),
+            }),
             images_dir: images.to_owned(),
-            bundles: bundles.to_owned(),
             image_store: None,
             images: tokio::sync::Mutex::new(HashMap::new()),
+            presandboxes: None,
         }
+    }
+
+    /// Keeps `per_shape` sandboxes created ahead of need for every shape (image, limits and
+    /// environment) a cold start has asked for: a netpool namespace, the bundle with its
+    /// overlay, and a container the runtime has created (namespaces, cgroup, mounts, the
+    /// process waiting before it runs the image's entry point). A cold start that finds one
+    /// only starts it; see [`presandbox`]. Their ids start with `prefix` (the invoker's
+    /// container prefix, so that [`ContainerFactory::remove_all`] sweeps them after a crash).
+    #[must_use]
+    pub fn with_presandboxes(mut self, prefix: &str, per_shape: usize) -> Self {
+        self.presandboxes = (per_shape > 0).then(|| Arc::new(Presandboxes::new(prefix, per_shape)));
+        self
     }
 
     /// Reads runtime images from the archives in `store` when it has them; dockerd is asked
@@ -653,6 +692,11 @@ impl RuncFactory {
         self
     }
 
+    /// Pre-created sandboxes on the shelves now (0 without them).
+    pub fn presandboxes_ready(&self) -> usize {
+        self.presandboxes.as_ref().map_or(0, |p| p.ready())
+    }
+
     /// Runs containers with `runtime` (a name looked up in `PATH`, or a path) instead of
     /// `runc`: an OCI runtime with runc's command line, such as `crun`. On a host with
     /// systemd's hybrid cgroup layout, a runtime other than runc creates its containers from a
@@ -661,23 +705,25 @@ impl RuncFactory {
     #[must_use]
     pub fn with_runtime(mut self, runtime: &Path) -> Self {
         let is_runc = runtime.file_name().is_some_and(|n| n == "runc");
+        let launcher = Arc::make_mut(&mut self.launcher);
         // Read once at start-up (procfs answers from memory).
-        self.hide_unified = !is_runc
+        launcher.hide_unified = !is_runc
             && std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| is_hybrid_layout(&m));
-        self.runc = runtime.to_owned();
+        launcher.runc = runtime.to_owned();
         self
     }
 
     /// The first line of the runtime's `--version`: asked at start-up, so that a runtime that
     /// is missing or cannot run stops the invoker there instead of failing every cold start.
     pub async fn runtime_version(&self) -> Result<String, CommandError> {
-        let out = tokio::process::Command::new(&self.runc)
+        let runc = &self.launcher.runc;
+        let out = tokio::process::Command::new(runc)
             .arg("--version")
             .stdin(Stdio::null())
             .output()
             .await
             .map_err(|source| CommandError::Spawn {
-                runc: self.runc.clone(),
+                runc: runc.clone(),
                 source,
             })?;
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -877,6 +923,12 @@ impl RuncFactory {
         })
     }
 
+    async fn runc(&self, args: &[&str]) -> Result<String, CommandError> {
+        self.launcher.runc(args).await
+    }
+}
+
+impl Launcher {
     async fn runc(&self, args: &[&str]) -> Result<String, CommandError> {
         run_runc(&self.runc, &self.state, args).await
     }
@@ -1081,6 +1133,9 @@ fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
 #[async_trait::async_trait]
 impl ContainerFactory for RuncFactory {
     async fn create(&self, spec: &ContainerSpec) -> Result<Box<dyn Container>, CreateError> {
+        // Refills of pre-created sandboxes wait while cold starts run (they would take the
+        // same CPUs).
+        let _starting = self.presandboxes.as_ref().map(|p| p.starting());
         let image = self.image(&spec.image.name).await?;
         let mut env = image.env.clone();
         env.extend(spec.env.iter().cloned());
@@ -1097,56 +1152,40 @@ impl ContainerFactory for RuncFactory {
                 source: None,
             });
         }
-        let lease = self
-            .netpool
-            .lease()
-            .await
-            .map_err(|e| CreateError::provision(RuncError::Lease(e)))?;
-        let bundle = self.bundles.join(&spec.name);
-        let prepared = {
-            let (dir, image, spec) = (bundle.clone(), image.clone(), spec.clone());
-            let netns = lease.netns_path().to_owned();
-            // The spec is made here too: its first use reads the host (kernel, CPUs).
-            tokio::task::spawn_blocking(move || {
-                let config = Self::spec_json(&spec, &image, &netns, &dir);
-                Self::prepare_bundle(&dir, &image, &config)
-            })
-            .await
-            .map_err(RuncError::Join)
-            .and_then(|r| {
-                r.map_err(|source| RuncError::Bundle {
-                    path: bundle.clone(),
-                    source,
-                })
-            })
-        };
-        if let Err(e) = prepared {
-            log_teardown(&spec.name, teardown_bundle_off_workers(bundle).await);
-            lease.release_nowait();
-            return Err(CreateError::provision(e));
+        if let Some(sandbox) = self
+            .presandboxes
+            .as_ref()
+            .and_then(|p| p.take(spec, &image, &self.launcher))
+        {
+            // Only its process is left to start: it runs the image's entry point now.
+            match self.launcher.runc(&["start", &sandbox.id]).await {
+                Ok(_) => return Ok(Box::new(sandbox)),
+                Err(e) => {
+                    metrics::counter!(crate::metrics::PRESANDBOX_FAILURES_TOTAL, "stage" => "start")
+                        .increment(1);
+                    tracing::warn!(container = %sandbox.id, error = %openwhisk::errors::chain(&e), "a pre-created sandbox did not start; making a container instead");
+                    if let Err(e) = sandbox.destroy().await {
+                        tracing::warn!(container = %sandbox.id, error = %openwhisk::errors::chain(&e), "removing a pre-created sandbox");
+                    }
+                }
+            }
         }
-        let (tx, rx) = logs::channel(logs::CHANNEL_CAPACITY);
-        if let Err(e) = self.start(&spec.name, &bundle, tx).await {
-            let _ = self.runc(&["delete", "--force", &spec.name]).await;
-            log_teardown(&spec.name, teardown_bundle_off_workers(bundle).await);
-            lease.release_nowait();
-            return Err(CreateError::provision(e));
-        }
-        Ok(Box::new(RuncContainer {
-            id: spec.name.clone(),
-            addr: SocketAddr::new(lease.ip().into(), 8080),
-            logs: Logs::new(rx),
-            bundle,
-            runc: self.runc.clone(),
-            state: self.state.clone(),
-            frozen: std::sync::atomic::AtomicBool::new(false),
-            lease: parking_lot::Mutex::new(Some(lease)),
-        }))
+        let container = self
+            .launcher
+            .make(spec, &image, Verb::Run)
+            .await
+            .map_err(CreateError::provision)?;
+        Ok(Box::new(container))
     }
 
     async fn remove_all(&self, prefix: &str) -> Result<usize, BackendError> {
         let mut removed = 0;
         let mut errors = Vec::new();
+        // The pre-created sandboxes first: their refills stopped and waited for, each removed
+        // with its lease given back (the sweep below would only find the containers).
+        if let Some(p) = &self.presandboxes {
+            errors.extend(p.drain().await);
+        }
         if let Ok(list) = self.runc(&["list", "-q"]).await {
             for id in list.lines().filter(|l| l.starts_with(prefix)) {
                 let _ = self.runc(&["resume", id]).await;
@@ -1157,8 +1196,11 @@ impl ContainerFactory for RuncFactory {
             }
         }
         // Unmounts and folder removals: on the blocking pool.
-        let (bundles, state, prefix_owned) =
-            (self.bundles.clone(), self.state.clone(), prefix.to_owned());
+        let (bundles, state, prefix_owned) = (
+            self.launcher.bundles.clone(),
+            self.launcher.state.clone(),
+            prefix.to_owned(),
+        );
         let swept = tokio::task::spawn_blocking(move || {
             let mut errors = Vec::new();
             if let Ok(entries) = std::fs::read_dir(&bundles) {
@@ -1198,20 +1240,82 @@ impl ContainerFactory for RuncFactory {
     }
 }
 
-impl RuncFactory {
-    /// `runc run --detach`, with the container's stdout and stderr read into `logs` from then
-    /// on. runc writes its own errors to the same stderr before it detaches, which is where a
+impl Launcher {
+    /// A container for `spec` in a leased namespace, on an overlay of `image`: started
+    /// (`verb` [`Verb::Run`]) or created with its process waiting for `start`
+    /// ([`Verb::Create`]). A failure undoes what was done.
+    async fn make(
+        &self,
+        spec: &ContainerSpec,
+        image: &ImageConfig,
+        verb: Verb,
+    ) -> Result<RuncContainer, RuncError> {
+        let lease = self.netpool.lease().await.map_err(RuncError::Lease)?;
+        let bundle = self.bundles.join(&spec.name);
+        let prepared = {
+            let (dir, image, spec) = (bundle.clone(), image.clone(), spec.clone());
+            let netns = lease.netns_path().to_owned();
+            // The spec is made here too: its first use reads the host (kernel, CPUs).
+            tokio::task::spawn_blocking(move || {
+                let config = Self::spec_json(&spec, &image, &netns, &dir);
+                Self::prepare_bundle(&dir, &image, &config)
+            })
+            .await
+            .map_err(RuncError::Join)
+            .and_then(|r| {
+                r.map_err(|source| RuncError::Bundle {
+                    path: bundle.clone(),
+                    source,
+                })
+            })
+        };
+        if let Err(e) = prepared {
+            log_teardown(&spec.name, teardown_bundle_off_workers(bundle).await);
+            lease.release_nowait();
+            return Err(e);
+        }
+        let (tx, rx) = logs::channel(logs::CHANNEL_CAPACITY);
+        if let Err(e) = self.start(verb, &spec.name, &bundle, tx).await {
+            let _ = self.runc(&["delete", "--force", &spec.name]).await;
+            log_teardown(&spec.name, teardown_bundle_off_workers(bundle).await);
+            lease.release_nowait();
+            return Err(e);
+        }
+        Ok(RuncContainer {
+            id: spec.name.clone(),
+            addr: SocketAddr::new(lease.ip().into(), 8080),
+            logs: Logs::new(rx),
+            bundle,
+            runc: self.runc.clone(),
+            state: self.state.clone(),
+            frozen: std::sync::atomic::AtomicBool::new(false),
+            lease: parking_lot::Mutex::new(Some(lease)),
+        })
+    }
+
+    /// `runc run --detach` or `runc create`, with the container's stdout and stderr read into
+    /// `logs` from then on (a created container's process holds the pipes until it runs).
+    /// runc writes its own errors to the same stderr before it detaches, which is where a
     /// failure's account is read from.
-    async fn start(&self, name: &str, bundle: &Path, logs: LineSender) -> Result<(), RuncError> {
+    async fn start(
+        &self,
+        verb: Verb,
+        name: &str,
+        bundle: &Path,
+        logs: LineSender,
+    ) -> Result<(), RuncError> {
         let spawn = |source| CommandError::Spawn {
             runc: self.runc.clone(),
             source,
         };
         let mut command = tokio::process::Command::new(&self.runc);
+        command.arg("--root").arg(&self.state);
+        match verb {
+            Verb::Run => command.args(["run", "--detach"]),
+            Verb::Create => command.arg("create"),
+        };
         command
-            .arg("--root")
-            .arg(&self.state)
-            .args(["run", "--detach", "--bundle"])
+            .arg("--bundle")
             .arg(bundle)
             .arg(name)
             .stdin(Stdio::null())
@@ -1248,7 +1352,10 @@ impl RuncFactory {
         })
         .await;
         Err(CommandError::Failed {
-            command: "run".into(),
+            command: match verb {
+                Verb::Run => "run".into(),
+                Verb::Create => "create".into(),
+            },
             status,
             stderr: stderr.trim_end().to_owned(),
         }
@@ -1815,7 +1922,7 @@ mod tests {
             env: vec![],
             cwd: "/".into(),
         };
-        let v = RuncFactory::spec_json(&spec, &image, Path::new("/run/ns"), Path::new("/b"));
+        let v = Launcher::spec_json(&spec, &image, Path::new("/run/ns"), Path::new("/b"));
         let caps = &v["process"]["capabilities"];
         assert_eq!(caps["inheritable"], json!([]));
         assert_eq!(caps["ambient"], json!([]));
