@@ -597,12 +597,7 @@ async fn wait_pool_ready(port: u16, mode: &str, pre: bool) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
     let http = reqwest::Client::new();
     loop {
-        let text = http
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = metrics_text(&http, port).await?;
         let gauge = |name: &str| gauge_in(&text, name);
         let shelf = gauge(PRESANDBOXES_READY);
         let primed = shelf > 0 || gauge(PRESANDBOX_TAKES) > 0;
@@ -640,13 +635,7 @@ async fn wait_no_containers(
     let http = reqwest::Client::new();
     loop {
         let kept = if pre {
-            let text = http
-                .get(format!("http://127.0.0.1:{port}/metrics"))
-                .send()
-                .await?
-                .text()
-                .await?;
-            gauge_in(&text, PRESANDBOXES_READY) as usize
+            gauge_in(&metrics_text(&http, port).await?, PRESANDBOXES_READY) as usize
         } else {
             0
         };
@@ -667,6 +656,16 @@ async fn wait_no_containers(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The invoker's `/metrics` on `port`.
+async fn metrics_text(http: &reqwest::Client, port: u16) -> Result<String> {
+    Ok(http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
 }
 
 /// A metric's value in Prometheus text, its series summed (0 when it is not there).

@@ -180,23 +180,38 @@ async fn netns_functions(
     )
     .with_runtime(std::path::Path::new(OCI_RUNTIME));
     factory.prepare(NODE_IMAGE).await?;
+    let ran = runc_functions(&factory, client, n, "wskbm_").await;
+    factory.remove_all("wskbm_").await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ran?.0)
+}
+
+/// `n` concurrent functions from `factory` (create, `/init`, `/run`), each container destroyed
+/// after; the time until the last ran, and how many were pre-created sandboxes (their ids
+/// start with `<prefix>presandbox`). Any failure is the error.
+async fn runc_functions(
+    factory: &invoker::container::runc::RuncFactory,
+    client: &reqwest::Client,
+    n: usize,
+    prefix: &str,
+) -> Result<(f64, usize)> {
+    use invoker::container::ContainerFactory;
     let t0 = Instant::now();
-    let made = futures::future::join_all((0..n).map(|i| {
-        let factory = &factory;
-        async move {
-            let c = factory
-                .create(&sieve_spec(format!("wskbm_{i}_sieve")))
-                .await?;
-            let ran = init_and_run(client, c.addr(), true).await;
-            anyhow::Ok((c, ran))
-        }
+    let made = futures::future::join_all((0..n).map(|i| async move {
+        let c = factory
+            .create(&sieve_spec(format!("{prefix}{i}_sieve")))
+            .await?;
+        let ran = init_and_run(client, c.addr(), true).await;
+        anyhow::Ok((c, ran))
     }))
     .await;
     let took = t0.elapsed().as_secs_f64();
     let mut failed = Vec::new();
+    let mut pre_created = 0;
     for m in made {
         match m {
             Ok((c, ran)) => {
+                pre_created += usize::from(c.id().starts_with(&format!("{prefix}presandbox")));
                 if let Err(e) = ran {
                     failed.push(format!("{e:#}"));
                 }
@@ -207,17 +222,10 @@ async fn netns_functions(
             Err(e) => failed.push(format!("create: {e:#}")),
         }
     }
-    factory.remove_all("wskbm_").await?;
-    let _ = std::fs::remove_dir_all(&dir);
-    if failed.is_empty() {
-        Ok(took)
-    } else {
-        bail!(
-            "{} of {n} netns functions failed; first: {}",
-            failed.len(),
-            failed[0]
-        )
+    if let Some(first) = failed.first() {
+        bail!("{} of {n} functions failed; first: {first}", failed.len());
     }
+    Ok((took, pre_created))
 }
 
 /// The invoker's default OCI runtime (`whisk.invoker.runc.runtime`).
@@ -304,44 +312,11 @@ async fn presandbox_row(docker: &Docker, client: &reqwest::Client, n: usize) -> 
             .map(|&p| cgroup_charge_kib(p).unwrap_or(0))
             .sum();
         let mut row = row("presandbox", n, processes, charge, &before, None)?;
-        let t0 = Instant::now();
-        let made = futures::future::join_all((0..n).map(|i| {
-            let factory = &factory;
-            async move {
-                let c = factory
-                    .create(&sieve_spec(format!("wskbp_{i}_sieve")))
-                    .await?;
-                let ran = init_and_run(client, c.addr(), true).await;
-                anyhow::Ok((c, ran))
-            }
-        }))
-        .await;
-        row.total_s = Some(t0.elapsed().as_secs_f64());
-        let mut failed = Vec::new();
-        let mut hits = 0;
-        for m in made {
-            match m {
-                Ok((c, ran)) => {
-                    hits += usize::from(c.id().starts_with("wskbp_presandbox"));
-                    if let Err(e) = ran {
-                        failed.push(format!("{e:#}"));
-                    }
-                    if let Err(e) = c.destroy().await {
-                        failed.push(format!("destroy: {e}"));
-                    }
-                }
-                Err(e) => failed.push(format!("create: {e:#}")),
-            }
+        let (took, pre_created) = runc_functions(&factory, client, n, "wskbp_").await?;
+        if pre_created != n {
+            bail!("{pre_created} of {n} functions found a pre-created sandbox");
         }
-        if let Some(first) = failed.first() {
-            bail!(
-                "{} of {n} presandbox functions failed; first: {first}",
-                failed.len()
-            );
-        }
-        if hits != n {
-            bail!("{hits} of {n} functions found a pre-created sandbox");
-        }
+        row.total_s = Some(took);
         Ok(row)
     }
     .await;

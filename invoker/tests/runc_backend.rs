@@ -24,6 +24,39 @@ async fn a_node_action_runs_under_crun_in_a_netpool_namespace() {
     node_action_in_a_netpool_namespace("crun", "rc", [10, 211, 128, 0], "wskrc0_").await;
 }
 
+/// A netpool pool of `idle` slots (at most three times as many) in the /17 at `subnet`, and a
+/// factory on it running `runtime`, its folders in `dir`.
+async fn backend(
+    runtime: &str,
+    pool_name: &str,
+    subnet: [u8; 4],
+    idle: usize,
+    dir: &std::path::Path,
+) -> (Arc<netpool::NetPool>, RuncFactory) {
+    let docker = pcpm::docker::connect()
+        .await
+        .expect("docker (for image export) is needed; scripts/stack.sh up");
+    let mut cfg = netpool::PoolConfig::new(pool_name, subnet.into(), 17);
+    cfg.low_watermark = idle;
+    cfg.high_watermark = idle;
+    cfg.max_slots = 3 * idle;
+    cfg.isolate_slots = false;
+    let pool = Arc::new(
+        netpool::NetPool::new(cfg)
+            .await
+            .expect("netpool (run as root)"),
+    );
+    let factory = RuncFactory::new(
+        docker,
+        pool.clone(),
+        &dir.join("images"),
+        &dir.join("bundles"),
+        &dir.join("state"),
+    )
+    .with_runtime(std::path::Path::new(runtime));
+    (pool, factory)
+}
+
 /// The runtime's own word on a container's status (`<runtime> state`).
 async fn status(runtime: &str, state: &std::path::Path, id: &str) -> String {
     let out = tokio::process::Command::new(runtime)
@@ -44,29 +77,9 @@ async fn node_action_in_a_netpool_namespace(
     subnet: [u8; 4],
     prefix: &str,
 ) {
-    let docker = pcpm::docker::connect()
-        .await
-        .expect("docker (for image export) is needed; scripts/stack.sh up");
-    let mut cfg = netpool::PoolConfig::new(pool_name, subnet.into(), 17);
-    cfg.low_watermark = 2;
-    cfg.high_watermark = 2;
-    cfg.max_slots = 8;
-    cfg.isolate_slots = false;
-    let pool = Arc::new(
-        netpool::NetPool::new(cfg)
-            .await
-            .expect("netpool (run as root)"),
-    );
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let factory = RuncFactory::new(
-        docker,
-        pool.clone(),
-        &dir.path().join("images"),
-        &dir.path().join("bundles"),
-        &state,
-    )
-    .with_runtime(std::path::Path::new(runtime));
+    let (pool, factory) = backend(runtime, pool_name, subnet, 2, dir.path()).await;
     let version = factory
         .runtime_version()
         .await
@@ -272,7 +285,7 @@ async fn a_runtime_image_from_the_image_store_runs_without_dockerd() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails under runc: after sandboxes were created beside it, the first container's cgroups stay busy (EBUSY) through destroy; crun, the default, passes; open in issue 17"]
+#[ignore = "flaky under runc (1 of 3 runs on 2026-12-04): destroying the first container, made with run beside sandboxes made with create, met EBUSY on every cgroup hierarchy past the 2.1 s retry bound; not yet diagnosed; crun, the default, passes"]
 async fn pre_created_sandboxes_are_only_started_by_cold_starts_under_runc() {
     pre_created_sandboxes("runc", "pr", [10, 220, 0, 0], "wskpr0_").await;
 }
@@ -282,7 +295,8 @@ async fn pre_created_sandboxes_are_only_started_by_cold_starts_under_crun() {
     pre_created_sandboxes("crun", "pc", [10, 220, 128, 0], "wskpc0_").await;
 }
 
-/// The containers the runtime state folder holds, with their status.
+/// The containers the runtime state folder holds, with their status (`creating` while the
+/// runtime has made the folder and not yet written the state).
 async fn containers(runtime: &str, state: &std::path::Path) -> Vec<(String, String)> {
     let Ok(dir) = std::fs::read_dir(state) else {
         return Vec::new();
@@ -295,7 +309,19 @@ async fn containers(runtime: &str, state: &std::path::Path) -> Vec<(String, Stri
     ids.sort();
     let mut out = Vec::new();
     for id in ids {
-        out.push((id.clone(), status(runtime, state, &id).await));
+        let answer = tokio::process::Command::new(runtime)
+            .arg("--root")
+            .arg(state)
+            .args(["state", &id])
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("{runtime} state: {e}"));
+        // The runtime makes the folder before it writes the state.
+        let status = serde_json::from_slice::<serde_json::Value>(&answer.stdout)
+            .ok()
+            .and_then(|v| v["status"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "creating".into());
+        out.push((id, status));
     }
     out
 }
@@ -349,30 +375,10 @@ fn sandbox_of(bundle: &std::path::Path) -> serde_json::Value {
 /// by a container made as without the shelf; `remove_all` removes the shelf with everything
 /// it held: containers, bundles, cgroups, leases.
 async fn pre_created_sandboxes(runtime: &str, pool_name: &str, subnet: [u8; 4], prefix: &str) {
-    let docker = pcpm::docker::connect()
-        .await
-        .expect("docker (for image export) is needed; scripts/stack.sh up");
-    let mut cfg = netpool::PoolConfig::new(pool_name, subnet.into(), 17);
-    cfg.low_watermark = 4;
-    cfg.high_watermark = 4;
-    cfg.max_slots = 12;
-    cfg.isolate_slots = false;
-    let pool = Arc::new(
-        netpool::NetPool::new(cfg)
-            .await
-            .expect("netpool (run as root)"),
-    );
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let factory = RuncFactory::new(
-        docker,
-        pool.clone(),
-        &dir.path().join("images"),
-        &dir.path().join("bundles"),
-        &state,
-    )
-    .with_runtime(std::path::Path::new(runtime))
-    .with_presandboxes(prefix, 2);
+    let (pool, factory) = backend(runtime, pool_name, subnet, 4, dir.path()).await;
+    let factory = factory.with_presandboxes(prefix, 2);
     let spec = |n: u32| ContainerSpec {
         name: format!("{prefix}{n}_guest_hello"),
         image: ImageRef::local("openwhisk/action-nodejs-v18:nightly"),
