@@ -109,7 +109,7 @@ pub struct VmSettings {
 pub const DEFAULT_VM_GUEST_DIR: &str = "/opt/whisk-tools/vm";
 
 /// `whisk.invoker.runc.presandboxes` by default: sandboxes kept created per shape (see
-/// `bench coldstart`'s `netns-pre` column in the README for what they save).
+/// `bench coldstart`'s `netns-crun-pre` column in the README: they cut only the largest bursts, and cost CPU and memory).
 const PRESANDBOXES: u64 = 0;
 
 /// The format of `whisk.invoker.https.keystore-path` (`keystore-flavor`, compared without
