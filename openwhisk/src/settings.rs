@@ -109,7 +109,8 @@ pub struct VmSettings {
 pub const DEFAULT_VM_GUEST_DIR: &str = "/opt/whisk-tools/vm";
 
 /// `whisk.invoker.runc.presandboxes` by default: sandboxes kept created per shape (see
-/// `bench coldstart`'s `netns-crun-pre` column in the README: they cut only the largest bursts, and cost CPU and memory).
+/// `bench coldstart`'s `netns-crun-pre` column in the README: they cut only the largest
+/// bursts, and cost CPU and memory).
 const PRESANDBOXES: u64 = 0;
 
 /// The format of `whisk.invoker.https.keystore-path` (`keystore-flavor`, compared without
