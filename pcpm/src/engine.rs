@@ -95,6 +95,16 @@ pub(crate) trait Engine: Debug + Send + Sync {
 
     /// Opens the network namespace of the process `pid` (a pause container's).
     fn open_namespace(&self, pid: u32) -> BoxFuture<'_, Result<Box<dyn Namespace>, SysError>>;
+
+    /// Watches the process `pid` (a pause process) for its exit.
+    fn watch_process(&self, pid: u32) -> Result<Box<dyn Process>, SysError>;
+}
+
+/// A pause process the pool holds on to: tells, without waiting, whether it has exited (its
+/// container stopped, was killed, or died with its dockerd). Idle pause containers whose process
+/// exited are removed instead of handed out.
+pub(crate) trait Process: Debug + Send + Sync {
+    fn exited(&self) -> bool;
 }
 
 /// An open network namespace: what the release checks read of it.
@@ -167,6 +177,22 @@ impl Engine for DockerEngine {
             let probe = NamespaceProbe::open(Path::new(&path)).await?;
             Ok(Box::new(probe) as Box<dyn Namespace>)
         })
+    }
+
+    fn watch_process(&self, pid: u32) -> Result<Box<dyn Process>, SysError> {
+        crate::process::Watch::open(pid)
+            .map(|w| Box::new(w) as Box<dyn Process>)
+            .map_err(|source| SysError::Io {
+                op: "watch",
+                target: format!("process {pid}"),
+                source,
+            })
+    }
+}
+
+impl Process for crate::process::Watch {
+    fn exited(&self) -> bool {
+        crate::process::Watch::exited(self)
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::BoxFuture;
 use netpool::SysError;
@@ -13,7 +14,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::NetworkKey;
-use crate::engine::{Engine, EngineError, Inspected, LABEL_MANAGER, Listed, Namespace, NetState};
+use crate::engine::{
+    Engine, EngineError, Inspected, LABEL_MANAGER, Listed, Namespace, NetState, Process,
+};
 
 /// What a pause container's namespace shows the release checks.
 #[derive(Clone, Debug)]
@@ -29,6 +32,8 @@ struct FakeContainer {
     image: String,
     running: bool,
     pid: u32,
+    /// Whether the pause process `pid` still runs: a watch of it reads this.
+    alive: Arc<AtomicBool>,
     ns: Arc<Mutex<FakeNs>>,
 }
 
@@ -121,12 +126,14 @@ impl FakeEngine {
         f(&mut s.containers[id].ns.lock());
     }
 
-    /// Stops container `id`; `restart` gives it a new pause process instead.
+    /// Stops container `id` (its pause process exits); `restart` gives it a new pause process.
     pub fn stop(&self, id: &str, restart: bool) {
         let mut s = self.state.lock();
         let c = s.containers.get_mut(id).expect("a known container");
+        c.alive.store(false, Ordering::Relaxed);
         if restart {
             c.pid += 50_000;
+            c.alive = Arc::new(AtomicBool::new(true));
             c.ns.lock().processes = vec![c.pid];
         } else {
             c.running = false;
@@ -159,6 +166,7 @@ impl FakeEngine {
             image: image.to_owned(),
             running: true,
             pid,
+            alive: Arc::new(AtomicBool::new(true)),
             ns: Arc::new(Mutex::new(ns)),
         };
         (format!("c{:04}", s.seq), c)
@@ -259,6 +267,25 @@ impl Engine for FakeEngine {
                 .ok_or_else(|| SysError::NotFound(format!("process {pid}")))?;
             Ok(Box::new(FakeNamespace(c.ns.clone())) as Box<dyn Namespace>)
         })
+    }
+
+    fn watch_process(&self, pid: u32) -> Result<Box<dyn Process>, SysError> {
+        let s = self.state.lock();
+        let c = s
+            .containers
+            .values()
+            .find(|c| c.running && c.pid == pid)
+            .ok_or_else(|| SysError::NotFound(format!("process {pid}")))?;
+        Ok(Box::new(FakeProcess(c.alive.clone())))
+    }
+}
+
+#[derive(Debug)]
+struct FakeProcess(Arc<AtomicBool>);
+
+impl Process for FakeProcess {
+    fn exited(&self) -> bool {
+        !self.0.load(Ordering::Relaxed)
     }
 }
 

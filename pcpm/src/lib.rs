@@ -14,7 +14,8 @@
 //!   nothing behind.
 //! - [`Endpoint`] / [`PauseHandle`]: the network mode for the function container, the pause
 //!   container's id and IP; [`PauseHandle::release`] checks the namespace is as it was new
-//!   before reuse ([`Released`], [`ReplaceReason`]).
+//!   before reuse ([`Released`], [`ReplaceReason`]). An idle pause container whose process
+//!   exited (stopped, killed, gone with a restarted dockerd) is removed, never handed out.
 //! - [`metrics`]: the metric names this crate records.
 //! - [`docker`]: what every Docker user in the workspace shares (connect with version
 //!   negotiation, a container's address, a removal that tolerates absence).
@@ -34,6 +35,7 @@ mod engine;
 mod fake;
 pub mod metrics;
 mod pool;
+mod process;
 
 pub use config::{ConfigError, DEFAULT_PAUSE_IMAGE, NetworkKey, OnEmpty, PcpmConfig};
 pub use engine::{EngineError, LABEL_KEY, LABEL_KEY_SPEC, LABEL_MANAGER, LABEL_RUN};

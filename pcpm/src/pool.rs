@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::{ConfigError, NetworkKey, OnEmpty, PcpmConfig};
-use crate::engine::{self, DockerEngine, Engine, EngineError, Namespace, NetState};
+use crate::engine::{self, DockerEngine, Engine, EngineError, Namespace, NetState, Process};
 use crate::metrics as m;
 
 /// Errors of the pool manager.
@@ -448,6 +448,8 @@ struct PauseContainer {
     name: String,
     pid: u32,
     ip: Option<IpAddr>,
+    /// The pause process, watched for its exit.
+    process: Box<dyn Process>,
     probe: Box<dyn Namespace>,
     fingerprint: Fingerprint,
     uses: u64,
@@ -740,6 +742,9 @@ impl Pool {
             metrics::histogram!(m::ACQUIRE_SECONDS, "pool" => self.id.clone(), "outcome" => outcome)
                 .record(started.elapsed().as_secs_f64());
         };
+        // A pause container that died idle (a dockerd restart takes them all) is never handed
+        // out: the function container could not join its network.
+        self.remove_exited();
         let (tx, rx) = oneshot::channel();
         let timeout = {
             let mut s = self.lock();
@@ -804,6 +809,29 @@ impl Pool {
             waited: timeout,
             last_error,
         })
+    }
+
+    /// Removes the idle pause containers whose process exited, and wakes the refill to replace
+    /// them.
+    fn remove_exited(&self) {
+        let exited: Vec<PauseContainer> = {
+            let mut s = self.lock();
+            if s.idle.iter().all(|c| !c.process.exited()) {
+                return;
+            }
+            let (exited, alive) = std::mem::take(&mut s.idle)
+                .into_iter()
+                .partition(|c| c.process.exited());
+            s.idle = alive;
+            s.replaced += exited.len() as u64;
+            self.gauges(&s);
+            exited
+        };
+        warn!(pool = %self.id, n = exited.len(), "idle pause containers whose process exited; replacing them");
+        for c in exited {
+            self.discard_unleased(c, "exited");
+        }
+        self.wake.notify_one();
     }
 
     /// The release checks; `Err` is the reason the container cannot be reused.
@@ -976,10 +1004,14 @@ fn backoff(failures: u32) -> Duration {
 
 /// Keeps a pool between its watermarks: when fewer than the low watermark are idle (or callers
 /// wait), creates up to the high watermark (plus one per waiting caller), within the pool's
-/// maximum and the manager's creation budget. Backs off after failures.
+/// maximum and the manager's creation budget. Backs off after failures. Removes the idle ones
+/// whose process exited first.
 async fn refill(pool: Arc<Pool>, cancel: CancellationToken, config: PcpmConfig) {
     loop {
         let woken = pool.wake.notified();
+        // Each round (at least once a second) replaces the idle ones that died, so a pool is
+        // full again soon after a dockerd restart, before cold starts need it.
+        pool.remove_exited();
         let (n, pause) = {
             let mut s = pool.lock();
             if s.closed {
@@ -1073,6 +1105,10 @@ async fn take_in(
         return Err(PcpmError::NotRunning { id: id.to_owned() });
     }
     let ns_err = |action| namespace_error(id, action);
+    let process = shared
+        .engine
+        .watch_process(info.pid)
+        .map_err(ns_err("watch the pause process"))?;
     let probe = shared
         .engine
         .open_namespace(info.pid)
@@ -1091,6 +1127,7 @@ async fn take_in(
         name: name.to_owned(),
         pid: info.pid,
         ip: info.ip,
+        process,
         probe,
         fingerprint,
         uses: 0,

@@ -405,6 +405,55 @@ async fn dirty_or_dropped_pause_containers_are_replaced() {
     assert!(labelled(&docker, name).await.is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_container_killed_while_idle_is_never_handed_out() {
+    let docker = docker().await;
+    let name = "pcpm-t-killed";
+    let pcpm = Pcpm::new(
+        docker.clone(),
+        config(name, 1, 2, OnEmpty::Wait(Duration::from_secs(30))),
+    )
+    .await
+    .unwrap();
+    let cleanup = Cleanup::new();
+    pcpm.wait_idle(&bridge(), 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let idle = labelled(&docker, name).await;
+    assert_eq!(idle.len(), 1, "{idle:?}");
+    // What a dockerd restart does to every container: its process is gone.
+    docker
+        .kill_container(
+            &idle[0],
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    exit_code(&docker, &idle[0]).await;
+
+    // Handed out, it would fail the function's start ("cannot join network of a non running
+    // container"); the pool removes it and creates another.
+    let endpoint = pcpm.acquire(&bridge()).await.unwrap();
+    assert_ne!(endpoint_id(&endpoint), idle[0]);
+    let f = run_function(
+        &docker,
+        &endpoint,
+        NODE_IMAGE,
+        node("process.exit(0)"),
+        HostConfig::default(),
+    )
+    .await;
+    cleanup.track(&f);
+    assert_eq!(exit_code(&docker, &f).await, 0);
+    remove(&docker, &f).await;
+    assert_recycled(endpoint.release().await);
+    assert_gone(&docker, &idle[0]).await;
+    let stats = pcpm.stats(&bridge()).unwrap();
+    assert_eq!((stats.replaced, stats.recycled), (1, 1), "{stats:?}");
+    pcpm.shutdown().await.unwrap();
+    assert!(labelled(&docker, name).await.is_empty());
+}
+
 fn assert_recycled(released: Option<Released>) {
     match released {
         Some(Released::Recycled) => {}

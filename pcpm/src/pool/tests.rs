@@ -484,6 +484,48 @@ async fn a_release_that_left_something_behind_is_removed_and_replaced() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn idle_pause_containers_whose_process_exited_are_never_handed_out() {
+    let engine = FakeEngine::new();
+    let pcpm = start(&engine, config("t-exited", 0, 2, 2, LONG)).await;
+    let k = key("t-exited");
+    pcpm.wait_idle(&k, 2, Duration::from_secs(1)).await.unwrap();
+    // A dockerd restart stops every pause container at once.
+    let dead = engine.live();
+    for id in &dead {
+        engine.stop(id, false);
+    }
+    let h = pause(pcpm.acquire(&k).await.unwrap());
+    assert!(!dead.contains(&h.id().to_owned()), "{} had died", h.id());
+    settle().await;
+    let mut removed = engine.removed();
+    removed.sort();
+    assert_eq!(removed, dead);
+    let stats = pcpm.stats(&k).unwrap();
+    assert_eq!((stats.replaced, stats.leased), (2, 1), "{stats:?}");
+    assert!(h.release().await.is_recycled());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_refill_replaces_idle_pause_containers_that_died_before_anyone_asks() {
+    let engine = FakeEngine::new();
+    let pcpm = start(&engine, config("t-exited-refill", 2, 2, 2, LONG)).await;
+    let k = key("t-exited-refill");
+    pcpm.wait_idle(&k, 2, Duration::from_secs(1)).await.unwrap();
+    let dead = engine.live()[0].clone();
+    engine.stop(&dead, false);
+    // The refill's next round, at most a second away on the paused clock.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(engine.removed(), std::slice::from_ref(&dead));
+    assert!(!engine.live().contains(&dead));
+    let stats = pcpm.stats(&k).unwrap();
+    assert_eq!(
+        (stats.idle, stats.replaced, stats.created),
+        (2, 1, 3),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_handle_dropped_without_release_is_removed_and_replaced() {
     let engine = FakeEngine::new();
     let pcpm = start(&engine, config("t-drop", 0, 1, 1, LONG)).await;
