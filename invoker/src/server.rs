@@ -138,7 +138,8 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
 fn authorized(invoker: &Invoker, req: &Request<Incoming>) -> bool {
     let expected = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
-        invoker.settings.invoker_username, invoker.settings.invoker_password
+        invoker.settings.invoker_username,
+        invoker.settings.invoker_password.expose()
     ));
     req.headers()
         .get(hyper::header::AUTHORIZATION)

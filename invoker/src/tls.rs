@@ -98,7 +98,7 @@ pub fn load(https: &HttpsSettings) -> Result<Keystore, TlsError> {
         source,
     })?;
     match https.keystore_flavor {
-        KeystoreFlavor::Pkcs12 => pkcs12(path, &data, &https.keystore_password),
+        KeystoreFlavor::Pkcs12 => pkcs12(path, &data, https.keystore_password.expose()),
         // JKS and JCEKS magic numbers.
         KeystoreFlavor::Jks
             if data.starts_with(&[0xfe, 0xed, 0xfe, 0xed])
@@ -108,7 +108,7 @@ pub fn load(https: &HttpsSettings) -> Result<Keystore, TlsError> {
                 path: path.to_owned(),
             })
         }
-        KeystoreFlavor::Jks => pkcs12(path, &data, &https.keystore_password),
+        KeystoreFlavor::Jks => pkcs12(path, &data, https.keystore_password.expose()),
         KeystoreFlavor::Pem => pem(path, &data),
     }
 }

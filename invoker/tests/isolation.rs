@@ -296,7 +296,7 @@ async fn a_start_up_failing_after_the_pools_exist_leaves_nothing() {
         ),
         (
             "CONFIG_whisk_couchdb_password",
-            stack.couchdb.password.clone(),
+            stack.couchdb.password.expose().to_owned(),
         ),
         ("CONFIG_whisk_kafka_topics_prefix", common::unique("iso")),
         ("CONFIG_whisk_invoker_network_mode", "vm".to_owned()),

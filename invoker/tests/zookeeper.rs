@@ -192,7 +192,10 @@ impl Invoker {
             .env("CONFIG_whisk_kafka_topics_prefix", prefix)
             .env("CONFIG_whisk_couchdb_port", couch_port)
             .env("CONFIG_whisk_couchdb_username", &stack.couchdb.username)
-            .env("CONFIG_whisk_couchdb_password", &stack.couchdb.password)
+            .env(
+                "CONFIG_whisk_couchdb_password",
+                stack.couchdb.password.expose(),
+            )
             .env("CONFIG_whisk_invoker_vm_allowAnnotation", "false")
             .stdout(Stdio::null())
             .spawn()

@@ -151,6 +151,41 @@ fn number_and_unit(value: &str) -> Option<(u64, String)> {
     Some((num.parse().ok()?, unit.trim().to_ascii_lowercase()))
 }
 
+/// A password or other secret from the configuration: its `Debug` never shows the value, so a
+/// logged settings struct or client does not leak it. [`Secret::expose`] is the one way to read
+/// it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret's value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

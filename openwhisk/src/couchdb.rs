@@ -20,6 +20,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use url::Url;
 
+use crate::config::Secret;
+
 /// Default time a single CouchDB request may take.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -85,7 +87,7 @@ pub struct CouchDbConfig {
     /// `protocol://host:port`, e.g. `http://127.0.0.1:5984`.
     pub url: String,
     pub username: String,
-    pub password: String,
+    pub password: Secret,
     pub request_timeout: Duration,
 }
 
@@ -121,7 +123,7 @@ pub struct CouchDb {
     http: reqwest::Client,
     base: Url,
     username: String,
-    password: String,
+    password: Secret,
 }
 
 impl CouchDb {
@@ -332,7 +334,7 @@ impl CouchDb {
     ) -> reqwest::RequestBuilder {
         self.http
             .request(method, self.url(segments, query))
-            .basic_auth(&self.username, Some(&self.password))
+            .basic_auth(&self.username, Some(self.password.expose()))
     }
 
     async fn json(
@@ -546,7 +548,7 @@ mod tests {
         let err = CouchDb::new(&CouchDbConfig {
             url: "not a url".into(),
             username: String::new(),
-            password: String::new(),
+            password: Secret::default(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         })
         .unwrap_err();

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::config::{ConfigValueError, parse_bytes, parse_duration, properties};
+use crate::config::{ConfigValueError, Secret, parse_bytes, parse_duration, properties};
 use crate::couchdb::CouchDbConfig;
 
 const MB: u64 = 1 << 20;
@@ -129,28 +129,17 @@ pub enum KeystoreFlavor {
 
 /// The invoker's port over https (`whisk.invoker.protocol = https`, contract §8): the keys of
 /// `whisk.invoker.https`, all required, as the Scala invoker requires them.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpsSettings {
     /// The keystore: the server's key and certificate chain; its certificates are also the ones
     /// a client certificate must be issued by (the Scala invoker uses the keystore as its trust
     /// store).
     pub keystore_path: std::path::PathBuf,
-    pub keystore_password: String,
+    pub keystore_password: Secret,
     pub keystore_flavor: KeystoreFlavor,
     /// Clients must present a certificate the keystore trusts (`client-auth = true`); otherwise
     /// none is asked for.
     pub client_auth: bool,
-}
-
-impl std::fmt::Debug for HttpsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpsSettings")
-            .field("keystore_path", &self.keystore_path)
-            .field("keystore_password", &"<redacted>")
-            .field("keystore_flavor", &self.keystore_flavor)
-            .field("client_auth", &self.client_auth)
-            .finish()
-    }
 }
 
 /// Sizes of the network endpoint pool (`whisk.invoker.network.pool.*`).
@@ -263,7 +252,7 @@ pub struct Settings {
     pub db_activations: String,
     pub db_subjects: String,
     pub invoker_username: String,
-    pub invoker_password: String,
+    pub invoker_password: Secret,
     /// `Some` when `whisk.invoker.protocol = https`.
     pub invoker_https: Option<HttpsSettings>,
     /// The ZooKeeper ensemble for id assignment (`ZOOKEEPER_HOSTS`, or the property
@@ -362,7 +351,7 @@ impl Settings {
         let couchdb = CouchDbConfig {
             url: format!("{couch_protocol}://{couch_host}:{couch_port}"),
             username: p.str("whisk.couchdb.username", "whisk_admin"),
-            password: p.str("whisk.couchdb.password", "some_passw0rd"),
+            password: p.str("whisk.couchdb.password", "some_passw0rd").into(),
             request_timeout: crate::couchdb::DEFAULT_REQUEST_TIMEOUT,
         };
         let log_store = p.str(
@@ -423,7 +412,7 @@ impl Settings {
             db_activations: p.str("whisk.couchdb.databases.WhiskActivation", "activations"),
             db_subjects: p.str("whisk.couchdb.databases.WhiskAuth", "subjects"),
             invoker_username: p.str("whisk.invoker.username", "invoker.user"),
-            invoker_password: p.str("whisk.invoker.password", "invoker.pass"),
+            invoker_password: p.str("whisk.invoker.password", "invoker.pass").into(),
             invoker_https: https_settings(&p)?,
             zookeeper_hosts: var("ZOOKEEPER_HOSTS").or_else(|| {
                 p.get("zookeeper.hosts")
@@ -645,7 +634,7 @@ fn https_settings(p: &Props<'_>) -> Result<Option<HttpsSettings>, SettingsError>
     };
     Ok(Some(HttpsSettings {
         keystore_path: required("whisk.invoker.https.keystore-path")?.into(),
-        keystore_password: required("whisk.invoker.https.keystore-password")?.to_owned(),
+        keystore_password: required("whisk.invoker.https.keystore-password")?.into(),
         keystore_flavor,
         client_auth,
     }))
@@ -952,6 +941,23 @@ mod tests {
                 .0
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn debug_never_shows_a_password() {
+        let s = Settings::from_vars(
+            vars(&[
+                ("CONFIG_whisk_couchdb_password", "couch-secret-1"),
+                ("CONFIG_whisk_invoker_password", "invoker-secret-2"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.couchdb.password.expose(), "couch-secret-1");
+        assert_eq!(s.invoker_password.expose(), "invoker-secret-2");
+        let shown = format!("{s:?} {:?}", s.couchdb);
+        assert!(!shown.contains("secret-"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 
     #[test]

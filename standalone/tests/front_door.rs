@@ -115,7 +115,7 @@ impl Door {
             ),
             (
                 "CONFIG_whisk_couchdb_password",
-                stack.couchdb.password.clone(),
+                stack.couchdb.password.expose().to_owned(),
             ),
             ("CONFIG_whisk_couchdb_databases_WhiskEntity", dbs[0].clone()),
             (

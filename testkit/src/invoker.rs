@@ -52,7 +52,10 @@ impl InvokerCommand {
             .env("KAFKA_HOSTS", &stack.kafka_hosts)
             .env("CONFIG_whisk_couchdb_port", couch_port)
             .env("CONFIG_whisk_couchdb_username", &stack.couchdb.username)
-            .env("CONFIG_whisk_couchdb_password", &stack.couchdb.password);
+            .env(
+                "CONFIG_whisk_couchdb_password",
+                stack.couchdb.password.expose(),
+            );
         c
     }
 

@@ -27,7 +27,7 @@ impl Stack {
         let couchdb = CouchDbConfig {
             url: format!("http://127.0.0.1:{}", var("WHISK_COUCHDB_PORT", "5984")),
             username: var("WHISK_COUCHDB_USER", "whisk_admin"),
-            password: var("WHISK_COUCHDB_PASSWORD", "some_passw0rd"),
+            password: var("WHISK_COUCHDB_PASSWORD", "some_passw0rd").into(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         };
         Self {
