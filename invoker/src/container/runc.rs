@@ -80,6 +80,9 @@ pub enum RuncError {
         #[source]
         source: std::io::Error,
     },
+    /// Still busy after every retry: what holds it, as the kernel shows it then.
+    #[error("cgroup {} is still busy after {:?}: {holders}", .path.display(), CGROUP_BUSY_PAUSES.iter().sum::<Duration>())]
+    CgroupBusy { path: PathBuf, holders: String },
     #[error("cannot prepare bundle {}", .path.display())]
     Bundle {
         path: PathBuf,
@@ -433,11 +436,50 @@ fn remove_cgroups_with(
                 &CGROUP_BUSY_PAUSES,
                 &mut pause,
             ) {
-                errors.push(Box::new(RuncError::Cgroup { path, source }));
+                let error = if source.raw_os_error() == Some(nix::libc::EBUSY) {
+                    let holders = cgroup_holders(&path);
+                    RuncError::CgroupBusy { path, holders }
+                } else {
+                    RuncError::Cgroup { path, source }
+                };
+                errors.push(Box::new(error));
             }
         }
     }
     errors
+}
+
+/// What keeps the cgroup `path` busy: each process in it (pid, name, state and, when frozen,
+/// the freezer's state) and each child cgroup. For the error that reports it.
+fn cgroup_holders(path: &Path) -> String {
+    let mut out = Vec::new();
+    let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.split_whitespace() {
+        // `pid (comm) S ...`: the name and the state letter.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let (name, state) = stat
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.rsplit_once(") "))
+            .map_or(("?", "?"), |(name, rest)| {
+                (name, rest.get(..1).unwrap_or("?"))
+            });
+        out.push(format!("process {pid} ({name}) state {state}"));
+    }
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(format!("child cgroup {}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    if let Ok(freezer) = std::fs::read_to_string(path.join("freezer.state")) {
+        out.push(format!("freezer {}", freezer.trim()));
+    }
+    if out.is_empty() {
+        "nothing visible (no process, no child cgroup)".to_owned()
+    } else {
+        out.join(", ")
+    }
 }
 
 /// The container's cgroup, relative to each hierarchy's root (runc's `cgroupsPath`).
@@ -1612,6 +1654,28 @@ mod tests {
         // The whole bound is about 2 s.
         let total: Duration = CGROUP_BUSY_PAUSES.iter().sum();
         assert!(total >= Duration::from_secs(2) && total < Duration::from_secs(3));
+    }
+
+    /// A cgroup still busy is reported with what holds it: its processes with their state, its
+    /// child cgroups, a freezer's state.
+    #[test]
+    fn a_busy_cgroup_names_what_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        std::fs::write(dir.path().join("cgroup.procs"), format!("{me}\n")).unwrap();
+        std::fs::write(dir.path().join("freezer.state"), "FROZEN\n").unwrap();
+        std::fs::create_dir(dir.path().join("leftover")).unwrap();
+        let holders = cgroup_holders(dir.path());
+        assert!(holders.contains(&format!("process {me} (")), "{holders}");
+        let state = holders
+            .split(") state ")
+            .nth(1)
+            .and_then(|r| r.chars().next());
+        assert!(state.is_some_and(|c| c.is_ascii_uppercase()), "{holders}");
+        assert!(holders.contains("child cgroup leftover"), "{holders}");
+        assert!(holders.contains("freezer FROZEN"), "{holders}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(cgroup_holders(empty.path()).starts_with("nothing visible"));
     }
 
     /// The sweep finds the containers' cgroups by prefix on every hierarchy of both layouts,
