@@ -278,10 +278,12 @@ def plot_warm(report, out):
     top = max(c["concurrency"] for c in cells)
     picked = [c for c in cells if c["concurrency"] == top and c.get("cpu_ms_per_activation")]
     labels = [f"{c['mode']}\n{'blocking' if c['blocking'] else 'non-bl.'}" for c in picked]
-    cpu_bars(ax3, picked, labels, "cpu_ms_per_activation")
+    totals = cpu_bars(ax3, picked, labels, "cpu_ms_per_activation")
+    # Head room above the tallest bar for the legend, so it covers no bar.
+    ax3.set_ylim(0, max(totals, default=1.0) * 1.45)
     ax3.set_ylabel("CPU ms per warm activation")
     ax3.set_title(f"where the CPU goes at C={top} (cgroup per component)", fontsize=9)
-    ax3.legend(fontsize=7)
+    ax3.legend(fontsize=6, ncol=4, loc="upper center")
     m = report["machine"]
     fig.suptitle(f"bench warm: {m['cores']} cores, {m['cpu_model']}, {report['seconds_per_cell']} s per cell", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
