@@ -345,7 +345,7 @@ fn remove_empty_cgroup_parents(root: &Path) {
 /// Pauses between attempts to remove a cgroup the kernel calls busy: about 2 s in all. A
 /// cgroup stays busy for a moment after `runc delete` while its last process is still exiting
 /// (seen under load: 15 of 600 cgroups left on every v1 hierarchy by a burst of cold starts).
-const CGROUP_BUSY_PAUSES: [Duration; 9] = [
+pub(super) const CGROUP_BUSY_PAUSES: [Duration; 9] = [
     Duration::from_millis(10),
     Duration::from_millis(20),
     Duration::from_millis(40),
@@ -359,7 +359,7 @@ const CGROUP_BUSY_PAUSES: [Duration; 9] = [
 
 /// Runs `rmdir` until it succeeds or finds nothing, retrying on `EBUSY` after each of
 /// `pauses` (`pause` waits); any other error, or `EBUSY` after the last pause, is the answer.
-fn rmdir_retrying_busy(
+pub(super) fn rmdir_retrying_busy(
     mut rmdir: impl FnMut() -> std::io::Result<()>,
     pauses: &[Duration],
     mut pause: impl FnMut(Duration),
@@ -451,7 +451,7 @@ fn remove_cgroups_with(
 
 /// What keeps the cgroup `path` busy: each process in it (pid, name, state and, when frozen,
 /// the freezer's state) and each child cgroup. For the error that reports it.
-fn cgroup_holders(path: &Path) -> String {
+pub(super) fn cgroup_holders(path: &Path) -> String {
     let mut out = Vec::new();
     let procs = std::fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
     for pid in procs.split_whitespace() {

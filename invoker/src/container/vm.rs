@@ -49,6 +49,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::logs::{self, LineSender, LogLine, Logs, Stream};
+use super::runc::{CGROUP_BUSY_PAUSES, cgroup_holders, rmdir_retrying_busy};
 use super::{
     BackendError, BoxError, Container, ContainerFactory, ContainerSpec, CreateError, Errors,
 };
@@ -163,6 +164,10 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
+    /// A VM's cgroup still busy after the retries (its QEMU's threads still exiting, or
+    /// something else in it): what holds it, as the kernel shows it then.
+    #[error("cgroup {} is still busy after {:?}: {holders}", .path.display(), CGROUP_BUSY_PAUSES.iter().sum::<Duration>())]
+    CgroupBusy { path: PathBuf, holders: String },
     #[error("a blocking task was lost")]
     Join(#[source] tokio::task::JoinError),
     /// What an earlier run of this factory left (its QEMU processes, folders, cgroups) could
@@ -504,15 +509,28 @@ fn enable_cpu(subtree_control: &Path) -> std::io::Result<()> {
     std::fs::write(subtree_control, "+cpu")
 }
 
-/// Removes a VM's cgroup (its processes are gone); a missing one is fine.
+/// Removes a VM's cgroup (its processes are gone); a missing one is fine. Blocks: a cgroup the
+/// kernel still calls busy (the last of QEMU's threads still exiting) is tried again for about
+/// 2 s, as the runc backend does.
 fn remove_cgroup(dir: &Path) -> Result<(), VmError> {
-    match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VmError::Remove {
-            path: dir.to_owned(),
-            source: e,
-        }),
-        _ => Ok(()),
-    }
+    rmdir_retrying_busy(
+        || std::fs::remove_dir(dir),
+        &CGROUP_BUSY_PAUSES,
+        std::thread::sleep,
+    )
+    .map_err(|source| {
+        if source.raw_os_error() == Some(nix::libc::EBUSY) {
+            VmError::CgroupBusy {
+                path: dir.to_owned(),
+                holders: cgroup_holders(dir),
+            }
+        } else {
+            VmError::Remove {
+                path: dir.to_owned(),
+                source,
+            }
+        }
+    })
 }
 
 /// The host's TSC frequency in kHz (`cpu MHz` of `/proc/cpuinfo`), which a Linux guest must be
@@ -1666,11 +1684,16 @@ fn leftover_processes(run_dir: &Path, prefix: &str) -> std::io::Result<Vec<(i32,
 fn process_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        // The state follows the command name's closing parenthesis.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state == "Z" || state == "X"),
+        // The state follows the command name's closing parenthesis. A zombie leader is not
+        // enough: QEMU's other threads may still be exiting (and still count in its cgroup)
+        // until only the leader is listed under `task`.
+        Ok(stat) => {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_none_or(|state| state == "Z" || state == "X")
+                && std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map_or(true, |tasks| tasks.count() <= 1)
+        }
     }
 }
 
