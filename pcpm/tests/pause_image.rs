@@ -59,7 +59,12 @@ async fn run(docker: &Docker, image: &str, host: HostConfig) -> (String, u32) {
         .await
         .unwrap_or_else(|e| panic!("create from {image}: {e} (images come from runtimes/build.sh, part of scripts/stack.sh up)"))
         .id;
-    docker.start_container(&id, None).await.unwrap();
+    // Until the caller has the id, a failure removes the container here.
+    let mut guard = Cleanup(vec![id.clone()]);
+    docker
+        .start_container(&id, None)
+        .await
+        .unwrap_or_else(|e| panic!("start {id} from {image}: {e}"));
     let pid = docker
         .inspect_container(&id, None)
         .await
@@ -67,6 +72,7 @@ async fn run(docker: &Docker, image: &str, host: HostConfig) -> (String, u32) {
         .state
         .and_then(|s| s.pid)
         .unwrap();
+    guard.0.clear();
     (id, u32::try_from(pid).unwrap())
 }
 

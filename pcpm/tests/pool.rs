@@ -122,7 +122,11 @@ async fn run_function(
         .await
         .unwrap_or_else(|e| panic!("create from {image}: {e}"))
         .id;
-    docker.start_container(&id, None).await.unwrap();
+    if let Err(e) = docker.start_container(&id, None).await {
+        // The test fails; the container it created goes first.
+        remove(docker, &id).await;
+        panic!("start {id} from {image}: {e}");
+    }
     id
 }
 
