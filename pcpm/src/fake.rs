@@ -69,6 +69,16 @@ fn docker_error(action: &'static str, target: &str) -> EngineError {
     }
 }
 
+impl FakeState {
+    /// The running container whose process is `pid`.
+    fn running(&self, pid: u32) -> Result<&FakeContainer, SysError> {
+        self.containers
+            .values()
+            .find(|c| c.running && c.pid == pid)
+            .ok_or_else(|| SysError::NotFound(format!("process {pid}")))
+    }
+}
+
 impl FakeEngine {
     /// Creations go through at once.
     pub fn new() -> Arc<Self> {
@@ -260,22 +270,14 @@ impl Engine for FakeEngine {
     fn open_namespace(&self, pid: u32) -> BoxFuture<'_, Result<Box<dyn Namespace>, SysError>> {
         Box::pin(async move {
             let s = self.state.lock();
-            let c = s
-                .containers
-                .values()
-                .find(|c| c.running && c.pid == pid)
-                .ok_or_else(|| SysError::NotFound(format!("process {pid}")))?;
+            let c = s.running(pid)?;
             Ok(Box::new(FakeNamespace(c.ns.clone())) as Box<dyn Namespace>)
         })
     }
 
     fn watch_process(&self, pid: u32) -> Result<Box<dyn Process>, SysError> {
         let s = self.state.lock();
-        let c = s
-            .containers
-            .values()
-            .find(|c| c.running && c.pid == pid)
-            .ok_or_else(|| SysError::NotFound(format!("process {pid}")))?;
+        let c = s.running(pid)?;
         Ok(Box::new(FakeProcess(c.alive.clone())))
     }
 }
