@@ -548,46 +548,46 @@ fn freeze_with(
 ) -> Result<(), RuncError> {
     let relative = path.trim_start_matches('/');
     let v2 = root.join(relative);
-    let (file, value, state_file, done): (PathBuf, &str, PathBuf, &str) =
-        if v2.join("cgroup.freeze").is_file() {
-            let done = if frozen { "frozen 1" } else { "frozen 0" };
-            (
-                v2.join("cgroup.freeze"),
-                if frozen { "1" } else { "0" },
-                v2.join("cgroup.events"),
-                done,
-            )
-        } else {
-            let dir = root.join("freezer").join(relative);
-            let value = if frozen { "FROZEN" } else { "THAWED" };
-            (
-                dir.join("freezer.state"),
-                value,
-                dir.join("freezer.state"),
-                value,
-            )
-        };
+    let layout = if v2.join("cgroup.freeze").is_file() {
+        let done = if frozen { "frozen 1" } else { "frozen 0" };
+        FreezerFiles {
+            file: v2.join("cgroup.freeze"),
+            value: if frozen { "1" } else { "0" },
+            thawed: "0",
+            state_file: v2.join("cgroup.events"),
+            done,
+            refreeze: false,
+        }
+    } else {
+        let dir = root.join("freezer").join(relative);
+        let value = if frozen { "FROZEN" } else { "THAWED" };
+        FreezerFiles {
+            file: dir.join("freezer.state"),
+            value,
+            thawed: "THAWED",
+            state_file: dir.join("freezer.state"),
+            done: value,
+            refreeze: frozen,
+        }
+    };
     let error = |source| RuncError::Freeze {
-        path: file.clone(),
+        path: layout.file.clone(),
         frozen,
         source,
     };
-    let reached = || -> std::io::Result<bool> {
-        Ok(std::fs::read_to_string(&state_file)?
-            .lines()
-            .any(|l| l.trim() == done))
-    };
-    let mut pauses = FREEZE_PAUSES.iter();
-    loop {
-        // v1 wants the write repeated while it says FREEZING; v2 keeps it.
-        std::fs::write(&file, value).map_err(error)?;
-        if reached().map_err(error)? {
-            return Ok(());
-        }
-        match pauses.next() {
-            Some(&d) => pause(d),
-            None => break,
-        }
+    let reached = freezer_protocol(
+        &layout,
+        |v| std::fs::write(&layout.file, v),
+        || {
+            Ok(std::fs::read_to_string(&layout.state_file)?
+                .lines()
+                .any(|l| l.trim() == layout.done))
+        },
+        &mut pause,
+    )
+    .map_err(error)?;
+    if reached {
+        return Ok(());
     }
     if frozen {
         let _ = freeze_with(root, path, false, pause);
@@ -596,6 +596,53 @@ fn freeze_with(
         std::io::ErrorKind::TimedOut,
         "the kernel did not finish freezing the cgroup's tasks",
     )))
+}
+
+/// Which files a freeze writes and reads, on one cgroup layout.
+struct FreezerFiles {
+    file: PathBuf,
+    /// What `file` is written for the wanted state, and for thawed.
+    value: &'static str,
+    thawed: &'static str,
+    state_file: PathBuf,
+    /// The line of `state_file` that says the wanted state is reached.
+    done: &'static str,
+    /// cgroup v1 freezing: a freeze still `FREEZING` is thawed before each longer pause and
+    /// tried again, as runc does. The v1 freezer can stay `FREEZING` while tasks keep
+    /// appearing or waking in the cgroup (runc's `freezer.go` on why); a thaw and a fresh
+    /// freeze is what gets it through. cgroup v2's freezer does not need it.
+    refreeze: bool,
+}
+
+/// Pauses from which a v1 freeze still in progress is thawed first (runc thaws every 50th
+/// attempt, with a 10 ms sleep).
+const REFREEZE_FROM: Duration = Duration::from_millis(10);
+
+/// Writes the wanted state and reads the kernel's word after each of [`FREEZE_PAUSES`]
+/// (`write` and `reached` the files of `layout`): whether it was reached. v1 wants the write
+/// repeated while it says `FREEZING`; v2 keeps it.
+fn freezer_protocol(
+    layout: &FreezerFiles,
+    mut write: impl FnMut(&str) -> std::io::Result<()>,
+    mut reached: impl FnMut() -> std::io::Result<bool>,
+    pause: &mut impl FnMut(Duration),
+) -> std::io::Result<bool> {
+    let mut pauses = FREEZE_PAUSES.iter();
+    loop {
+        write(layout.value)?;
+        if reached()? {
+            return Ok(true);
+        }
+        match pauses.next() {
+            Some(&d) => {
+                if layout.refreeze && d >= REFREEZE_FROM {
+                    write(layout.thawed)?;
+                }
+                pause(d);
+            }
+            None => return Ok(false),
+        }
+    }
 }
 
 /// Whether `mounts` (`/proc/self/mounts`) is systemd's hybrid cgroup layout: cgroup v1
@@ -1953,6 +2000,57 @@ mod tests {
             freeze_with(v1.path(), "/wsk-runc/gone", true, |_| {}),
             Err(RuncError::Freeze { .. })
         ));
+    }
+
+    /// A v1 freeze that stays FREEZING (the kernel's v1 freezer while tasks keep waking) is
+    /// thawed before each longer pause and frozen again, and goes through once the kernel
+    /// catches every task; v2's is only waited on.
+    #[test]
+    fn a_v1_freeze_stuck_freezing_is_thawed_and_tried_again() {
+        let layout = |refreeze| FreezerFiles {
+            file: PathBuf::new(),
+            value: "FROZEN",
+            thawed: "THAWED",
+            state_file: PathBuf::new(),
+            done: "FROZEN",
+            refreeze,
+        };
+        // A kernel that freezes only on the first freeze after a second thaw.
+        let kernel = |refreeze| {
+            let written = std::cell::RefCell::new(Vec::<String>::new());
+            let mut waited = Vec::new();
+            let reached = freezer_protocol(
+                &layout(refreeze),
+                |v| {
+                    written.borrow_mut().push(v.to_owned());
+                    Ok(())
+                },
+                || {
+                    let w = written.borrow();
+                    Ok(w.iter().filter(|v| *v == "THAWED").count() >= 2
+                        && w.last().map(String::as_str) == Some("FROZEN"))
+                },
+                &mut |d| waited.push(d),
+            )
+            .unwrap();
+            (reached, written.into_inner(), waited)
+        };
+        let (reached, written, waited) = kernel(true);
+        assert!(reached);
+        let thaws_before: Vec<Duration> = FREEZE_PAUSES
+            .iter()
+            .copied()
+            .filter(|d| *d >= REFREEZE_FROM)
+            .take(2)
+            .collect();
+        assert_eq!(waited.last(), thaws_before.last(), "{waited:?}");
+        assert_eq!(written.last().map(String::as_str), Some("FROZEN"));
+        assert_eq!(written.iter().filter(|v| *v == "THAWED").count(), 2);
+        // Without the thaws (v2) the same kernel never freezes: every pause is waited.
+        let (reached, written, waited) = kernel(false);
+        assert!(!reached);
+        assert!(written.iter().all(|v| v == "FROZEN"));
+        assert_eq!(waited, FREEZE_PAUSES.to_vec());
     }
 
     #[test]
