@@ -16,6 +16,7 @@
 //! - [`router`]: in the container modes, sends the specs that ask for a VM ([`Sandbox::Vm`]) to
 //!   the VM backend and the others to the container backend.
 
+mod cgroup;
 pub mod docker;
 #[cfg(test)]
 pub mod fake;

@@ -48,8 +48,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use super::cgroup::{CGROUP_BUSY_PAUSES, cgroup_holders, rmdir_retrying_busy};
 use super::logs::{self, LineSender, LogLine, Logs, Stream};
-use super::runc::{CGROUP_BUSY_PAUSES, cgroup_holders, rmdir_retrying_busy};
 use super::{
     BackendError, BoxError, Container, ContainerFactory, ContainerSpec, CreateError, Errors,
 };
